@@ -1,0 +1,105 @@
+"""The GRU layer as torch.library custom ops: fastrnn::gru_layer and its backward.
+
+The ops take the backend name chosen by fastrnn.backends and run that backend's
+implementation. Every backend module (reference_backend below, .triton, .ext) provides
+
+    forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths) -> (y, h_T, workspace)
+    backward(grad_y, grad_hT, x, h0, w_ih, w_hh, b_ih, b_hh, y, workspace, lengths)
+        -> (dx, dh0, dw_ih, dw_hh, db_ih, db_hh)
+
+Shapes: x (T, B, I); h0 (B, H); w_ih (3H, I); w_hh (3H, H); biases (3H,) or None;
+lengths (B,) int64 on x's device or None. workspace is (T, B, 4H) in float32 (float64 for
+float64 inputs): r, z, n and h W_hn + b_hn of every step, which is all backward needs.
+db_ih / db_hh are zero tensors of shape (3H,) when the layer has no bias. Outputs at
+padded steps (t >= lengths[b]) are zero, and backends ignore grad_y there.
+"""
+import importlib
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from fastrnn.ops.gru import reference
+
+GATES = 3
+
+
+def workspace_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class reference_backend:
+    """The reference layer behind the op interface (CPU fallback, and a test oracle)."""
+
+    @staticmethod
+    def forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths):
+        T, B, H = x.shape[0], x.shape[1], w_hh.shape[1]
+        workspace = x.new_empty(T, B, 4 * H, dtype=workspace_dtype(x.dtype))
+        with torch.no_grad():
+            y, h_t = reference.gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, workspace=workspace)
+        return y, h_t, workspace
+
+    @staticmethod
+    def backward(grad_y, grad_hT, x, h0, w_ih, w_hh, b_ih, b_hh, y, workspace, lengths):
+        return reference.gru_layer_backward(grad_y, grad_hT, x, h0, w_ih, w_hh, y, workspace,
+                                            lengths)
+
+
+def backend_module(name: str):
+    if name == "reference":
+        return reference_backend
+    return importlib.import_module(f"fastrnn.ops.gru.{name}")
+
+
+@torch.library.custom_op("fastrnn::gru_layer", mutates_args=())
+def gru_layer_op(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+                 b_hh: Optional[Tensor], lengths: Optional[Tensor],
+                 backend: str) -> Tuple[Tensor, Tensor, Tensor]:
+    return backend_module(backend).forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths)
+
+
+@gru_layer_op.register_fake
+def _(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, backend):
+    T, B, H = x.shape[0], x.shape[1], w_hh.shape[1]
+    return (x.new_empty(T, B, H), h0.new_empty(h0.shape),
+            x.new_empty(T, B, 4 * H, dtype=workspace_dtype(x.dtype)))
+
+
+@torch.library.custom_op("fastrnn::gru_layer_backward", mutates_args=())
+def gru_layer_backward_op(grad_y: Tensor, grad_hT: Tensor, x: Tensor, h0: Tensor, w_ih: Tensor,
+                          w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], y: Tensor,
+                          workspace: Tensor, lengths: Optional[Tensor], backend: str
+                          ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return backend_module(backend).backward(grad_y, grad_hT, x, h0, w_ih, w_hh, b_ih, b_hh, y,
+                                            workspace, lengths)
+
+
+@gru_layer_backward_op.register_fake
+def _(grad_y, grad_hT, x, h0, w_ih, w_hh, b_ih, b_hh, y, workspace, lengths, backend):
+    G = w_hh.shape[0]
+    return (x.new_empty(x.shape), h0.new_empty(h0.shape), w_ih.new_empty(w_ih.shape),
+            w_hh.new_empty(w_hh.shape), w_hh.new_empty(G), w_hh.new_empty(G))
+
+
+def _setup_context(ctx, inputs, output):
+    x, h0, w_ih, w_hh, b_ih, b_hh, lengths, backend = inputs
+    y, _, workspace = output
+    ctx.backend = backend
+    ctx.has_bias = (b_ih is not None, b_hh is not None)
+    ctx.mark_non_differentiable(workspace)
+    ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, y, workspace)
+
+
+def _backward(ctx, grad_y, grad_hT, _grad_workspace):
+    x, h0, w_ih, w_hh, b_ih, b_hh, lengths, y, workspace = ctx.saved_tensors
+    grad_y = torch.zeros_like(y) if grad_y is None else grad_y
+    grad_hT = torch.zeros_like(h0) if grad_hT is None else grad_hT
+    dx, dh0, dw_ih, dw_hh, db_ih, db_hh = gru_layer_backward_op(
+        grad_y.contiguous(), grad_hT.contiguous(), x, h0, w_ih, w_hh, b_ih, b_hh, y, workspace,
+        lengths, ctx.backend)
+    has_b_ih, has_b_hh = ctx.has_bias
+    return (dx, dh0, dw_ih, dw_hh, db_ih if has_b_ih else None, db_hh if has_b_hh else None,
+            None, None)
+
+
+gru_layer_op.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,1 @@
+"""LSTM layer: reference.py (plain PyTorch), triton.py (fused kernels), op.py (custom ops)."""

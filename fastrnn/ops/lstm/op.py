@@ -1,0 +1,115 @@
+"""The LSTM layer as torch.library custom ops: fastrnn::lstm_layer and its backward.
+
+The ops take the backend name chosen by fastrnn.backends and run that backend's
+implementation. Every backend module (reference_backend below, .triton, .ext) provides
+
+    forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths) -> (y, h_T, c_T, workspace)
+    backward(grad_y, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, workspace,
+             lengths) -> (dx, dh0, dc0, dw_ih, dw_hh, dbias, dw_hr)
+
+Shapes: x (T, B, I); h0 (B, P); c0 (B, H); w_ih (4H, I); w_hh (4H, P); biases (4H,);
+w_hr (P, H) or None, where P = proj_size or H; lengths (B,) int64 on x's device or None.
+workspace is (T, B, 5H) in float32 (float64 for float64 inputs): the activations
+i, f, g, o and the cell state c_t of every step, which is all backward needs.
+dbias is the gradient of the summed gate bias (b_ih and b_hh receive the same gradient);
+dw_hr is an empty tensor when w_hr is None. Outputs at padded steps (t >= lengths[b]) are
+zero, and backends ignore grad_y there.
+"""
+import importlib
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from fastrnn.ops.lstm import reference
+
+GATES = 4
+
+
+def workspace_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class reference_backend:
+    """The reference layer behind the op interface (CPU fallback, and a test oracle)."""
+
+    @staticmethod
+    def forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths):
+        T, B, H = x.shape[0], x.shape[1], w_hh.shape[0] // GATES
+        workspace = x.new_empty(T, B, 5 * H, dtype=workspace_dtype(x.dtype))
+        with torch.no_grad():
+            y, h_t, c_t = reference.lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths,
+                                               workspace=workspace)
+        return y, h_t, c_t, workspace
+
+    @staticmethod
+    def backward(grad_y, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, workspace,
+                 lengths):
+        dx, dh0, dc0, dw_ih, dw_hh, dbias, dw_hr = reference.lstm_layer_backward(
+            grad_y, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, w_hr, y, workspace, lengths)
+        return dx, dh0, dc0, dw_ih, dw_hh, dbias, (dw_hr if dw_hr is not None else x.new_empty(0))
+
+
+def backend_module(name: str):
+    if name == "reference":
+        return reference_backend
+    return importlib.import_module(f"fastrnn.ops.lstm.{name}")
+
+
+@torch.library.custom_op("fastrnn::lstm_layer", mutates_args=())
+def lstm_layer_op(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
+                  b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hr: Optional[Tensor],
+                  lengths: Optional[Tensor], backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    return backend_module(backend).forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths)
+
+
+@lstm_layer_op.register_fake
+def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, backend):
+    T, B, H = x.shape[0], x.shape[1], w_hh.shape[0] // GATES
+    P = h0.shape[-1]
+    return (x.new_empty(T, B, P), h0.new_empty(h0.shape), c0.new_empty(c0.shape),
+            x.new_empty(T, B, 5 * H, dtype=workspace_dtype(x.dtype)))
+
+
+@torch.library.custom_op("fastrnn::lstm_layer_backward", mutates_args=())
+def lstm_layer_backward_op(grad_y: Tensor, grad_hT: Tensor, grad_cT: Tensor, x: Tensor, h0: Tensor,
+                           c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+                           b_hh: Optional[Tensor], w_hr: Optional[Tensor], y: Tensor,
+                           workspace: Tensor, lengths: Optional[Tensor], backend: str
+                           ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return backend_module(backend).backward(grad_y, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih,
+                                            b_hh, w_hr, y, workspace, lengths)
+
+
+@lstm_layer_backward_op.register_fake
+def _(grad_y, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, workspace, lengths,
+      backend):
+    dw_hr = w_hr.new_empty(w_hr.shape) if w_hr is not None else x.new_empty(0)
+    return (x.new_empty(x.shape), h0.new_empty(h0.shape), c0.new_empty(c0.shape),
+            w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape), w_hh.new_empty(w_hh.shape[0]),
+            dw_hr)
+
+
+def _setup_context(ctx, inputs, output):
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, backend = inputs
+    y, _, _, workspace = output
+    ctx.backend = backend
+    ctx.has = (b_ih is not None, b_hh is not None, w_hr is not None)
+    ctx.mark_non_differentiable(workspace)
+    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, y, workspace)
+
+
+def _backward(ctx, grad_y, grad_hT, grad_cT, _grad_workspace):
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, y, workspace = ctx.saved_tensors
+    grad_y = torch.zeros_like(y) if grad_y is None else grad_y
+    grad_hT = torch.zeros_like(h0) if grad_hT is None else grad_hT
+    grad_cT = torch.zeros_like(c0) if grad_cT is None else grad_cT
+    dx, dh0, dc0, dw_ih, dw_hh, dbias, dw_hr = lstm_layer_backward_op(
+        grad_y.contiguous(), grad_hT.contiguous(), grad_cT.contiguous(), x, h0, c0, w_ih, w_hh,
+        b_ih, b_hh, w_hr, y, workspace, lengths, ctx.backend)
+    has_b_ih, has_b_hh, has_w_hr = ctx.has
+    return (dx, dh0, dc0, dw_ih, dw_hh, dbias if has_b_ih else None, dbias if has_b_hh else None,
+            dw_hr if has_w_hr else None, None, None)
+
+
+lstm_layer_op.register_autograd(_backward, setup_context=_setup_context)

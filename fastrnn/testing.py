@@ -1,0 +1,80 @@
+"""Tolerances and helpers shared by tests and benchmarks (one definition, see DESIGN.md §4)."""
+import contextlib
+import math
+
+import torch
+
+# fp32 against an fp64 reference, short sequences.
+FP32_RTOL = 1e-5
+FP32_ATOL = 1e-5
+# fp32, long sequences: relative RMS error bound.
+LONG_SEQUENCE_REL_RMS = 5e-3
+# fp16/bf16: our error at most this many times PyTorch's own same-dtype error.
+LOW_PRECISION_FACTOR = 2.0
+
+
+def rel_rms(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """Root-mean-square error relative to the RMS of `expected`, computed in fp64."""
+    a, e = actual.detach().double(), expected.detach().double()
+    denom = e.pow(2).mean().sqrt().item()
+    err = (a - e).pow(2).mean().sqrt().item()
+    return err / denom if denom > 0 else err
+
+
+def max_abs_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return (actual.detach().double() - expected.detach().double()).abs().max().item()
+
+
+def assert_close_fp32(actual, expected, name: str = "tensor"):
+    """fp32 result against an fp64 reference, short sequences."""
+    torch.testing.assert_close(actual.double(), expected.double(), rtol=FP32_RTOL, atol=FP32_ATOL,
+                               msg=lambda m: f"{name}: {m}")
+
+
+def assert_rel_rms(actual, expected, bound: float = LONG_SEQUENCE_REL_RMS, name: str = "tensor"):
+    err = rel_rms(actual, expected)
+    assert err <= bound, f"{name}: relative RMS error {err:.3e} > {bound:.1e}"
+
+
+def assert_within_baseline(actual, baseline, reference, name: str = "tensor",
+                           factor: float = LOW_PRECISION_FACTOR):
+    """Low-precision rule: error(actual) <= factor * error(baseline), both against `reference`.
+
+    `baseline` is PyTorch's own computation in the same dtype; a floor of a few units in
+    the last place of the dtype keeps the rule meaningful when the baseline is exact.
+    """
+    err = max_abs_err(actual, reference)
+    base = max_abs_err(baseline, reference)
+    eps = torch.finfo(actual.dtype).eps if actual.dtype.is_floating_point else 0.0
+    scale = reference.detach().abs().max().item() if reference.numel() else 0.0
+    floor = 4 * eps * max(scale, 1.0)
+    assert math.isfinite(err), f"{name}: non-finite result"
+    assert err <= factor * base + floor, (
+        f"{name}: max error {err:.3e} > {factor} x PyTorch's own error {base:.3e} (+ floor {floor:.1e})")
+
+
+@contextlib.contextmanager
+def poisoned_empty():
+    """Inside the block, torch.empty / empty_like / new_empty return NaN-filled float tensors,
+    so an output element a kernel forgets to write shows up as NaN."""
+    originals = (torch.empty, torch.empty_like, torch.Tensor.new_empty)
+
+    def poison(t):
+        if t.dtype.is_floating_point:
+            t.fill_(float("nan"))
+        return t
+
+    def empty(*args, **kwargs):
+        return poison(originals[0](*args, **kwargs))
+
+    def empty_like(*args, **kwargs):
+        return poison(originals[1](*args, **kwargs))
+
+    def new_empty(self, *args, **kwargs):
+        return poison(originals[2](self, *args, **kwargs))
+
+    torch.empty, torch.empty_like, torch.Tensor.new_empty = empty, empty_like, new_empty
+    try:
+        yield
+    finally:
+        torch.empty, torch.empty_like, torch.Tensor.new_empty = originals
