@@ -1,0 +1,177 @@
+"""Forward recurrence for the LSTM and GRU Triton kernels (one kernel, the cell is a constexpr).
+
+The input projection x W_ih^T + b_ih of all steps is one GEMM before the kernel. The
+kernel then runs the recurrence (see common.py for the persistent design): per step, each
+program multiplies h_{t-1} by its resident slice of W_hh, applies the cell's gate math in
+fp32, writes its slice of h_t (the output, which is also how programs exchange h) and the
+activations backward needs.
+
+h_t travels through `hbuf` (T+1, B, H): hbuf[0] = h0 and hbuf[t+1] = y_t, so the recurrent
+operand of step t is hbuf[t] whatever launched before it. The states a program carries
+(h and c, fp32) are read from and written back to `h_state` / `c_state` at the ends of a
+launch, so one launch over all steps and one launch per step run the same code.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from fastrnn.ops.recurrent.common import (GATES, LSTM, MAX_BARRIER_SPINS, WORKSPACE_WIDTH,
+                                          grid_barrier, plan_launch)
+
+
+@triton.jit
+def tanh(x):
+    # Written with sigmoid so one formula serves every Triton version and the interpreter.
+    return 2.0 * tl.sigmoid(2.0 * x) - 1.0
+
+
+@triton.jit
+def load_weight_tile(w_ptr, gate, units, ks, H, K, unit_ok, k_ok):
+    """(BLOCK_K, BLOCK_H) tile of W^T for one gate: tile[k, j] = W[gate*H + j, k]."""
+    rows = (gate * H + units).to(tl.int64)
+    return tl.load(w_ptr + rows[None, :] * K + ks[:, None], mask=unit_ok[None, :] & k_ok[:, None],
+                   other=0.0)
+
+
+@triton.jit
+def load_gate_input(xproj_ptr, gate, base, units, H, mask):
+    """(BLOCK_B, BLOCK_H) slice of the input projection for one gate, in fp32."""
+    return tl.load(xproj_ptr + base + gate * H + units[None, :], mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def load_bias(b_ptr, gate, units, H, unit_ok, HAS_BIAS: tl.constexpr):
+    if HAS_BIAS:
+        return tl.load(b_ptr + gate * H + units, mask=unit_ok, other=0.0).to(tl.float32)[None, :]
+    else:
+        return tl.zeros((1, units.shape[0]), dtype=tl.float32)
+
+
+@triton.jit
+def recurrent_forward_kernel(
+        xproj_ptr, w_hh_ptr, b_hh_ptr, lengths_ptr, hbuf_ptr, h_state_ptr, c_state_ptr, ws_ptr,
+        counter_ptr, error_ptr, B, H, t_begin, t_end,
+        IS_LSTM: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+        PROGRAMS_H: tl.constexpr, MAX_SPINS: tl.constexpr):
+    G: tl.constexpr = 4 if IS_LSTM else 3
+    W: tl.constexpr = 5 if IS_LSTM else 4
+    pid_b = tl.program_id(0)
+    pid_h = tl.program_id(1)
+    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    units = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    ks = tl.arange(0, BLOCK_K)
+    row_ok = rows < B
+    unit_ok = units < H
+    k_ok = ks < H
+    tile_ok = row_ok[:, None] & unit_ok[None, :]
+    rows64 = rows.to(tl.int64)
+
+    # This program's slice of W_hh stays in registers for every step of the launch.
+    w0 = load_weight_tile(w_hh_ptr, 0, units, ks, H, H, unit_ok, k_ok)
+    w1 = load_weight_tile(w_hh_ptr, 1, units, ks, H, H, unit_ok, k_ok)
+    w2 = load_weight_tile(w_hh_ptr, 2, units, ks, H, H, unit_ok, k_ok)
+    b0 = load_bias(b_hh_ptr, 0, units, H, unit_ok, HAS_BIAS)
+    b1 = load_bias(b_hh_ptr, 1, units, H, unit_ok, HAS_BIAS)
+    b2 = load_bias(b_hh_ptr, 2, units, H, unit_ok, HAS_BIAS)
+    if IS_LSTM:
+        w3 = load_weight_tile(w_hh_ptr, 3, units, ks, H, H, unit_ok, k_ok)
+        b3 = load_bias(b_hh_ptr, 3, units, H, unit_ok, HAS_BIAS)
+
+    state_offsets = rows64[:, None] * H + units[None, :]
+    h_state = tl.load(h_state_ptr + state_offsets, mask=tile_ok, other=0.0)
+    if IS_LSTM:
+        c_state = tl.load(c_state_ptr + state_offsets, mask=tile_ok, other=0.0)
+    if HAS_LENGTHS:
+        length = tl.load(lengths_ptr + rows, mask=row_ok, other=0)
+
+    for t in range(t_begin, t_end):
+        if PROGRAMS_H > 1:
+            if t > t_begin:
+                # Every program of this batch block has written its slice of h_t.
+                grid_barrier(counter_ptr + pid_b, (t - t_begin) * PROGRAMS_H, error_ptr, MAX_SPINS)
+        # t * B stays far below 2^31; the products with H are formed in int64 via rows64.
+        h_prev = tl.load(hbuf_ptr + (t * B + rows64[:, None]) * H + ks[None, :],
+                         mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        x_base = (t * B + rows64[:, None]) * (G * H)
+        hg0 = tl.dot(h_prev, w0, input_precision="ieee") + b0
+        hg1 = tl.dot(h_prev, w1, input_precision="ieee") + b1
+        hg2 = tl.dot(h_prev, w2, input_precision="ieee") + b2
+        xg0 = load_gate_input(xproj_ptr, 0, x_base, units, H, tile_ok)
+        xg1 = load_gate_input(xproj_ptr, 1, x_base, units, H, tile_ok)
+        xg2 = load_gate_input(xproj_ptr, 2, x_base, units, H, tile_ok)
+        ws_base = ws_ptr + (t * B + rows64[:, None]) * (W * H) + units[None, :]
+        if IS_LSTM:
+            hg3 = tl.dot(h_prev, w3, input_precision="ieee") + b3
+            xg3 = load_gate_input(xproj_ptr, 3, x_base, units, H, tile_ok)
+            i = tl.sigmoid(xg0 + hg0)
+            f = tl.sigmoid(xg1 + hg1)
+            g = tanh(xg2 + hg2)
+            o = tl.sigmoid(xg3 + hg3)
+            c_new = f * c_state + i * g
+            h_new = o * tanh(c_new)
+            tl.store(ws_base, i, mask=tile_ok)
+            tl.store(ws_base + H, f, mask=tile_ok)
+            tl.store(ws_base + 2 * H, g, mask=tile_ok)
+            tl.store(ws_base + 3 * H, o, mask=tile_ok)
+            tl.store(ws_base + 4 * H, c_new, mask=tile_ok)
+        else:
+            r = tl.sigmoid(xg0 + hg0)
+            z = tl.sigmoid(xg1 + hg1)
+            n = tanh(xg2 + r * hg2)
+            h_new = (1.0 - z) * n + z * h_state
+            tl.store(ws_base, r, mask=tile_ok)
+            tl.store(ws_base + H, z, mask=tile_ok)
+            tl.store(ws_base + 2 * H, n, mask=tile_ok)
+            tl.store(ws_base + 3 * H, hg2, mask=tile_ok)
+        if HAS_LENGTHS:
+            active = (length > t)[:, None]
+            h_state = tl.where(active, h_new, h_state)
+            if IS_LSTM:
+                c_state = tl.where(active, c_new, c_state)
+            h_new = tl.where(active, h_new, 0.0)
+        else:
+            h_state = h_new
+            if IS_LSTM:
+                c_state = c_new
+        out_offsets = ((t + 1) * B + rows64[:, None]) * H + units[None, :]
+        tl.store(hbuf_ptr + out_offsets, h_new.to(hbuf_ptr.dtype.element_ty), mask=tile_ok)
+
+    tl.store(h_state_ptr + state_offsets, h_state, mask=tile_ok)
+    if IS_LSTM:
+        tl.store(c_state_ptr + state_offsets, c_state, mask=tile_ok)
+
+
+def run_forward(cell: int, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, force_per_step=False):
+    """The recurrence for `cell` (LSTM or GRU). Returns y (T, B, H), h_T, c_T (None for GRU)
+    and the workspace (T, B, W*H) fp32."""
+    T, B = x.shape[0], x.shape[1]
+    G = GATES[cell]
+    H = w_hh.shape[0] // G
+    xproj = torch.nn.functional.linear(x, w_ih, b_ih).contiguous()
+    hbuf = x.new_empty(T + 1, B, H)
+    hbuf[0] = h0
+    h_state = h0.to(torch.float32).contiguous().clone()
+    c_state = c0.to(torch.float32).contiguous().clone() if cell == LSTM else h_state
+    workspace = x.new_empty(T, B, WORKSPACE_WIDTH[cell] * H, dtype=torch.float32)
+    plan = plan_launch(B, H, H, G, x.device, force_per_step)
+    if B > 0:
+        counter = torch.zeros(plan.programs_b, dtype=torch.int32, device=x.device)
+        error = torch.zeros(1, dtype=torch.int32, device=x.device)
+        steps = [(0, T)] if plan.persistent else [(t, t + 1) for t in range(T)]
+        w_hh = w_hh.contiguous()
+        for t_begin, t_end in steps:
+            recurrent_forward_kernel[plan.grid](
+                xproj, w_hh, b_hh if b_hh is not None else w_hh,
+                lengths if lengths is not None else counter, hbuf, h_state, c_state, workspace,
+                counter, error, B, H, t_begin, t_end,
+                IS_LSTM=cell == LSTM, HAS_BIAS=b_hh is not None, HAS_LENGTHS=lengths is not None,
+                BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k,
+                PROGRAMS_H=plan.programs_h, MAX_SPINS=MAX_BARRIER_SPINS, num_warps=plan.num_warps)
+        if plan.programs_h > 1 and plan.persistent and error.item() != 0:
+            raise RuntimeError("fastrnn: the recurrent kernel's grid barrier timed out (programs were "
+                               "not all resident); set FASTRNN_BACKEND=ext or reference")
+    y = hbuf[1:]
+    h_t = h_state.to(x.dtype)
+    c_t = c_state.to(x.dtype) if cell == LSTM else None
+    return y, h_t, c_t, workspace
