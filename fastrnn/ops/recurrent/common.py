@@ -27,9 +27,10 @@ WORKSPACE_WIDTH = {LSTM: 5, GRU: 4}
 # A barrier wait gives up after this many polls and raises the error flag instead of
 # hanging the GPU (a correct wait takes a few hundred polls at most).
 MAX_BARRIER_SPINS = 1 << 26
-# Weight elements one program keeps in registers across steps; beyond this the tile
-# spills, so the plan splits the hidden dimension further or runs one step per launch.
-MAX_RESIDENT_WEIGHTS = 16384
+# Bytes of W_hh one program keeps in registers across steps (half of an SM's 256 KiB
+# register file); beyond this the tile spills, so the plan splits the hidden dimension
+# further or runs one step per launch.
+MAX_RESIDENT_WEIGHT_BYTES = 128 * 1024
 
 
 @triton.jit
@@ -75,7 +76,7 @@ def _pow2_at_least_16(n: int) -> int:
 
 
 def plan_launch(batch: int, hidden: int, reduction: int, gates: int, device: torch.device,
-                force_per_step: bool = False) -> LaunchPlan:
+                force_per_step: bool = False, element_size: int = 2) -> LaunchPlan:
     """Choose tiles and grid for `batch` rows, `hidden` units of `gates` gates each, and a
     recurrent matmul of length `reduction` (hidden for the forward, gates*hidden backward)."""
     block_k = _pow2_at_least_16(reduction)
@@ -85,11 +86,12 @@ def plan_launch(batch: int, hidden: int, reduction: int, gates: int, device: tor
         block_h = _pow2_at_least_16(hidden)
         return LaunchPlan(block_b, block_h, block_k, programs_b, 1, not force_per_step, 4)
     sms = torch.cuda.get_device_properties(device).multi_processor_count
+    max_weights = MAX_RESIDENT_WEIGHT_BYTES // element_size
     block_h = _pow2_at_least_16(hidden)
-    while block_h > 16 and gates * block_h * block_k > MAX_RESIDENT_WEIGHTS:
+    while block_h > 16 and gates * block_h * block_k > max_weights:
         block_h //= 2
     programs_h = triton.cdiv(hidden, block_h)
-    fits = gates * block_h * block_k <= MAX_RESIDENT_WEIGHTS and programs_h * programs_b <= sms
+    fits = gates * block_h * block_k <= max_weights and programs_h * programs_b <= sms
     persistent = fits and not force_per_step
     return LaunchPlan(block_b, block_h, block_k, programs_b, programs_h, persistent, 4 if block_h <= 32 else 8)
 

@@ -91,8 +91,9 @@ def recurrent_forward_kernel(
                 # Every program of this batch block has written its slice of h_t.
                 grid_barrier(counter_ptr + pid_b, (t - t_begin) * PROGRAMS_H, error_ptr, MAX_SPINS)
         # t * B stays far below 2^31; the products with H are formed in int64 via rows64.
+        # .cg: read h from L2, where the other programs' stores land, never a stale L1 line.
         h_prev = tl.load(hbuf_ptr + (t * B + rows64[:, None]) * H + ks[None, :],
-                         mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+                         mask=row_ok[:, None] & k_ok[None, :], other=0.0, cache_modifier=".cg")
         x_base = (t * B + rows64[:, None]) * (G * H)
         hg0 = tl.dot(h_prev, w0, input_precision="ieee") + b0
         hg1 = tl.dot(h_prev, w1, input_precision="ieee") + b1
@@ -154,7 +155,7 @@ def run_forward(cell: int, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, force_per
     h_state = h0.to(torch.float32).contiguous().clone()
     c_state = c0.to(torch.float32).contiguous().clone() if cell == LSTM else h_state
     workspace = x.new_empty(T, B, WORKSPACE_WIDTH[cell] * H, dtype=torch.float32)
-    plan = plan_launch(B, H, H, G, x.device, force_per_step)
+    plan = plan_launch(B, H, H, G, x.device, force_per_step, x.element_size())
     if B > 0:
         counter = torch.zeros(plan.programs_b, dtype=torch.int32, device=x.device)
         error = torch.zeros(1, dtype=torch.int32, device=x.device)
