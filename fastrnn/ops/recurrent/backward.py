@@ -1,0 +1,248 @@
+"""Backward through time (BPTT) for the LSTM and GRU Triton backends: one kernel, two cells.
+
+The reverse-time recurrence runs in one Triton kernel; what does not recur (dx, dW_ih,
+dW_hh, the bias gradients) is computed afterwards as large GEMMs over all steps at once.
+The math is exactly that of reference.lstm_layer_backward / gru_layer_backward.
+
+Kernel structure (see common.py): program (pid_b, pid_h) owns BLOCK_B batch rows and
+BLOCK_H hidden units and keeps W_hh[:, its units] (all G*H gate rows) in registers. Step t
+of the recurrence is split in two halves so that programs only need each other's results
+between them:
+
+  process t: dh = dh_state + grad_y[t]; the cell's pointwise backward from the saved
+             activations; write this program's slice of the gate gradients of step t.
+  finish t:  dh_state = where(active_t, dgates_hidden[t] @ W_hh[:, slice] + dh_local,
+             dh_state) -- this reads every program's gate gradients of step t.
+
+Iteration t of the launch loop finishes t+1 (after a grid barrier when the hidden size is
+split across programs) and then processes t; the last iteration, t = -1, only finishes
+step 0, leaving dh0 in dh_state. Persistent mode runs t = T-1 .. -1 in one launch; the
+per-step fallback launches each t separately, the launch boundary acting as the barrier.
+Both modes run the same code: the carried state (dh_state, dc_state for the LSTM,
+dh_local = dh * z for the GRU) is loaded from global buffers at launch start and stored
+back at launch end.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from fastrnn.ops.recurrent import common
+
+
+@triton.jit
+def _tanh(x):
+    # tl has no tanh in every supported Triton version.
+    return 2.0 * tl.sigmoid(2.0 * x) - 1.0
+
+
+@triton.jit
+def _lstm_step_backward(dh, dc_state, ws_row, prev_ws_row, c0_ptr, state_offs, has_prev, mask,
+                        offs_h, H, dg_ptrs_row, active):
+    """Pointwise LSTM backward of one step; stores d(i, f, g, o) pre-activations and returns
+    the carried dc_state."""
+    i = tl.load(ws_row + 0 * H + offs_h[None, :], mask=mask, other=0.0)
+    f = tl.load(ws_row + 1 * H + offs_h[None, :], mask=mask, other=0.0)
+    g = tl.load(ws_row + 2 * H + offs_h[None, :], mask=mask, other=0.0)
+    o = tl.load(ws_row + 3 * H + offs_h[None, :], mask=mask, other=0.0)
+    c = tl.load(ws_row + 4 * H + offs_h[None, :], mask=mask, other=0.0)
+    # c_{t-1}: the previous step's saved cell state, or c0 at t = 0.
+    c_saved = tl.load(prev_ws_row + 4 * H + offs_h[None, :], mask=mask & has_prev, other=0.0)
+    c_init = tl.load(c0_ptr + state_offs, mask=mask & ~has_prev, other=0.0).to(tl.float32)
+    c_prev = tl.where(has_prev, c_saved, c_init)
+    tanh_c = _tanh(c)
+    dc = dc_state + dh * o * (1.0 - tanh_c * tanh_c)
+    keep = active[:, None]
+    tl.store(dg_ptrs_row + 0 * H + offs_h[None, :], tl.where(keep, dc * g * i * (1.0 - i), 0.0), mask=mask)
+    tl.store(dg_ptrs_row + 1 * H + offs_h[None, :], tl.where(keep, dc * c_prev * f * (1.0 - f), 0.0), mask=mask)
+    tl.store(dg_ptrs_row + 2 * H + offs_h[None, :], tl.where(keep, dc * i * (1.0 - g * g), 0.0), mask=mask)
+    tl.store(dg_ptrs_row + 3 * H + offs_h[None, :], tl.where(keep, dh * tanh_c * o * (1.0 - o), 0.0), mask=mask)
+    return tl.where(keep, dc * f, dc_state)
+
+
+@triton.jit
+def _gru_step_backward(dh, ws_row, h_prev_row, h0_ptr, state_offs, has_prev, mask, offs_h, H,
+                       dg_hidden_row, dg_input_row, active):
+    """Pointwise GRU backward of one step; stores the input-side gate gradients [dr, dz, dn]
+    and the hidden-side ones [dr, dz, dn * r], and returns dh_local = dh * z."""
+    r = tl.load(ws_row + 0 * H + offs_h[None, :], mask=mask, other=0.0)
+    z = tl.load(ws_row + 1 * H + offs_h[None, :], mask=mask, other=0.0)
+    n = tl.load(ws_row + 2 * H + offs_h[None, :], mask=mask, other=0.0)
+    hn = tl.load(ws_row + 3 * H + offs_h[None, :], mask=mask, other=0.0)
+    # h_{t-1}: the previous output (an active step's predecessor is active), or h0 at t = 0.
+    h_saved = tl.load(h_prev_row + offs_h[None, :], mask=mask & has_prev, other=0.0)
+    h_init = tl.load(h0_ptr + state_offs, mask=mask & ~has_prev, other=0.0)
+    h_prev = tl.where(has_prev, h_saved.to(tl.float32), h_init.to(tl.float32))
+    dn = dh * (1.0 - z) * (1.0 - n * n)
+    dr = dn * hn * r * (1.0 - r)
+    dz = dh * (h_prev - n) * z * (1.0 - z)
+    keep = active[:, None]
+    dr = tl.where(keep, dr, 0.0)
+    dz = tl.where(keep, dz, 0.0)
+    dn = tl.where(keep, dn, 0.0)
+    tl.store(dg_input_row + 0 * H + offs_h[None, :], dr, mask=mask)
+    tl.store(dg_input_row + 1 * H + offs_h[None, :], dz, mask=mask)
+    tl.store(dg_input_row + 2 * H + offs_h[None, :], dn, mask=mask)
+    tl.store(dg_hidden_row + 0 * H + offs_h[None, :], dr, mask=mask)
+    tl.store(dg_hidden_row + 1 * H + offs_h[None, :], dz, mask=mask)
+    tl.store(dg_hidden_row + 2 * H + offs_h[None, :], dn * r, mask=mask)
+    return dh * z
+
+
+@triton.jit
+def _bptt_kernel(grad_y_ptr, workspace_ptr, y_ptr, h0_ptr, c0_ptr, w_hh_ptr, lengths_ptr,
+                 dg_hidden_ptr, dg_input_ptr, dh_state_ptr, carry_ptr,
+                 barrier_ptr, error_ptr, t_hi, t_lo, T, B, H,
+                 IS_LSTM: tl.constexpr, GATES: tl.constexpr, WS_WIDTH: tl.constexpr,
+                 USE_BARRIER: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                 BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+                 MAX_SPINS: tl.constexpr):
+    """Runs iterations t = t_hi .. t_lo (descending) of the BPTT loop described above.
+
+    All tensors are contiguous: grad_y, y (T, B, H); workspace (T, B, WS_WIDTH*H) fp32;
+    h0, c0 and the state buffers (B, H); w_hh (GATES*H, H); gate gradients (T, B, GATES*H)
+    fp32; lengths (B,). carry holds the cell's second carried state: dc_state (LSTM) or
+    dh_local (GRU).
+    """
+    pid_b = tl.program_id(0)
+    pid_h = tl.program_id(1)
+    offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_h = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    offs_k = tl.arange(0, BLOCK_K)
+    GH = GATES * H
+    mask_b = offs_b < B
+    mask = mask_b[:, None] & (offs_h < H)[None, :]
+    mask_k = mask_b[:, None] & (offs_k < GH)[None, :]
+    state_offs = offs_b[:, None] * H + offs_h[None, :]
+
+    # W_hh[:, slice], all gate rows: resident for the whole launch.
+    w = tl.load(w_hh_ptr + offs_k[:, None] * H + offs_h[None, :],
+                mask=(offs_k < GH)[:, None] & (offs_h < H)[None, :], other=0.0)
+    length = tl.load(lengths_ptr + offs_b, mask=mask_b, other=0)
+    dh_state = tl.load(dh_state_ptr + state_offs, mask=mask, other=0.0)
+    if IS_LSTM:
+        dc_state = tl.load(carry_ptr + state_offs, mask=mask, other=0.0)
+        dh_local = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
+    else:
+        dh_local = tl.load(carry_ptr + state_offs, mask=mask, other=0.0)
+
+    for s in range(0, t_hi - t_lo + 1):
+        t = t_hi - s
+        if t < T - 1:
+            # Finish step t+1: every program must have written its gate gradients.
+            if USE_BARRIER:
+                common.grid_barrier(barrier_ptr + pid_b, (T - 1 - t) * tl.num_programs(1),
+                                    error_ptr, MAX_SPINS)
+            # int64 row offsets: t * B * G * H can pass 2^31.
+            next_rows = (offs_b + (t + 1) * B).to(tl.int64) * GH
+            # .cg: read through L2, where the other programs' stores are visible.
+            dg_next = tl.load(dg_hidden_ptr + next_rows[:, None] + offs_k[None, :], mask=mask_k,
+                              other=0.0, cache_modifier=".cg")
+            rec = tl.dot(dg_next.to(w.dtype), w, input_precision=DOT_PRECISION)
+            dh_state = tl.where(((t + 1) < length)[:, None], rec + dh_local, dh_state)
+        if t >= 0:
+            # Process step t.
+            rows = (offs_b + t * B).to(tl.int64)
+            active = t < length
+            has_prev = (rows >= B)[:, None]  # t > 0, as a block for the masks
+            grad = tl.load(grad_y_ptr + rows[:, None] * H + offs_h[None, :], mask=mask, other=0.0)
+            dh = dh_state + tl.where(active[:, None], grad.to(tl.float32), 0.0)
+            ws_row = workspace_ptr + rows[:, None] * (WS_WIDTH * H)
+            dg_row = dg_hidden_ptr + rows[:, None] * GH
+            if IS_LSTM:
+                prev_ws_row = workspace_ptr + (rows - B)[:, None] * (WS_WIDTH * H)
+                dc_state = _lstm_step_backward(dh, dc_state, ws_row, prev_ws_row, c0_ptr,
+                                               state_offs, has_prev, mask, offs_h, H, dg_row,
+                                               active)
+            else:
+                h_prev_row = y_ptr + (rows - B)[:, None] * H
+                dh_local = _gru_step_backward(dh, ws_row, h_prev_row, h0_ptr, state_offs, has_prev, mask,
+                                              offs_h, H, dg_row,
+                                              dg_input_ptr + rows[:, None] * GH, active)
+
+    tl.store(dh_state_ptr + state_offs, dh_state, mask=mask)
+    if IS_LSTM:
+        tl.store(carry_ptr + state_offs, dc_state, mask=mask)
+    else:
+        tl.store(carry_ptr + state_offs, dh_local, mask=mask)
+
+
+def _state_buffer(t: torch.Tensor) -> torch.Tensor:
+    """A private fp32 contiguous copy: the kernel updates it in place."""
+    return t.detach().to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+
+
+def _recurrence(cell, grad_y, grad_hT, grad_cT, h0, c0, w_hh, y, workspace, lengths,
+                force_per_step=False):
+    """Runs the BPTT kernel. Returns (dgates_hidden, dgates_input, dh0, dc0) in fp32, where
+    dgates_input is dgates_hidden for the LSTM and dc0 is None for the GRU."""
+    T, B, H = y.shape
+    G = common.GATES[cell]
+    is_lstm = cell == common.LSTM
+    device = y.device
+    plan = common.plan_launch(B, H, reduction=G * H, gates=G, device=device,
+                              force_per_step=force_per_step)
+
+    dg_hidden = torch.empty(T, B, G * H, device=device, dtype=torch.float32)
+    dg_input = dg_hidden if is_lstm else torch.empty_like(dg_hidden)
+    dh_state = _state_buffer(grad_hT)
+    # The LSTM carries dc_state; the GRU carries dh_local = dh * z of the last step.
+    carry = _state_buffer(grad_cT) if is_lstm else torch.zeros_like(dh_state)
+    if lengths is None:
+        lengths = torch.full((B,), T, dtype=torch.int64, device=device)
+    use_barrier = plan.persistent and plan.programs_h > 1
+    barrier = torch.zeros(plan.programs_b, dtype=torch.int32, device=device)
+    error = torch.zeros(1, dtype=torch.int32, device=device)
+
+    w_hh = w_hh.contiguous()
+    # The GRU has no c0: h0 fills the unused pointer.
+    args = (grad_y.contiguous(), workspace.contiguous(), y.contiguous(), h0.contiguous(),
+            (c0 if is_lstm else h0).contiguous(), w_hh, lengths.contiguous(),
+            dg_hidden, dg_input, dh_state, carry, barrier, error)
+    meta = dict(IS_LSTM=is_lstm, GATES=G, WS_WIDTH=common.WORKSPACE_WIDTH[cell],
+                USE_BARRIER=use_barrier,
+                DOT_PRECISION="ieee" if w_hh.dtype == torch.float32 else "tf32",
+                BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k,
+                MAX_SPINS=common.MAX_BARRIER_SPINS, num_warps=plan.num_warps)
+    # The kernel indexes its launch range with (t_hi, t_lo); t = -1 only finishes step 0.
+    ranges = [(T - 1, -1)] if plan.persistent else [(t, t) for t in range(T - 1, -2, -1)]
+    for t_hi, t_lo in ranges:
+        _bptt_kernel[plan.grid](*args, t_hi, t_lo, T, B, H, **meta)
+    if use_barrier and error.item():
+        raise RuntimeError(
+            "fastrnn: the grid barrier of the Triton BPTT kernel timed out (programs not "
+            f"co-resident? grid {plan.grid}); the gradients are invalid")
+    return dg_hidden, dg_input, dh_state, (carry if is_lstm else None)
+
+
+def _gemm_gradients(dg_input, dg_hidden, x, h0, w_ih, w_hh, y):
+    """dx, dW_ih, dW_hh over all steps at once, fp32 accumulation, in the input dtypes."""
+    T, B = x.shape[0], x.shape[1]
+    gi = dg_input.reshape(T * B, -1)
+    gh = dg_hidden.reshape(T * B, -1)
+    h_prev = torch.cat([h0.unsqueeze(0), y[:-1]], dim=0).reshape(T * B, -1)
+    dx = (gi @ w_ih.float()).reshape(T, B, -1).to(x.dtype)
+    dw_ih = (gi.t() @ x.reshape(T * B, -1).float()).to(w_ih.dtype)
+    dw_hh = (gh.t() @ h_prev.float()).to(w_hh.dtype)
+    return dx, dw_ih, dw_hh
+
+
+def lstm_backward(grad_y, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, y, workspace, lengths,
+                  force_per_step=False):
+    """Gradients of an LSTM layer (no projection) from its forward output and workspace:
+    (dx, dh0, dc0, dw_ih, dw_hh, dbias), as reference.lstm_layer_backward."""
+    dgates, _, dh0, dc0 = _recurrence(common.LSTM, grad_y, grad_hT, grad_cT, h0, c0, w_hh, y,
+                                      workspace, lengths, force_per_step)
+    dx, dw_ih, dw_hh = _gemm_gradients(dgates, dgates, x, h0, w_ih, w_hh, y)
+    dbias = dgates.reshape(-1, dgates.shape[-1]).sum(0).to(w_hh.dtype)
+    return dx, dh0.to(h0.dtype), dc0.to(c0.dtype), dw_ih, dw_hh, dbias
+
+
+def gru_backward(grad_y, grad_hT, x, h0, w_ih, w_hh, y, workspace, lengths, force_per_step=False):
+    """Gradients of a GRU layer from its forward output and workspace:
+    (dx, dh0, dw_ih, dw_hh, db_ih, db_hh), as reference.gru_layer_backward."""
+    dg_hidden, dg_input, dh0, _ = _recurrence(common.GRU, grad_y, grad_hT, None, h0, None, w_hh, y,
+                                              workspace, lengths, force_per_step)
+    dx, dw_ih, dw_hh = _gemm_gradients(dg_input, dg_hidden, x, h0, w_ih, w_hh, y)
+    db_ih = dg_input.reshape(-1, dg_input.shape[-1]).sum(0).to(w_hh.dtype)
+    db_hh = dg_hidden.reshape(-1, dg_hidden.shape[-1]).sum(0).to(w_hh.dtype)
+    return dx, dh0.to(h0.dtype), dw_ih, dw_hh, db_ih, db_hh
