@@ -5,9 +5,9 @@ dW_hh, the bias gradients) is computed afterwards as large GEMMs over all steps 
 The math is exactly that of reference.lstm_layer_backward / gru_layer_backward.
 
 Kernel structure (see common.py): program (pid_b, pid_h) owns BLOCK_B batch rows and
-BLOCK_H hidden units and keeps W_hh[:, its units] (all G*H gate rows) in registers. Step t
-of the recurrence is split in two halves so that programs only need each other's results
-between them:
+BLOCK_H hidden units and keeps W_hh[:, its units] (all G*H gate rows, as G tiles of
+(BLOCK_K, BLOCK_H)) in registers. Step t of the recurrence is split in two halves so that
+programs only need each other's results between them:
 
   process t: dh = dh_state + grad_y[t]; the cell's pointwise backward from the saved
              activations; write this program's slice of the gate gradients of step t.
@@ -33,6 +33,23 @@ from fastrnn.ops.recurrent import common
 def _tanh(x):
     # tl has no tanh in every supported Triton version.
     return 2.0 * tl.sigmoid(2.0 * x) - 1.0
+
+
+@triton.jit
+def _load_gate_tile(w_hh_ptr, gate, H, offs_k, offs_h):
+    """(BLOCK_K, BLOCK_H) tile of one gate's rows of W_hh: tile[k, j] = W_hh[gate*H + k, j]."""
+    rows = (gate * H + offs_k).to(tl.int64)
+    return tl.load(w_hh_ptr + rows[:, None] * H + offs_h[None, :],
+                   mask=(offs_k < H)[:, None] & (offs_h < H)[None, :], other=0.0)
+
+
+@triton.jit
+def _gate_product(dg_row, gate, H, offs_k, mask_k, w, DOT_PRECISION: tl.constexpr):
+    """One gate's share of the recurrent product: dgates[t, rows, gate*H + k] @ tile."""
+    # .cg: read through L2, where the other programs' stores are visible.
+    dg = tl.load(dg_row + gate * H + offs_k[None, :], mask=mask_k, other=0.0, cache_modifier=".cg")
+    # 16-bit inputs: 16-bit operands; fp32 inputs: exact fp32 products. Accumulation is fp32.
+    return tl.dot(dg.to(w.dtype), w, input_precision=DOT_PRECISION)
 
 
 @triton.jit
@@ -111,12 +128,15 @@ def _bptt_kernel(grad_y_ptr, workspace_ptr, y_ptr, h0_ptr, c0_ptr, w_hh_ptr, len
     GH = GATES * H
     mask_b = offs_b < B
     mask = mask_b[:, None] & (offs_h < H)[None, :]
-    mask_k = mask_b[:, None] & (offs_k < GH)[None, :]
+    mask_k = mask_b[:, None] & (offs_k < H)[None, :]
     state_offs = offs_b[:, None] * H + offs_h[None, :]
 
-    # W_hh[:, slice], all gate rows: resident for the whole launch.
-    w = tl.load(w_hh_ptr + offs_k[:, None] * H + offs_h[None, :],
-                mask=(offs_k < GH)[:, None] & (offs_h < H)[None, :], other=0.0)
+    # W_hh[:, slice], one tile per gate: resident for the whole launch.
+    w0 = _load_gate_tile(w_hh_ptr, 0, H, offs_k, offs_h)
+    w1 = _load_gate_tile(w_hh_ptr, 1, H, offs_k, offs_h)
+    w2 = _load_gate_tile(w_hh_ptr, 2, H, offs_k, offs_h)
+    if IS_LSTM:
+        w3 = _load_gate_tile(w_hh_ptr, 3, H, offs_k, offs_h)
     length = tl.load(lengths_ptr + offs_b, mask=mask_b, other=0)
     dh_state = tl.load(dh_state_ptr + state_offs, mask=mask, other=0.0)
     if IS_LSTM:
@@ -133,11 +153,12 @@ def _bptt_kernel(grad_y_ptr, workspace_ptr, y_ptr, h0_ptr, c0_ptr, w_hh_ptr, len
                 common.grid_barrier(barrier_ptr + pid_b, (T - 1 - t) * tl.num_programs(1),
                                     error_ptr, MAX_SPINS)
             # int64 row offsets: t * B * G * H can pass 2^31.
-            next_rows = (offs_b + (t + 1) * B).to(tl.int64) * GH
-            # .cg: read through L2, where the other programs' stores are visible.
-            dg_next = tl.load(dg_hidden_ptr + next_rows[:, None] + offs_k[None, :], mask=mask_k,
-                              other=0.0, cache_modifier=".cg")
-            rec = tl.dot(dg_next.to(w.dtype), w, input_precision=DOT_PRECISION)
+            dg_next = dg_hidden_ptr + ((offs_b + (t + 1) * B).to(tl.int64) * GH)[:, None]
+            rec = _gate_product(dg_next, 0, H, offs_k, mask_k, w0, DOT_PRECISION)
+            rec += _gate_product(dg_next, 1, H, offs_k, mask_k, w1, DOT_PRECISION)
+            rec += _gate_product(dg_next, 2, H, offs_k, mask_k, w2, DOT_PRECISION)
+            if IS_LSTM:
+                rec += _gate_product(dg_next, 3, H, offs_k, mask_k, w3, DOT_PRECISION)
             dh_state = tl.where(((t + 1) < length)[:, None], rec + dh_local, dh_state)
         if t >= 0:
             # Process step t.
@@ -179,8 +200,10 @@ def _recurrence(cell, grad_y, grad_hT, grad_cT, h0, c0, w_hh, y, workspace, leng
     G = common.GATES[cell]
     is_lstm = cell == common.LSTM
     device = y.device
-    plan = common.plan_launch(B, H, reduction=G * H, gates=G, device=device,
-                              force_per_step=force_per_step)
+    # Per gate tile the recurrent product reduces over H rows: the resident weights are
+    # G tiles of (BLOCK_K, BLOCK_H), which is how plan_launch counts for reduction=H.
+    plan = common.plan_launch(B, H, reduction=H, gates=G, device=device,
+                              force_per_step=force_per_step, element_size=w_hh.element_size())
 
     dg_hidden = torch.empty(T, B, G * H, device=device, dtype=torch.float32)
     dg_input = dg_hidden if is_lstm else torch.empty_like(dg_hidden)
@@ -203,9 +226,10 @@ def _recurrence(cell, grad_y, grad_hT, grad_cT, h0, c0, w_hh, y, workspace, leng
                 DOT_PRECISION="ieee" if w_hh.dtype == torch.float32 else "tf32",
                 BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k,
                 MAX_SPINS=common.MAX_BARRIER_SPINS, num_warps=plan.num_warps)
-    # The kernel indexes its launch range with (t_hi, t_lo); t = -1 only finishes step 0.
+    # Each launch runs iterations t_hi .. t_lo; t = -1 only finishes step 0. With no batch
+    # rows there is nothing to run (and a grid must not be empty).
     ranges = [(T - 1, -1)] if plan.persistent else [(t, t) for t in range(T - 1, -2, -1)]
-    for t_hi, t_lo in ranges:
+    for t_hi, t_lo in ranges if B > 0 else []:
         _bptt_kernel[plan.grid](*args, t_hi, t_lo, T, B, H, **meta)
     if use_barrier and error.item():
         raise RuntimeError(
