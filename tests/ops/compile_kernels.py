@@ -1,0 +1,47 @@
+"""Compiles the recurrent Triton kernels for NVIDIA targets without a GPU (Triton's own
+ptxas), so CI on a CPU-only machine catches kernels that only the interpreter accepts.
+
+Run as a script with TRITON_INTERPRET unset (the interpreter replaces @triton.jit
+functions, which then cannot be compiled): `python tests/ops/compile_kernels.py ARCH`.
+Prints one line per kernel and fails when a kernel does not compile or its grid barrier
+lost its release/acquire atomics.
+"""
+import sys
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from fastrnn.ops.recurrent.forward import recurrent_forward_kernel
+
+def forward_signature(dtype: str):
+    types = {"xproj_ptr": dtype, "w_hh_ptr": dtype, "b_hh_ptr": dtype, "lengths_ptr": "*i64",
+             "hbuf_ptr": dtype, "h_state_ptr": "*fp32", "c_state_ptr": "*fp32", "ws_ptr": "*fp32",
+             "counter_ptr": "*i32", "error_ptr": "*i32"}
+    types.update({name: "i32" for name in ("B", "H", "t_begin", "t_end")})
+    return types
+
+
+def compile_kernel(kernel, signature, constexprs, arch: int, num_warps: int):
+    signature = dict(signature, **{name: "constexpr" for name in constexprs})
+    source = ASTSource(kernel, signature, constexprs)
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
+
+
+def main(arch: int):
+    for dtype in ("*fp16", "*bf16", "*fp32"):
+        for is_lstm in (True, False):
+            constexprs = {"IS_LSTM": is_lstm, "HAS_BIAS": True, "HAS_LENGTHS": True, "BLOCK_B": 16,
+                          "BLOCK_H": 16, "BLOCK_K": 256, "PROGRAMS_H": 16, "MAX_SPINS": 1 << 26}
+            compiled = compile_kernel(recurrent_forward_kernel, forward_signature(dtype), constexprs,
+                                      arch, num_warps=4)
+            ptx = compiled.asm["ptx"]
+            barrier = ("release" in ptx) and ("acquire" in ptx)
+            name = f"forward {'lstm' if is_lstm else 'gru'} {dtype[1:]} sm_{arch}"
+            print(f"{name}: compiled, barrier={'yes' if barrier else 'NO'}")
+            if not barrier:
+                raise SystemExit(f"{name}: the grid barrier's release/acquire atomics are missing")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]))
