@@ -1,0 +1,354 @@
+"""Drop-in replacements for torch.nn.LSTM and torch.nn.GRU that run fastrnn's fused layers.
+
+The modules subclass torch.nn.RNNBase, not nn.LSTM / nn.GRU: RNNBase gives the same
+constructor checks, parameter names, registration order, initialisation, repr, state_dict,
+pickling and functional_call support, while torch.compile's Dynamo refuses to trace any
+subclass of nn.LSTM / nn.GRU (it graph-breaks on them unless a config flag is set).
+
+Each layer and direction is one call of fastrnn.functional.lstm_layer / gru_layer, which
+picks the backend (fastrnn.backends). Variable-length batches (PackedSequence) run as a
+padded time-major tensor plus per-sequence lengths, so the kernels stop each sequence at
+its own end; the reverse direction reverses each sequence over its own valid steps.
+"""
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.rnn import PackedSequence
+
+from fastrnn import functional
+
+__all__ = ["LSTM", "GRU", "replace_rnns"]
+
+
+def _reverse_index(lengths: Tensor, steps: int) -> Tensor:
+    """(T, B) source step of each output step when every sequence is reversed over its own
+    first lengths[b] steps; padded steps map to themselves."""
+    t = torch.arange(steps, device=lengths.device).unsqueeze(1)
+    reversed_t = lengths.unsqueeze(0) - 1 - t
+    return torch.where(reversed_t >= 0, reversed_t, t)
+
+
+def _reverse_time(x: Tensor, index: Optional[Tensor]) -> Tensor:
+    if index is None:
+        return x.flip(0)
+    return x.gather(0, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+class _PackedLayout:
+    """Where the rows of a PackedSequence's data sit in a padded (T, B) time-major tensor.
+
+    Rows of packed data are ordered by time step, then by batch entry (sorted by length,
+    longest first), so row r at step t belongs to batch entry r - (rows before step t).
+    """
+
+    def __init__(self, data: Tensor, batch_sizes: Tensor, name: str):
+        _check_batch_sizes(data, batch_sizes, name)
+        self.steps = batch_sizes.numel()
+        self.batch = int(batch_sizes[0])
+        step_of_row = torch.repeat_interleave(torch.arange(self.steps), batch_sizes)
+        first_row_of_step = torch.cumsum(batch_sizes, 0) - batch_sizes
+        entry_of_row = torch.arange(data.shape[0]) - torch.repeat_interleave(first_row_of_step,
+                                                                             batch_sizes)
+        self.rows = (step_of_row * self.batch + entry_of_row).to(data.device)
+        entries = torch.arange(self.batch).unsqueeze(1)
+        self.lengths = (batch_sizes.unsqueeze(0) > entries).sum(1).to(data.device)
+
+    def to_padded(self, data: Tensor) -> Tensor:
+        flat = data.new_zeros(self.steps * self.batch, data.shape[-1]).index_copy(0, self.rows, data)
+        return flat.view(self.steps, self.batch, data.shape[-1])
+
+    def to_packed(self, padded: Tensor) -> Tensor:
+        return padded.reshape(self.steps * self.batch, padded.shape[-1]).index_select(0, self.rows)
+
+
+def _check_batch_sizes(data: Tensor, batch_sizes: Tensor, name: str):
+    """PackedSequence built by hand can be inconsistent; torch would fail deep inside ATen."""
+    def fail(message):
+        raise ValueError(f"{name}: invalid PackedSequence: {message}")
+
+    if batch_sizes.dim() != 1 or batch_sizes.dtype != torch.int64 or batch_sizes.device.type != "cpu":
+        fail(f"batch_sizes must be a 1-D int64 CPU tensor, got {batch_sizes.dim()}-D "
+             f"{batch_sizes.dtype} on {batch_sizes.device}")
+    if batch_sizes.numel() == 0:
+        raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+    if int(batch_sizes.min()) < 1 or bool((batch_sizes[1:] > batch_sizes[:-1]).any()):
+        fail(f"batch_sizes must be positive and non-increasing, got {batch_sizes.tolist()}")
+    if int(batch_sizes.sum()) != data.shape[0]:
+        fail(f"data has {data.shape[0]} rows but batch_sizes sum to {int(batch_sizes.sum())}")
+
+
+class _FusedRNNBase(nn.RNNBase):
+    """Forward shared by LSTM and GRU. Subclasses give the hidden-state handling and
+    `_run_direction` (one layer, one direction through fastrnn.functional)."""
+
+    def flatten_parameters(self) -> None:
+        """No-op: fastrnn's kernels read the weights where they are (nn.RNNBase would pack
+        them into one cuDNN buffer)."""
+
+    # --- hooks the subclasses define -------------------------------------------------
+    def _as_state_tuple(self, hx) -> Tuple[Tensor, ...]:
+        raise NotImplementedError
+
+    def _run_direction(self, x: Tensor, state: Tuple[Tensor, ...], params: Sequence[Tensor],
+                       lengths: Optional[Tensor]) -> Tuple[Tensor, Tuple[Tensor, ...]]:
+        raise NotImplementedError
+
+    def _check_hx_rank(self, hx, batched: bool) -> None:
+        raise NotImplementedError
+
+    def _zero_hidden(self, x: Tensor, batch: int):
+        raise NotImplementedError
+
+    # --- forward ---------------------------------------------------------------------
+    def forward(self, input, hx=None):
+        self._update_flat_weights()
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            x, batch_sizes, sorted_indices, unsorted_indices = input
+            self.check_input(x, batch_sizes)
+            layout = _PackedLayout(x, batch_sizes, type(self).__name__)
+            batch, batched = layout.batch, True
+        else:
+            if input.dim() not in (2, 3):
+                raise ValueError(f"{self.mode}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            x, batch_sizes, sorted_indices, unsorted_indices = input, None, None, None
+            batched = x.dim() == 3
+            batch_dim = 0 if self.batch_first else 1
+            if not batched:
+                x = x.unsqueeze(batch_dim)
+            batch = x.size(batch_dim)
+        if hx is None:
+            hx = self._zero_hidden(x, batch)
+        else:
+            self._check_hx_rank(hx, batched)
+            if not batched:
+                hx = tuple(h.unsqueeze(1) for h in self._as_state_tuple(hx))
+                hx = hx if self.mode == "LSTM" else hx[0]
+        self.check_forward_args(x, hx, batch_sizes)
+        state = self._as_state_tuple(self.permute_hidden(hx, sorted_indices))
+        self._check_dtypes_and_devices(x, state)
+
+        if packed:
+            x_tm, lengths = layout.to_padded(x), layout.lengths
+        else:
+            x_tm, lengths = (x.transpose(0, 1) if self.batch_first else x), None
+        y, final = self._run_layers(x_tm, state, lengths, layout.rows if packed else None)
+
+        hidden = final if self.mode == "LSTM" else final[0]
+        if packed:
+            output = PackedSequence(layout.to_packed(y), batch_sizes, sorted_indices, unsorted_indices)
+            return output, self.permute_hidden(hidden, unsorted_indices)
+        if self.batch_first:
+            y = y.transpose(0, 1)
+        if not batched:
+            y = y.squeeze(batch_dim)
+            hidden = tuple(h.squeeze(1) for h in final)
+            hidden = hidden if self.mode == "LSTM" else hidden[0]
+        return y, hidden
+
+    def _check_dtypes_and_devices(self, x: Tensor, state: Tuple[Tensor, ...]) -> None:
+        """torch checks the devices inside ATen (same messages here) and never checks the
+        dtype of hx; fastrnn says which tensor is wrong."""
+        weight = self._flat_weights[0]
+        if x.device != weight.device:
+            raise RuntimeError("Input and parameter tensors are not at the same device, found input "
+                               f"tensor at {x.device} and parameter tensor at {weight.device}")
+        for h in state:
+            if h.device != x.device:
+                raise RuntimeError("Input and hidden tensors are not at the same device, found input "
+                                   f"tensor at {x.device} and hidden tensor at {h.device}")
+        if torch._C._is_any_autocast_enabled():
+            return
+        for h in state:
+            if h.dtype != weight.dtype:
+                raise ValueError(f"{self.mode}: hx dtype ({h.dtype}) does not match weight dtype "
+                                 f"({weight.dtype}). Convert hx: hx.to({weight.dtype})")
+
+    def _run_layers(self, x: Tensor, state: Tuple[Tensor, ...], lengths: Optional[Tensor],
+                    packed_rows: Optional[Tensor]) -> Tuple[Tensor, Tuple[Tensor, ...]]:
+        """All layers and directions on time-major x; returns the last layer's output and the
+        stacked final states (one entry per state tensor, (layers * directions, B, .))."""
+        weights: List[Tensor] = self._flat_weights
+        if torch.is_autocast_enabled(x.device.type):
+            # torch's RNN ops run in the autocast dtype; the fused layers take one dtype.
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, state = x.to(dtype), tuple(h.to(dtype) for h in state)
+            weights = [w.to(dtype) for w in weights]
+        with torch.autocast(x.device.type, enabled=False):
+            return self._run_stack(x, state, weights, lengths, packed_rows)
+
+    def _run_stack(self, x, state, weights, lengths, packed_rows):
+        directions = 2 if self.bidirectional else 1
+        per_direction = len(weights) // (self.num_layers * directions)
+        reverse_index = None
+        if directions == 2 and lengths is not None:
+            reverse_index = _reverse_index(lengths, x.shape[0])
+        finals: List[List[Tensor]] = [[] for _ in state]
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(directions):
+                k = layer * directions + direction
+                params = weights[k * per_direction:(k + 1) * per_direction]
+                layer_state = tuple(h[k] for h in state)
+                if direction == 0:
+                    y, last = self._run_direction(x, layer_state, params, lengths)
+                else:
+                    y, last = self._run_direction(_reverse_time(x, reverse_index), layer_state,
+                                                  params, lengths)
+                    y = _reverse_time(y, reverse_index)
+                outputs.append(y)
+                for collected, h in zip(finals, last):
+                    collected.append(h)
+            x = outputs[0] if directions == 1 else torch.cat(outputs, -1)
+            if layer < self.num_layers - 1 and self.dropout != 0 and self.training:
+                x = self._inter_layer_dropout(x, packed_rows)
+        return x, tuple(torch.stack(collected) for collected in finals)
+
+    def _inter_layer_dropout(self, x: Tensor, packed_rows: Optional[Tensor]) -> Tensor:
+        if packed_rows is None:
+            return F.dropout(x, self.dropout, training=True)
+        # torch drops out the packed rows: do the same, so one seed gives one mask.
+        steps, batch, width = x.shape
+        flat = x.reshape(steps * batch, width)
+        rows = F.dropout(flat.index_select(0, packed_rows), self.dropout, training=True)
+        return flat.new_zeros(flat.shape).index_copy(0, packed_rows, rows).view(steps, batch, width)
+
+
+class LSTM(_FusedRNNBase):
+    """Drop-in replacement for torch.nn.LSTM running fastrnn's fused LSTM layers.
+
+    Same arguments, parameters (names, shapes, order, initialisation), state_dict, repr,
+    inputs (3-D, batch_first, unbatched 2-D, PackedSequence), outputs and errors as
+    nn.LSTM: ``LSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+    dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None)``; forward
+    returns ``output, (h_n, c_n)``.
+
+    It subclasses torch.nn.RNNBase so that torch.compile can trace it, so
+    ``isinstance(m, torch.nn.LSTM)`` is False.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__("LSTM", *args, **kwargs)
+
+    get_expected_cell_size = nn.LSTM.get_expected_cell_size
+    check_forward_args = nn.LSTM.check_forward_args
+    permute_hidden = nn.LSTM.permute_hidden
+
+    def _as_state_tuple(self, hx) -> Tuple[Tensor, ...]:
+        if not (isinstance(hx, (tuple, list)) and len(hx) == 2
+                and all(isinstance(h, Tensor) for h in hx)):
+            raise TypeError(f"LSTM: hx must be a tuple (h_0, c_0) of two tensors, got "
+                            f"{type(hx).__name__}")
+        return tuple(hx)
+
+    def _check_hx_rank(self, hx, batched: bool) -> None:
+        h, c = self._as_state_tuple(hx)
+        expected = 3 if batched else 2
+        if h.dim() != expected or c.dim() != expected:
+            kind = "batched 3-D" if batched else "unbatched 2-D"
+            raise RuntimeError(f"For {kind} input, hx and cx should also be {expected}-D but got "
+                               f"({h.dim()}-D, {c.dim()}-D) tensors")
+
+    def _zero_hidden(self, x: Tensor, batch: int):
+        layers = self.num_layers * (2 if self.bidirectional else 1)
+        out = self.proj_size if self.proj_size > 0 else self.hidden_size
+        return (x.new_zeros(layers, batch, out), x.new_zeros(layers, batch, self.hidden_size))
+
+    def _run_direction(self, x, state, params, lengths):
+        w_ih, w_hh = params[0], params[1]
+        b_ih, b_hh = (params[2], params[3]) if self.bias else (None, None)
+        w_hr = params[-1] if self.proj_size > 0 else None
+        h0, c0 = state
+        y, h, c = functional.lstm_layer(x.contiguous(), h0.contiguous(), c0.contiguous(), w_ih,
+                                        w_hh, b_ih, b_hh, w_hr, lengths=lengths)
+        return y, (h, c)
+
+
+class GRU(_FusedRNNBase):
+    """Drop-in replacement for torch.nn.GRU running fastrnn's fused GRU layers.
+
+    Same arguments, parameters, state_dict, repr, inputs, outputs and errors as nn.GRU:
+    ``GRU(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+    bidirectional=False, device=None, dtype=None)``; forward returns ``output, h_n``.
+
+    It subclasses torch.nn.RNNBase so that torch.compile can trace it, so
+    ``isinstance(m, torch.nn.GRU)`` is False.
+    """
+
+    def __init__(self, *args, **kwargs):
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        super().__init__("GRU", *args, **kwargs)
+
+    def _as_state_tuple(self, hx) -> Tuple[Tensor, ...]:
+        if not isinstance(hx, Tensor):
+            raise TypeError(f"GRU: hx must be a Tensor, got {type(hx).__name__}")
+        return (hx,)
+
+    def _check_hx_rank(self, hx, batched: bool) -> None:
+        (h,) = self._as_state_tuple(hx)
+        if batched and h.dim() != 3:
+            raise RuntimeError(f"For batched 3-D input, hx should also be 3-D but got {h.dim()}-D tensor")
+        if not batched and h.dim() != 2:
+            raise RuntimeError(f"For unbatched 2-D input, hx should also be 2-D but got {h.dim()}-D tensor")
+
+    def _zero_hidden(self, x: Tensor, batch: int):
+        layers = self.num_layers * (2 if self.bidirectional else 1)
+        return x.new_zeros(layers, batch, self.hidden_size)
+
+    def _run_direction(self, x, state, params, lengths):
+        w_ih, w_hh = params[0], params[1]
+        b_ih, b_hh = (params[2], params[3]) if self.bias else (None, None)
+        y, h = functional.gru_layer(x.contiguous(), state[0].contiguous(), w_ih, w_hh, b_ih, b_hh,
+                                    lengths=lengths)
+        return y, (h,)
+
+
+_REPLACEMENTS = {nn.LSTM: LSTM, nn.GRU: GRU}
+
+
+def _original_type(module: nn.Module) -> type:
+    """The module's class, seeing through the subclass that parametrizations create."""
+    if parametrize.is_parametrized(module):
+        return type(module).__bases__[0]
+    return type(module)
+
+
+def _converted(rnn: nn.RNNBase) -> nn.RNNBase:
+    """A fastrnn module holding the very Parameter objects of `rnn` (so optimizers that
+    already hold them keep working), built on the meta device so no RNG is consumed."""
+    if parametrize.is_parametrized(rnn):
+        raise ValueError(f"replace_rnns: cannot replace a parametrized {_original_type(rnn).__name__} "
+                         "(e.g. weight_norm); remove the parametrization first")
+    options = dict(num_layers=rnn.num_layers, bias=rnn.bias, batch_first=rnn.batch_first,
+                   dropout=rnn.dropout, bidirectional=rnn.bidirectional)
+    if isinstance(rnn, nn.LSTM):
+        options["proj_size"] = rnn.proj_size
+    with torch.device("meta"):
+        new = _REPLACEMENTS[_original_type(rnn)](rnn.input_size, rnn.hidden_size, **options)
+    for name in rnn._flat_weights_names:
+        setattr(new, name, getattr(rnn, name))
+    new._init_flat_weights()
+    return new.train(rnn.training)
+
+
+def replace_rnns(model: nn.Module) -> nn.Module:
+    """Swap every torch.nn.LSTM / torch.nn.GRU inside `model` for fastrnn.LSTM / fastrnn.GRU,
+    in place, keeping the parameters themselves (so their device, dtype, values and any
+    optimizer state), and the training mode.
+
+    Only modules whose type is exactly nn.LSTM or nn.GRU are swapped: a subclass may
+    override forward, which the replacement would not keep. Hooks registered on a
+    replaced module are not carried over. Returns `model`, or its replacement when
+    `model` itself is an nn.LSTM / nn.GRU.
+    """
+    if _original_type(model) in _REPLACEMENTS:
+        return _converted(model)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if _original_type(child) in _REPLACEMENTS:
+                setattr(parent, name, _converted(child))
+    return model

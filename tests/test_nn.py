@@ -1,0 +1,484 @@
+"""fastrnn.LSTM / fastrnn.GRU against torch.nn.LSTM / torch.nn.GRU: parameters, forward and
+every gradient for each constructor option and input form, dropout, module plumbing
+(state_dict, .to, pickling, functional_call), torch.compile and replace_rnns."""
+import copy
+import importlib.util
+import io
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+import fastrnn
+from fastrnn import testing
+
+T, B, I, H, P = 5, 3, 4, 6, 3
+LENGTHS = [2, 5, 3]  # unsorted, longest == T
+
+TORCH_CLASSES = {"LSTM": nn.LSTM, "GRU": nn.GRU}
+OUR_CLASSES = {"LSTM": fastrnn.LSTM, "GRU": fastrnn.GRU}
+
+COMMON_OPTIONS = [
+    {},
+    {"num_layers": 2},
+    {"bias": False},
+    {"batch_first": True},
+    {"bidirectional": True},
+    {"num_layers": 3, "bidirectional": True},
+    {"num_layers": 2, "bidirectional": True, "batch_first": True, "bias": False},
+]
+LSTM_ONLY_OPTIONS = [
+    {"proj_size": P},
+    {"num_layers": 2, "bidirectional": True, "proj_size": P, "batch_first": True},
+]
+CASES = ([("LSTM", o) for o in COMMON_OPTIONS + LSTM_ONLY_OPTIONS]
+         + [("GRU", o) for o in COMMON_OPTIONS])
+FORMS = ["padded", "unbatched", "packed"]
+
+
+def case_id(case):
+    mode, options = case
+    return mode + "-" + ("-".join(f"{k}={v}" for k, v in options.items()) or "default")
+
+
+def make_pair(mode, options, dtype=torch.float64, input_size=I, hidden_size=H):
+    """nn module and ours with the nn module's weights."""
+    theirs = TORCH_CLASSES[mode](input_size, hidden_size, dtype=dtype, **options)
+    ours = OUR_CLASSES[mode](input_size, hidden_size, dtype=dtype, **options)
+    ours.load_state_dict(theirs.state_dict())
+    return theirs, ours
+
+
+def hidden_shapes(module, batch):
+    """Shapes of hx's tensors (None for the batch dim of unbatched input)."""
+    layers = module.num_layers * (2 if module.bidirectional else 1)
+    h_width = module.proj_size if module.proj_size > 0 else module.hidden_size
+    shapes = [(layers, batch, h_width)]
+    if module.mode == "LSTM":
+        shapes.append((layers, batch, module.hidden_size))
+    return [tuple(s for s in shape if s is not None) for shape in shapes]
+
+
+def make_leaves(module, form, with_hx, dtype, steps=T, batch=B):
+    """Random input and (optionally) hx tensors, requiring grad; x first."""
+    if form == "unbatched":
+        x = torch.randn(steps, module.input_size, dtype=dtype)
+    elif module.batch_first:
+        x = torch.randn(batch, steps, module.input_size, dtype=dtype)
+    else:
+        x = torch.randn(steps, batch, module.input_size, dtype=dtype)
+    hx = [torch.randn(s, dtype=dtype) for s in
+          hidden_shapes(module, None if form == "unbatched" else batch)] if with_hx else []
+    return [t.requires_grad_() for t in [x, *hx]]
+
+
+def forward_args(module, form, leaves, lengths=LENGTHS):
+    """The forward arguments built from the leaves (packing them for form "packed")."""
+    inp = leaves[0]
+    if form == "packed":
+        inp = pack_padded_sequence(inp, torch.tensor(lengths), batch_first=module.batch_first,
+                                   enforce_sorted=False)
+    if len(leaves) == 1:
+        return (inp,)
+    return (inp, tuple(leaves[1:]) if module.mode == "LSTM" else leaves[1])
+
+
+def flat_outputs(result):
+    output, hidden = result
+    if isinstance(output, PackedSequence):
+        output = output.data
+    return [output, *(hidden if isinstance(hidden, tuple) else (hidden,))]
+
+
+def run_with_grads(module, form, leaves, weights=None):
+    """Outputs, and gradients of sum(out_i * weights_i) w.r.t. input, hx and every parameter
+    (the final states' gradients are exercised too)."""
+    outputs = flat_outputs(module(*forward_args(module, form, leaves)))
+    if weights is None:
+        weights = [torch.randn_like(o) for o in outputs]
+    loss = sum((o * w.to(o.dtype)).sum() for o, w in zip(outputs, weights))
+    grads = torch.autograd.grad(loss, [*leaves, *module.parameters()])
+    return outputs, list(grads), weights
+
+
+def assert_parity(theirs, ours, form, with_hx, dtype):
+    """Our module in `dtype` against nn's module in fp64, on the same inputs."""
+    leaves = make_leaves(ours, form, with_hx, dtype)
+    ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    expected, expected_grads, weights = run_with_grads(theirs.double(), form, ref_leaves)
+    actual, actual_grads, _ = run_with_grads(ours, form, leaves, weights)
+    names = ["output", "h_n", "c_n"][:len(expected)] + ["d_input"]
+    names += [f"d_hx[{i}]" for i in range(len(leaves) - 1)]
+    names += [f"d_{n}" for n, _ in ours.named_parameters()]
+    assert len(names) == len(actual + actual_grads) == len(expected + expected_grads)
+    for name, a, e in zip(names, actual + actual_grads, expected + expected_grads):
+        assert a.dtype == dtype and a.shape == e.shape, name
+        if dtype == torch.float64:
+            torch.testing.assert_close(a, e, msg=lambda m: f"{name}: {m}")
+        else:
+            testing.assert_close_fp32(a, e, name)
+
+
+# --- parameters ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_same_seed_gives_identical_parameters_and_repr(case):
+    mode, options = case
+    torch.manual_seed(7)
+    theirs = TORCH_CLASSES[mode](I, H, **options)
+    torch.manual_seed(7)
+    ours = OUR_CLASSES[mode](I, H, **options)
+    their_params, our_params = list(theirs.named_parameters()), list(ours.named_parameters())
+    assert [n for n, _ in our_params] == [n for n, _ in their_params]
+    for (name, a), (_, e) in zip(our_params, their_params):
+        assert torch.equal(a, e), name
+    assert repr(ours) == repr(theirs)
+    assert ours._flat_weights_names == theirs._flat_weights_names
+    assert [[n for n in names] for names in ours._all_weights] == theirs._all_weights
+    assert all(a is b for a, b in zip(ours.all_weights[0], [getattr(ours, n) for n in ours._all_weights[0]]))
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_state_dict_loads_both_ways_strictly(mode):
+    options = {"num_layers": 2, "bidirectional": True, **({"proj_size": P} if mode == "LSTM" else {})}
+    theirs, ours = TORCH_CLASSES[mode](I, H, **options), OUR_CLASSES[mode](I, H, **options)
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    fresh = TORCH_CLASSES[mode](I, H, **options)
+    fresh.load_state_dict(ours.state_dict(), strict=True)
+    for name, value in theirs.state_dict().items():
+        assert torch.equal(fresh.state_dict()[name], value), name
+
+
+def test_module_is_rnnbase_not_nn_lstm():
+    assert isinstance(fastrnn.LSTM(I, H), nn.RNNBase)
+    assert not isinstance(fastrnn.LSTM(I, H), nn.LSTM)
+    assert not isinstance(fastrnn.GRU(I, H), nn.GRU)
+
+
+# --- forward and gradients -----------------------------------------------------------
+
+@pytest.mark.parametrize("with_hx", [True, False], ids=["hx", "no_hx"])
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_fp64_parity_with_torch(case, form, with_hx):
+    theirs, ours = make_pair(*case)
+    assert_parity(theirs, ours, form, with_hx, torch.float64)
+
+
+@pytest.mark.parametrize("form", ["padded", "packed"])
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_fp32_parity_with_fp64_torch(case, form):
+    theirs, ours = make_pair(*case, dtype=torch.float32)
+    assert_parity(theirs, ours, form, True, torch.float32)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_return_types_and_shapes_match_torch(mode):
+    theirs, ours = make_pair(mode, {"num_layers": 2, "bidirectional": True, "batch_first": True})
+    for form in FORMS:
+        leaves = make_leaves(ours, form, False, torch.float64)
+        expected, actual = theirs(*forward_args(theirs, form, leaves)), ours(*forward_args(ours, form, leaves))
+        assert type(actual) is type(expected) and type(actual[1]) is type(expected[1])
+        assert type(actual[0]) is type(expected[0])
+        if form == "packed":
+            for field in ("batch_sizes", "sorted_indices", "unsorted_indices"):
+                assert torch.equal(getattr(actual[0], field), getattr(expected[0], field))
+        assert [t.shape for t in flat_outputs(actual)] == [t.shape for t in flat_outputs(expected)]
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_packed_sorted_and_equal_lengths_match_padded(mode):
+    """Packed input whose lengths are all T gives the padded result; a sequence's final
+    state in a packed batch equals running it alone."""
+    theirs, ours = make_pair(mode, {"bidirectional": True})
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    full = pack_padded_sequence(x, torch.full((B,), T), enforce_sorted=True)
+    torch.testing.assert_close(ours(full)[0].data, ours(x)[0].transpose(0, 1).reshape(-1, 2 * H)
+                               .view(B, T, -1).transpose(0, 1).reshape(T * B, -1))
+    packed = pack_padded_sequence(x, torch.tensor(LENGTHS), enforce_sorted=False)
+    hidden = flat_outputs(ours(packed))[1:]
+    for b, length in enumerate(LENGTHS):
+        alone = flat_outputs(ours(x[:length, b:b + 1]))[1:]
+        for h_all, h_alone in zip(hidden, alone):
+            torch.testing.assert_close(h_all[:, b], h_alone[:, 0])
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_batch_of_zero_and_non_contiguous_inputs(mode):
+    theirs, ours = make_pair(mode, {"num_layers": 2})
+    empty = torch.randn(T, 0, I, dtype=torch.float64)
+    for e, a in zip(flat_outputs(theirs(empty)), flat_outputs(ours(empty))):
+        assert a.shape == e.shape
+    x = torch.randn(I, B, T, dtype=torch.float64).permute(2, 1, 0)
+    assert not x.is_contiguous()
+    for e, a in zip(flat_outputs(theirs(x)), flat_outputs(ours(x))):
+        torch.testing.assert_close(a, e)
+
+
+# --- dropout -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("form", ["padded", "packed"])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_dropout_in_training_uses_torch_masks(mode, form):
+    """Same seed, same random stream: the inter-layer dropout masks equal torch's."""
+    theirs, ours = make_pair(mode, {"num_layers": 3, "dropout": 0.5, "bidirectional": True})
+    leaves = make_leaves(ours, form, False, torch.float64)
+    torch.manual_seed(3)
+    expected = flat_outputs(theirs(*forward_args(theirs, form, leaves)))
+    torch.manual_seed(3)
+    actual = flat_outputs(ours(*forward_args(ours, form, leaves)))
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e)
+    eval_theirs, eval_ours = theirs.eval(), ours.eval()
+    for a, e in zip(flat_outputs(eval_ours(*forward_args(ours, form, leaves))),
+                    flat_outputs(eval_theirs(*forward_args(theirs, form, leaves)))):
+        torch.testing.assert_close(a, e)
+
+
+def test_changing_dropout_after_construction_takes_effect():
+    ours = fastrnn.LSTM(I, H, num_layers=2, dropout=0.0).double()
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    before = ours(x)[0]
+    ours.dropout = 1.0  # zeroes the second layer's input
+    after = ours(x)[0]
+    second_layer_alone = fastrnn.functional.lstm_layer(
+        torch.zeros(T, B, H, dtype=torch.float64), None, None, ours.weight_ih_l1, ours.weight_hh_l1,
+        ours.bias_ih_l1, ours.bias_hh_l1)[0]
+    torch.testing.assert_close(after, second_layer_alone)
+    assert not torch.allclose(before, after)
+
+
+# --- module plumbing -----------------------------------------------------------------
+
+def test_to_pickle_deepcopy_and_flatten_parameters():
+    theirs, ours = make_pair("LSTM", {"num_layers": 2, "proj_size": P}, dtype=torch.float32)
+    ours.flatten_parameters()
+    ours = ours.to(torch.float64)
+    assert all(p.dtype == torch.float64 for p in ours.parameters())
+    assert all(w.dtype == torch.float64 for w in ours._flat_weights)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    expected = flat_outputs(theirs.double()(x))
+    buffer = io.BytesIO()
+    torch.save(ours, buffer)
+    buffer.seek(0)
+    for clone in (pickle.loads(pickle.dumps(ours)), copy.deepcopy(ours),
+                  torch.load(buffer, weights_only=False)):
+        assert type(clone) is fastrnn.LSTM
+        for a, e in zip(flat_outputs(clone(x)), expected):
+            torch.testing.assert_close(a, e)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_functional_call_uses_the_given_weights(mode):
+    theirs, ours = make_pair(mode, {"bidirectional": True})
+    other = {n: torch.randn_like(p) for n, p in ours.named_parameters()}
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    expected = flat_outputs(torch.func.functional_call(theirs, other, (x,)))
+    actual = flat_outputs(torch.func.functional_call(ours, other, (x,)))
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e)
+    # The module's own weights are used again afterwards.
+    for a, e in zip(flat_outputs(ours(x)), flat_outputs(theirs(x))):
+        torch.testing.assert_close(a, e)
+
+
+def test_weight_reassignment_is_seen_by_forward():
+    theirs, ours = make_pair("GRU", {})
+    new_weight = nn.Parameter(torch.randn_like(ours.weight_hh_l0))
+    ours.weight_hh_l0 = new_weight
+    theirs.weight_hh_l0 = nn.Parameter(new_weight.detach().clone())
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    torch.testing.assert_close(ours(x)[0], theirs(x)[0])
+
+
+def test_bf16_autocast_runs_in_autocast_dtype():
+    theirs, ours = make_pair("LSTM", {"num_layers": 2}, dtype=torch.float32)
+    x = torch.randn(T, B, I)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected, actual = flat_outputs(theirs(x)), flat_outputs(ours(x))
+    reference = flat_outputs(theirs.double()(x.double()))
+    for a, e, r in zip(actual, expected, reference):
+        assert a.dtype == e.dtype
+        testing.assert_within_baseline(a, e, r)
+
+
+# --- torch.compile -------------------------------------------------------------------
+
+class _Tagger(nn.Module):
+    def __init__(self, mode):
+        super().__init__()
+        self.rnn = OUR_CLASSES[mode](I, H, num_layers=2, bidirectional=True, batch_first=True)
+        self.head = nn.Linear(2 * H, 2)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0])
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_compiles_fullgraph_without_graph_breaks(mode):
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    model = _Tagger(mode).double()
+    x = torch.randn(B, T, I, dtype=torch.float64)
+    explanation = torch._dynamo.explain(model)(x)
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    expected = model(x)
+    expected_grads = torch.autograd.grad(expected.sum(), list(model.parameters()))
+    actual = compiled(x)
+    actual_grads = torch.autograd.grad(actual.sum(), list(model.parameters()))
+    torch.testing.assert_close(actual, expected)
+    for a, e in zip(actual_grads, expected_grads):
+        torch.testing.assert_close(a, e)
+
+
+# --- replace_rnns --------------------------------------------------------------------
+
+class _Encoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(I, H, num_layers=2, proj_size=P, dropout=0.25)
+        self.blocks = nn.Sequential(nn.GRU(P, H, bidirectional=True), nn.Identity())
+        self.head = nn.Linear(2 * H, 1)
+
+    def forward(self, x):
+        y, _ = self.lstm(x)
+        y, _ = self.blocks[0](y)
+        return self.head(y)
+
+
+def test_replace_rnns_keeps_parameters_mode_and_outputs():
+    model = _Encoder().double().eval()
+    params_before = dict(model.named_parameters())
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    expected = model(x)
+    rng_before = torch.get_rng_state()
+    assert fastrnn.replace_rnns(model) is model
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    assert type(model.lstm) is fastrnn.LSTM and type(model.blocks[0]) is fastrnn.GRU
+    assert repr(model.lstm) == "LSTM(4, 6, proj_size=3, num_layers=2, dropout=0.25)"
+    params_after = dict(model.named_parameters())
+    assert list(params_after) == list(params_before)
+    assert all(params_after[n] is p for n, p in params_before.items())
+    assert not model.lstm.training
+    torch.testing.assert_close(model(x), expected)
+
+
+def test_replace_rnns_on_a_bare_rnn_returns_the_replacement():
+    lstm = nn.LSTM(I, H).train()
+    replaced = fastrnn.replace_rnns(lstm)
+    assert type(replaced) is fastrnn.LSTM and replaced.training
+    assert replaced.weight_ih_l0 is lstm.weight_ih_l0
+
+
+def test_replace_rnns_refuses_parametrized_modules():
+    model = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.GRU(I, H), "weight_hh_l0"))
+    with pytest.raises(ValueError, match="parametrized GRU"):
+        fastrnn.replace_rnns(model)
+
+
+# --- PyTorch's own sample inputs -----------------------------------------------------
+
+_MODULE_DB_DUMP = """
+import sys, torch
+from torch.testing._internal.common_modules import module_db
+samples = {}
+for info in module_db:
+    if info.module_cls in (torch.nn.LSTM, torch.nn.GRU):
+        samples[info.module_cls.__name__] = [
+            (s.constructor_input.args, s.constructor_input.kwargs, s.forward_input.args,
+             s.forward_input.kwargs)
+            for s in info.module_inputs_func(info, device="cpu", dtype=torch.float64,
+                                             requires_grad=False, training=True)]
+torch.save(samples, sys.argv[1])
+"""
+
+
+@pytest.fixture(scope="module")
+def module_db_samples(tmp_path_factory):
+    """PyTorch's sample inputs for nn.LSTM / nn.GRU, as plain (args, kwargs) tuples.
+
+    Read in a subprocess: importing torch's internal test modules freezes the global
+    torch.backends flags for the rest of the process."""
+    pytest.importorskip("expecttest")
+    path = tmp_path_factory.mktemp("module_db") / "samples.pt"
+    subprocess.run([sys.executable, "-c", _MODULE_DB_DUMP, str(path)], check=True, timeout=120)
+    return torch.load(path, weights_only=False)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_pytorch_module_db_samples(module_db_samples, mode):
+    samples = module_db_samples[mode]
+    assert samples
+    for ctor_args, ctor_kwargs, fwd_args, fwd_kwargs in samples:
+        ctor = (ctor_args, ctor_kwargs)
+        theirs = TORCH_CLASSES[mode](*ctor_args, **ctor_kwargs).double()
+        ours = OUR_CLASSES[mode](*ctor_args, **ctor_kwargs).double()
+        ours.load_state_dict(theirs.state_dict())
+        theirs.eval(), ours.eval()  # dropout > 0 samples: compare the deterministic path
+        args = [a.detach().clone().requires_grad_() if isinstance(a, torch.Tensor) else a
+                for a in fwd_args]
+        expected = flat_outputs(theirs(*args, **fwd_kwargs))
+        actual = flat_outputs(ours(*args, **fwd_kwargs))
+        for a, e in zip(actual, expected):
+            torch.testing.assert_close(a, e, msg=lambda m: f"{ctor} {m}")
+        leaves = [a for a in args if isinstance(a, torch.Tensor)] + list(ours.parameters())
+        their_leaves = [a for a in args if isinstance(a, torch.Tensor)] + list(theirs.parameters())
+        weights = [torch.randn_like(e) for e in expected]
+        grads = torch.autograd.grad(sum((a * w).sum() for a, w in zip(actual, weights)), leaves)
+        their_grads = torch.autograd.grad(sum((e * w).sum() for e, w in zip(expected, weights)),
+                                          their_leaves)
+        for a, e in zip(grads, their_grads):
+            torch.testing.assert_close(a, e, msg=lambda m: f"{ctor} grad {m}")
+
+
+# --- other backends ------------------------------------------------------------------
+
+def _has_triton_backend(mode):
+    return importlib.util.find_spec(f"fastrnn.ops.{mode.lower()}.triton") is not None
+
+
+TRITON_CASES = [("LSTM", {"bidirectional": True}, "packed"),
+                ("LSTM", {"num_layers": 2, "batch_first": True}, "padded"),
+                ("GRU", {"bidirectional": True}, "packed"),
+                ("GRU", {"num_layers": 2}, "unbatched")]
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("mode,options,form", TRITON_CASES)
+def test_triton_backend_under_interpreter(monkeypatch, mode, options, form):
+    if not _has_triton_backend(mode):
+        pytest.skip(f"fastrnn/ops/{mode.lower()}/triton.py is not written yet")
+    monkeypatch.setenv("FASTRNN_BACKEND", "triton")
+    theirs, ours = make_pair(mode, options, dtype=torch.float32, input_size=3, hidden_size=4)
+    assert_parity(theirs, ours, form, True, torch.float32)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode,options,form", TRITON_CASES)
+def test_cuda_default_backend(mode, options, form):
+    theirs, ours = make_pair(mode, options, dtype=torch.float32)
+    theirs, ours = theirs.cuda(), ours.cuda()
+    leaves = [t.cuda() for t in make_leaves(ours, form, True, torch.float32)]
+    leaves = [t.detach().requires_grad_() for t in leaves]
+    ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    expected, expected_grads, weights = run_with_grads(theirs.double(), form, ref_leaves)
+    actual, actual_grads, _ = run_with_grads(ours, form, leaves, weights)
+    for a, e in zip(actual + actual_grads, expected + expected_grads):
+        testing.assert_close_fp32(a, e)
+
+
+@pytest.mark.ext
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("form", ["padded", "packed"])
+@pytest.mark.parametrize("case", [("LSTM", LSTM_ONLY_OPTIONS[1]), ("GRU", COMMON_OPTIONS[6])],
+                         ids=case_id)
+def test_ext_backend(monkeypatch, case, form, dtype):
+    monkeypatch.setenv("FASTRNN_BACKEND", "ext")
+    theirs, ours = make_pair(*case, dtype=dtype)
+    assert_parity(theirs, ours, form, True, dtype)
