@@ -18,7 +18,7 @@ def forward_signature(dtype: str):
     types = {"xproj_ptr": dtype, "w_hh_ptr": dtype, "b_hh_ptr": dtype, "lengths_ptr": "*i64",
              "hbuf_ptr": dtype, "h_state_ptr": "*fp32", "c_state_ptr": "*fp32", "ws_ptr": "*fp32",
              "counter_ptr": "*i32", "error_ptr": "*i32"}
-    types.update({name: "i32" for name in ("B", "H", "t_begin", "t_end")})
+    types.update({name: "i32" for name in ("T", "B", "H", "t_begin", "t_end")})
     return types
 
 

@@ -6,8 +6,9 @@ program multiplies h_{t-1} by its resident slice of W_hh, applies the cell's gat
 fp32, writes its slice of h_t (the output, which is also how programs exchange h) and the
 activations backward needs.
 
-h_t travels through `hbuf` (T+1, B, H): hbuf[0] = h0 and hbuf[t+1] = y_t, so the recurrent
-operand of step t is hbuf[t] whatever launched before it. The states a program carries
+h_t travels through `hbuf` (T+1, B, H): hbuf[t] = y_t and hbuf[T] = h0, so the recurrent
+operand of step t is hbuf[(t - 1) mod (T + 1)] whatever launched before it, and the
+output y = hbuf[:T] starts at the buffer's start. The states a program carries
 (h and c, fp32) are read from and written back to `h_state` / `c_state` at the ends of a
 launch, so one launch over all steps and one launch per step run the same code.
 """
@@ -50,7 +51,7 @@ def load_bias(b_ptr, gate, units, H, unit_ok, HAS_BIAS: tl.constexpr):
 @triton.jit
 def recurrent_forward_kernel(
         xproj_ptr, w_hh_ptr, b_hh_ptr, lengths_ptr, hbuf_ptr, h_state_ptr, c_state_ptr, ws_ptr,
-        counter_ptr, error_ptr, B, H, t_begin, t_end,
+        counter_ptr, error_ptr, T, B, H, t_begin, t_end,
         IS_LSTM: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LENGTHS: tl.constexpr,
         BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
         PROGRAMS_H: tl.constexpr, MAX_SPINS: tl.constexpr):
@@ -92,7 +93,8 @@ def recurrent_forward_kernel(
                 grid_barrier(counter_ptr + pid_b, (t - t_begin) * PROGRAMS_H, error_ptr, MAX_SPINS)
         # t * B stays far below 2^31; the products with H are formed in int64 via rows64.
         # .cg: read h from L2, where the other programs' stores land, never a stale L1 line.
-        h_prev = tl.load(hbuf_ptr + (t * B + rows64[:, None]) * H + ks[None, :],
+        prev = (t + T) % (T + 1)
+        h_prev = tl.load(hbuf_ptr + (prev * B + rows64[:, None]) * H + ks[None, :],
                          mask=row_ok[:, None] & k_ok[None, :], other=0.0, cache_modifier=".cg")
         x_base = (t * B + rows64[:, None]) * (G * H)
         hg0 = tl.dot(h_prev, w0, input_precision="ieee") + b0
@@ -135,7 +137,7 @@ def recurrent_forward_kernel(
             h_state = h_new
             if IS_LSTM:
                 c_state = c_new
-        out_offsets = ((t + 1) * B + rows64[:, None]) * H + units[None, :]
+        out_offsets = (t * B + rows64[:, None]) * H + units[None, :]
         tl.store(hbuf_ptr + out_offsets, h_new.to(hbuf_ptr.dtype.element_ty), mask=tile_ok)
 
     tl.store(h_state_ptr + state_offsets, h_state, mask=tile_ok)
@@ -151,7 +153,7 @@ def run_forward(cell: int, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, force_per
     H = w_hh.shape[0] // G
     xproj = torch.nn.functional.linear(x, w_ih, b_ih).contiguous()
     hbuf = x.new_empty(T + 1, B, H)
-    hbuf[0] = h0
+    hbuf[T] = h0
     h_state = h0.to(torch.float32).contiguous().clone()
     c_state = c0.to(torch.float32).contiguous().clone() if cell == LSTM else h_state
     workspace = x.new_empty(T, B, WORKSPACE_WIDTH[cell] * H, dtype=torch.float32)
@@ -165,14 +167,14 @@ def run_forward(cell: int, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, force_per
             recurrent_forward_kernel[plan.grid](
                 xproj, w_hh, b_hh if b_hh is not None else w_hh,
                 lengths if lengths is not None else counter, hbuf, h_state, c_state, workspace,
-                counter, error, B, H, t_begin, t_end,
+                counter, error, T, B, H, t_begin, t_end,
                 IS_LSTM=cell == LSTM, HAS_BIAS=b_hh is not None, HAS_LENGTHS=lengths is not None,
                 BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k,
                 PROGRAMS_H=plan.programs_h, MAX_SPINS=MAX_BARRIER_SPINS, num_warps=plan.num_warps)
         if plan.programs_h > 1 and plan.persistent and error.item() != 0:
             raise RuntimeError("fastrnn: the recurrent kernel's grid barrier timed out (programs were "
                                "not all resident); set FASTRNN_BACKEND=ext or reference")
-    y = hbuf[1:]
+    y = hbuf[:T]
     h_t = h_state.to(x.dtype)
     c_t = c_state.to(x.dtype) if cell == LSTM else None
     return y, h_t, c_t, workspace
