@@ -1,0 +1,92 @@
+// Helpers shared by the torch bindings: input checks, the accumulation dtype, and the
+// GEMM / parallel-for callables the header recurrences run with on the CPU.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/Optional.h>
+
+#include "fastrnn/gemm.h"
+
+namespace fastrnn::binding {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+
+// State and gate math run in fp32 for fp16/bf16/fp32 inputs and in fp64 for fp64 inputs.
+inline at::ScalarType acc_type(const Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// `t` in the accumulation dtype, contiguous (no copy when it already is).
+inline Tensor acc(const Tensor& t, at::ScalarType type) {
+  return t.to(type).contiguous();
+}
+
+inline OptTensor acc(const OptTensor& t, at::ScalarType type) {
+  if (!t.has_value()) return std::nullopt;
+  return acc(*t, type);
+}
+
+template <typename T>
+const T* ptr_or_null(const OptTensor& t) {
+  return t.has_value() ? t->data_ptr<T>() : nullptr;
+}
+
+inline void check_shape(const char* op, const char* name, const Tensor& t,
+                        at::IntArrayRef shape, const Tensor& x) {
+  TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", t.sizes());
+  TORCH_CHECK(t.device() == x.device(), op, ": ", name, " is on ", t.device(), " but x is on ",
+              x.device());
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), op, ": ", name, " has dtype ", t.scalar_type(),
+              " but x has dtype ", x.scalar_type());
+}
+
+inline void check_lengths(const char* op, const OptTensor& lengths, int64_t B, const Tensor& x) {
+  if (!lengths.has_value()) return;
+  TORCH_CHECK(lengths->dim() == 1 && lengths->size(0) == B, op, ": lengths must have shape (",
+              B, ",), got ", lengths->sizes());
+  TORCH_CHECK(lengths->scalar_type() == at::kLong, op, ": lengths must be int64, got ",
+              lengths->scalar_type());
+  TORCH_CHECK(lengths->device() == x.device(), op, ": lengths is on ", lengths->device(),
+              " but x is on ", x.device());
+}
+
+// x W^T (+ bias) over all rows at once: (N, I) x (G, I)^T -> (N, G) in one BLAS call.
+inline Tensor linear_all_steps(const Tensor& x2d, const Tensor& w, const OptTensor& bias) {
+  return bias.has_value() ? at::addmm(*bias, x2d, w.t()) : at::mm(x2d, w.t());
+}
+
+struct AtenFor {
+  template <typename F>
+  void operator()(int64_t begin, int64_t end, int64_t grain, const F& fn) const {
+    at::parallel_for(begin, end, grain, fn);
+  }
+};
+
+// The per-step recurrent GEMM: the header kernel for small products, where a BLAS call's
+// fixed cost dominates, BLAS (through at::mm) above that.
+struct AtenGemm {
+  // Multiply-adds below which the header kernel wins (measured on a 2-core x86 CPU).
+  static constexpr int64_t kHeaderGemmMaxWork = int64_t(1) << 17;
+
+  template <typename T>
+  void operator()(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
+                  int64_t ldb, T* C, int64_t ldc, bool accumulate) const {
+    if (M * N * K <= kHeaderGemmMaxWork) {
+      gemm_nn(M, N, K, A, lda, B, ldb, C, ldc, accumulate, AtenFor());
+      return;
+    }
+    const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+    const Tensor a = at::from_blob(const_cast<T*>(A), {M, K}, {lda, 1}, opts);
+    const Tensor b = at::from_blob(const_cast<T*>(B), {K, N}, {ldb, 1}, opts);
+    Tensor c = at::from_blob(C, {M, N}, {ldc, 1}, opts);
+    if (accumulate) {
+      c.addmm_(a, b);
+    } else {
+      at::mm_out(c, a, b);
+    }
+  }
+};
+
+}  // namespace fastrnn::binding

@@ -1,0 +1,71 @@
+// Shared helpers for fastrnn's torch-free kernels: scalar activations usable on host and
+// device, the layer dimensions, and a serial "parallel for" for builds without a thread pool.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define FASTRNN_HD __host__ __device__ __forceinline__
+#else
+#define FASTRNN_HD inline
+#endif
+
+namespace fastrnn {
+
+// exp for float that compilers vectorise (no libm call, no errno): Cody-Waite range
+// reduction to exp(r) * 2^k with |r| <= ln2/2 and a degree-6 polynomial; relative error
+// below 2e-7 over the clamped range, which covers every value sigmoid/tanh need.
+FASTRNN_HD float fast_exp(float x) {
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  // k = round(x / ln2) via truncation, corrected for negative values (no floor call, so
+  // the loop vectorises with SSE2).
+  const float v = x * 1.44269504088896341f + 0.5f;
+  int32_t ki = static_cast<int32_t>(v);
+  ki -= (v < static_cast<float>(ki)) ? 1 : 0;
+  const float k = static_cast<float>(ki);
+  float r = x - k * 0.693359375f;
+  r = r + k * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  // 2^k by building the exponent bits; k lies in [-126, 127] after the clamp.
+  union { int32_t i; float f; } two_k;
+  two_k.i = (ki + 127) << 23;
+  return p * two_k.f;
+}
+
+FASTRNN_HD double fast_exp(double x) { return std::exp(x); }
+
+template <typename T>
+FASTRNN_HD T sigmoid(T x) {
+  return T(1) / (T(1) + fast_exp(-x));
+}
+
+// float tanh(x) = 2 sigmoid(2x) - 1, written as 1 - 2 / (exp(2x) + 1) so it saturates to +-1
+// without overflow. Absolute error ~1e-7 in float, which is what the gates need.
+FASTRNN_HD float tanh_act(float x) {
+  return 1.0f - 2.0f / (fast_exp(2.0f * x) + 1.0f);
+}
+
+FASTRNN_HD double tanh_act(double x) { return std::tanh(x); }
+
+// Sizes of one layer, one direction. P is the size of h (proj_size, or H without one).
+struct Dims {
+  int64_t T, B, H, P;
+};
+
+// Runs fn(begin, end) over [begin, end) on the calling thread: the default where no thread
+// pool is given (C++ unit tests); the torch binding passes at::parallel_for instead.
+struct SerialFor {
+  template <typename F>
+  void operator()(int64_t begin, int64_t end, int64_t /*grain*/, const F& fn) const {
+    if (begin < end) fn(begin, end);
+  }
+};
+
+}  // namespace fastrnn

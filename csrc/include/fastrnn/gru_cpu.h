@@ -1,0 +1,106 @@
+// GRU layer forward and backward through time on the CPU, one direction, time-major.
+// As for the LSTM, the caller does the GEMMs over all steps; these loops run the
+// recurrence: per step one recurrent GEMM and the fused gate math, split over threads.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "fastrnn/common.h"
+#include "fastrnn/gru_cell.h"
+#include "fastrnn/recurrence.h"
+
+namespace fastrnn {
+
+template <typename T>
+struct GruForward {
+  Dims d;                    // P == H
+  const T* gates_x;          // (T, B, 3H): x W_ih^T + b_ih
+  const T* h0;               // (B, H)
+  const T* w_hh_t;           // (H, 3H): W_hh transposed
+  const T* b_hh;             // (3H,) or null
+  const int64_t* lengths;    // (B,) or null
+  T* y;                      // (T, B, H) out; zero at padded steps
+  T* h_n;                    // (B, H) out: the running h state
+  T* workspace;              // (T, B, 4H) out: r, z, n, h W_hn + b_hn of every step
+  T* gates_h;                // (B, 3H) scratch: h W_hh^T + b_hh
+};
+
+template <typename T, typename Gemm, typename For>
+void gru_forward(const GruForward<T>& a, const Gemm& gemm, const For& parallel_for) {
+  const int64_t B = a.d.B, H = a.d.H;
+  std::memcpy(a.h_n, a.h0, sizeof(T) * B * H);
+  for (int64_t t = 0; t < a.d.T; ++t) {
+    const T* xg_t = a.gates_x + t * B * 3 * H;
+    T* y_t = a.y + t * B * H;
+    T* ws_t = a.workspace + t * B * 4 * H;
+    for (int64_t b = 0; b < B; ++b) {
+      T* hg_b = a.gates_h + b * 3 * H;
+      if (a.b_hh) {
+        std::memcpy(hg_b, a.b_hh, sizeof(T) * 3 * H);
+      } else {
+        std::memset(hg_b, 0, sizeof(T) * 3 * H);
+      }
+    }
+    gemm(B, 3 * H, H, a.h_n, H, a.w_hh_t, 3 * H, a.gates_h, 3 * H, /*accumulate=*/true);
+    for_each_row_piece(parallel_for, B, H, [&](int64_t b, int64_t j0, int64_t j1) {
+      const bool active = step_active(a.lengths, b, t);
+      const T* xg_b = xg_t + b * 3 * H;
+      const T* hg_b = a.gates_h + b * 3 * H;
+      T* ws_b = ws_t + b * 4 * H;
+      T* h_b = a.h_n + b * H;
+      T* y_b = y_t + b * H;
+      for (int64_t j = j0; j < j1; ++j) {
+        const T h = gru_cell_forward(xg_b, hg_b, h_b[j], j, H, ws_b);
+        // Unconditional selects so the loop vectorises.
+        y_b[j] = active ? h : T(0);
+        h_b[j] = active ? h : h_b[j];
+      }
+    });
+  }
+}
+
+template <typename T>
+struct GruBackward {
+  Dims d;                    // P == H
+  const T* grad_y;           // (T, B, H); ignored at padded steps
+  const T* grad_hn;          // (B, H)
+  const T* h0;               // (B, H)
+  const T* y;                // (T, B, H) from gru_forward: h_{t-1} of active steps
+  const T* w_hh;             // (3H, H)
+  const int64_t* lengths;    // (B,) or null
+  const T* workspace;        // (T, B, 4H) from gru_forward
+  T* d_input;                // (T, B, 3H) out: gradient of x W_ih^T + b_ih
+  T* d_hidden;               // (T, B, 3H) out: gradient of h W_hh^T + b_hh
+  T* dh0;                    // (B, H) out: the running gradient of the h state
+  T* dh_prev;                // (B, H) scratch: gradient reaching h_{t-1} through step t
+};
+
+template <typename T, typename Gemm, typename For>
+void gru_backward(const GruBackward<T>& a, const Gemm& gemm, const For& parallel_for) {
+  const int64_t B = a.d.B, H = a.d.H;
+  std::memcpy(a.dh0, a.grad_hn, sizeof(T) * B * H);
+  for (int64_t t = a.d.T - 1; t >= 0; --t) {
+    const T* gy_t = a.grad_y + t * B * H;
+    const T* ws_t = a.workspace + t * B * 4 * H;
+    const T* h_prev_t = t > 0 ? a.y + (t - 1) * B * H : a.h0;
+    T* di_t = a.d_input + t * B * 3 * H;
+    T* dhid_t = a.d_hidden + t * B * 3 * H;
+    for_each_row_piece(parallel_for, B, H, [&](int64_t b, int64_t j0, int64_t j1) {
+      const bool active = step_active(a.lengths, b, t);
+      for (int64_t j = j0; j < j1; ++j) {
+        const T dh = a.dh0[b * H + j] + (active ? gy_t[b * H + j] : T(0));
+        a.dh_prev[b * H + j] = gru_cell_backward(ws_t + b * 4 * H, h_prev_t[b * H + j], dh, active,
+                                                 j, H, di_t + b * 3 * H, dhid_t + b * 3 * H);
+      }
+    });
+    gemm(B, H, 3 * H, dhid_t, 3 * H, a.w_hh, H, a.dh_prev, H, /*accumulate=*/true);
+    for (int64_t b = 0; b < B; ++b) {
+      if (step_active(a.lengths, b, t)) {
+        std::memcpy(a.dh0 + b * H, a.dh_prev + b * H, sizeof(T) * H);
+      }
+    }
+  }
+}
+
+}  // namespace fastrnn

@@ -1,0 +1,142 @@
+// LSTM layer forward and backward through time on the CPU, one direction, time-major.
+// The input projection x W_ih^T and the weight gradients are large GEMMs over all steps
+// that the caller does (BLAS); these loops run the recurrence: per step one recurrent
+// GEMM (through the `gemm` callable) and the fused gate math, split over threads.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "fastrnn/common.h"
+#include "fastrnn/lstm_cell.h"
+#include "fastrnn/recurrence.h"
+
+namespace fastrnn {
+
+template <typename T>
+struct LstmForward {
+  Dims d;
+  T* gates;                  // (T, B, 4H) in: x W_ih^T + b_ih + b_hh; h W_hh^T is added in place
+  const T* h0;               // (B, P)
+  const T* c0;               // (B, H)
+  const T* w_hh_t;           // (P, 4H): W_hh transposed
+  const T* w_hr_t;           // (H, P): W_hr transposed, or null without projection
+  const int64_t* lengths;    // (B,) or null
+  T* y;                      // (T, B, P) out; zero at padded steps
+  T* h_n;                    // (B, P) out: the running h state
+  T* c_n;                    // (B, H) out: the running c state
+  T* workspace;              // (T, B, 5H) out: i, f, g, o, c of every step
+  T* hidden;                 // (B, H) scratch for o * tanh(c) before projection (w_hr_t only)
+};
+
+template <typename T, typename Gemm, typename For>
+void lstm_forward(const LstmForward<T>& a, const Gemm& gemm, const For& parallel_for) {
+  const int64_t B = a.d.B, H = a.d.H, P = a.d.P;
+  std::memcpy(a.h_n, a.h0, sizeof(T) * B * P);
+  std::memcpy(a.c_n, a.c0, sizeof(T) * B * H);
+  for (int64_t t = 0; t < a.d.T; ++t) {
+    T* pre = a.gates + t * B * 4 * H;
+    T* y_t = a.y + t * B * P;
+    T* ws_t = a.workspace + t * B * 5 * H;
+    gemm(B, 4 * H, P, a.h_n, P, a.w_hh_t, 4 * H, pre, 4 * H, /*accumulate=*/true);
+    for_each_row_piece(parallel_for, B, H, [&](int64_t b, int64_t j0, int64_t j1) {
+      const bool active = step_active(a.lengths, b, t);
+      const T* pre_b = pre + b * 4 * H;
+      T* ws_b = ws_t + b * 5 * H;
+      T* c_b = a.c_n + b * H;
+      T* h_b = a.h_n + b * P;
+      // Stores are unconditional selects so the loops vectorise.
+      if (a.w_hr_t) {
+        T* hidden_b = a.hidden + b * H;
+        for (int64_t j = j0; j < j1; ++j) {
+          T c, h;
+          lstm_cell_forward(pre_b, c_b[j], j, H, ws_b, &c, &h);
+          c_b[j] = active ? c : c_b[j];
+          hidden_b[j] = h;
+        }
+      } else {
+        // Without projection h is o * tanh(c) itself: straight to y and the h state.
+        T* y_b = y_t + b * P;
+        for (int64_t j = j0; j < j1; ++j) {
+          T c, h;
+          lstm_cell_forward(pre_b, c_b[j], j, H, ws_b, &c, &h);
+          c_b[j] = active ? c : c_b[j];
+          y_b[j] = active ? h : T(0);
+          h_b[j] = active ? h : h_b[j];
+        }
+      }
+    });
+    if (a.w_hr_t) {
+      gemm(B, P, H, a.hidden, H, a.w_hr_t, P, y_t, P, /*accumulate=*/false);
+      for (int64_t b = 0; b < B; ++b) {
+        T* y_b = y_t + b * P;
+        if (step_active(a.lengths, b, t)) {
+          std::memcpy(a.h_n + b * P, y_b, sizeof(T) * P);
+        } else {
+          std::memset(y_b, 0, sizeof(T) * P);
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+struct LstmBackward {
+  Dims d;
+  const T* grad_y;           // (T, B, P); ignored at padded steps
+  const T* grad_hn;          // (B, P)
+  const T* grad_cn;          // (B, H)
+  const T* c0;               // (B, H)
+  const T* w_hh;             // (4H, P)
+  const T* w_hr;             // (P, H), or null without projection
+  const int64_t* lengths;    // (B,) or null
+  const T* workspace;        // (T, B, 5H) from lstm_forward
+  T* dgates;                 // (T, B, 4H) out: gradients of the gate pre-activations
+  T* dh0;                    // (B, P) out: the running gradient of the h state
+  T* dc0;                    // (B, H) out: the running gradient of the c state
+  T* dy;                     // (T, B, P) out with w_hr: gradient reaching the projected h
+                             //   (zero at padded steps), for dW_hr; null without w_hr
+  T* dhidden;                // (B, H) scratch with w_hr: gradient reaching o * tanh(c)
+  T* dh_next;                // (B, P) scratch: dgates_t W_hh
+};
+
+template <typename T, typename Gemm, typename For>
+void lstm_backward(const LstmBackward<T>& a, const Gemm& gemm, const For& parallel_for) {
+  const int64_t B = a.d.B, H = a.d.H, P = a.d.P;
+  std::memcpy(a.dh0, a.grad_hn, sizeof(T) * B * P);
+  std::memcpy(a.dc0, a.grad_cn, sizeof(T) * B * H);
+  for (int64_t t = a.d.T - 1; t >= 0; --t) {
+    const T* gy_t = a.grad_y + t * B * P;
+    const T* ws_t = a.workspace + t * B * 5 * H;
+    T* dg_t = a.dgates + t * B * 4 * H;
+    if (a.w_hr) {
+      T* dy_t = a.dy + t * B * P;
+      for (int64_t b = 0; b < B; ++b) {
+        const bool active = step_active(a.lengths, b, t);
+        for (int64_t p = 0; p < P; ++p) {
+          dy_t[b * P + p] = active ? a.dh0[b * P + p] + gy_t[b * P + p] : T(0);
+        }
+      }
+      gemm(B, H, P, dy_t, P, a.w_hr, H, a.dhidden, H, /*accumulate=*/false);
+    }
+    for_each_row_piece(parallel_for, B, H, [&](int64_t b, int64_t j0, int64_t j1) {
+      const bool active = step_active(a.lengths, b, t);
+      const T* ws_b = ws_t + b * 5 * H;
+      const T* c_prev = t > 0 ? ws_b - B * 5 * H + 4 * H : a.c0 + b * H;
+      T* dc_b = a.dc0 + b * H;
+      for (int64_t j = j0; j < j1; ++j) {
+        const T dh = a.w_hr ? a.dhidden[b * H + j]
+                            : a.dh0[b * P + j] + (active ? gy_t[b * P + j] : T(0));
+        dc_b[j] = lstm_cell_backward(ws_b, c_prev[j], dh, dc_b[j], active, j, H, dg_t + b * 4 * H);
+      }
+    });
+    gemm(B, P, 4 * H, dg_t, 4 * H, a.w_hh, P, a.dh_next, P, /*accumulate=*/false);
+    for (int64_t b = 0; b < B; ++b) {
+      if (step_active(a.lengths, b, t)) {
+        std::memcpy(a.dh0 + b * P, a.dh_next + b * P, sizeof(T) * P);
+      }
+    }
+  }
+}
+
+}  // namespace fastrnn

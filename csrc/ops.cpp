@@ -1,0 +1,35 @@
+// The extension's op schemas, declared once. Kernels are registered per device in
+// lstm.cpp / gru.cpp (CPU) and cuda/*.cu (CUDA); fake tensors and autograd in Python
+// (fastrnn/ops/lstm/ext.py, fastrnn/ops/gru/ext.py).
+//
+// The Python-defined ops fastrnn::lstm_layer etc. live in the same namespace as library
+// fragments, which coexist with this one TORCH_LIBRARY definition in either import order.
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(fastrnn, m) {
+  // Outputs: y (T, B, P), h_T (B, P), c_T (B, H), workspace (T, B, 5H): i, f, g, o, c.
+  m.def("ext_lstm_forward(Tensor x, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, "
+        "Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, Tensor? lengths) "
+        "-> (Tensor, Tensor, Tensor, Tensor)");
+  // Outputs: dx, dh0, dc0, dw_ih, dw_hh, dbias (of the summed gate bias), dw_hr (empty
+  // without projection).
+  m.def("ext_lstm_backward(Tensor grad_y, Tensor grad_hT, Tensor grad_cT, Tensor x, Tensor h0, "
+        "Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, "
+        "Tensor y, Tensor workspace, Tensor? lengths) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Outputs: y (T, B, H), h_T (B, H), workspace (T, B, 4H): r, z, n, h W_hn + b_hn.
+  m.def("ext_gru_forward(Tensor x, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+        "Tensor? b_hh, Tensor? lengths) -> (Tensor, Tensor, Tensor)");
+  // Outputs: dx, dh0, dw_ih, dw_hh, db_ih, db_hh.
+  m.def("ext_gru_backward(Tensor grad_y, Tensor grad_hT, Tensor x, Tensor h0, Tensor w_ih, "
+        "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor y, Tensor workspace, Tensor? lengths) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+// `import fastrnn._C` loads this library, which runs the registrations above; the Python
+// module itself is empty.
+extern "C" PyObject* PyInit__C(void) {
+  static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}

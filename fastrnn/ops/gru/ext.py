@@ -1,0 +1,63 @@
+"""The GRU layer on the compiled extension fastrnn._C (csrc/gru.cpp, csrc/cuda/gru.cu).
+
+Provides the backend interface of fastrnn/ops/gru/op.py (`forward`, `backward`) on the
+C++ ops fastrnn::ext_gru_forward / fastrnn::ext_gru_backward, and registers their fake
+(meta) implementations and autograd formula so they trace under torch.compile and pass
+torch.library.opcheck. Importing this module loads the extension; it raises ImportError
+when the extension was not built.
+"""
+import torch
+
+from fastrnn import backends
+from fastrnn.ops.gru.op import GATES, workspace_dtype
+
+if backends.ext_module() is None:
+    raise ImportError("fastrnn.ops.gru.ext needs the compiled extension fastrnn._C "
+                      "(pip install --no-build-isolation -e .)")
+
+forward_op = torch.ops.fastrnn.ext_gru_forward.default
+backward_op = torch.ops.fastrnn.ext_gru_backward.default
+
+
+def forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths):
+    return forward_op(x, h0, w_ih, w_hh, b_ih, b_hh, lengths)
+
+
+def backward(grad_y, grad_hT, x, h0, w_ih, w_hh, b_ih, b_hh, y, workspace, lengths):
+    return backward_op(grad_y, grad_hT, x, h0, w_ih, w_hh, b_ih, b_hh, y, workspace, lengths)
+
+
+@torch.library.register_fake("fastrnn::ext_gru_forward")
+def _forward_fake(x, h0, w_ih, w_hh, b_ih, b_hh, lengths):
+    T, B, H = x.shape[0], x.shape[1], w_hh.shape[0] // GATES
+    return (x.new_empty(T, B, H), x.new_empty(B, H),
+            x.new_empty(T, B, 4 * H, dtype=workspace_dtype(x.dtype)))
+
+
+@torch.library.register_fake("fastrnn::ext_gru_backward")
+def _backward_fake(grad_y, grad_hT, x, h0, w_ih, w_hh, b_ih, b_hh, y, workspace, lengths):
+    G = w_hh.shape[0]
+    return (x.new_empty(x.shape), x.new_empty(h0.shape), x.new_empty(w_ih.shape),
+            x.new_empty(w_hh.shape), x.new_empty(G), x.new_empty(G))
+
+
+def _setup_context(ctx, inputs, output):
+    x, h0, w_ih, w_hh, b_ih, b_hh, lengths = inputs
+    y, _, workspace = output
+    ctx.has_bias = (b_ih is not None, b_hh is not None)
+    ctx.mark_non_differentiable(workspace)
+    ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, y, workspace)
+
+
+def _backward(ctx, grad_y, grad_hT, _grad_workspace):
+    x, h0, w_ih, w_hh, b_ih, b_hh, lengths, y, workspace = ctx.saved_tensors
+    grad_y = torch.zeros_like(y) if grad_y is None else grad_y
+    grad_hT = torch.zeros_like(h0) if grad_hT is None else grad_hT
+    dx, dh0, dw_ih, dw_hh, db_ih, db_hh = backward_op(grad_y, grad_hT, x, h0, w_ih, w_hh, b_ih,
+                                                      b_hh, y, workspace, lengths)
+    has_b_ih, has_b_hh = ctx.has_bias
+    return (dx, dh0, dw_ih, dw_hh, db_ih if has_b_ih else None, db_hh if has_b_hh else None, None)
+
+
+torch.library.register_autograd("fastrnn::ext_gru_forward", _backward,
+                                setup_context=_setup_context)

@@ -1,0 +1,69 @@
+"""The LSTM layer on the compiled extension fastrnn._C (csrc/lstm.cpp, csrc/cuda/lstm.cu).
+
+Provides the backend interface of fastrnn/ops/lstm/op.py (`forward`, `backward`) on the
+C++ ops fastrnn::ext_lstm_forward / fastrnn::ext_lstm_backward, and registers their fake
+(meta) implementations and autograd formula so they trace under torch.compile and pass
+torch.library.opcheck. Importing this module loads the extension; it raises ImportError
+when the extension was not built.
+"""
+import torch
+
+from fastrnn import backends
+from fastrnn.ops.lstm.op import GATES, workspace_dtype
+
+if backends.ext_module() is None:
+    raise ImportError("fastrnn.ops.lstm.ext needs the compiled extension fastrnn._C "
+                      "(pip install --no-build-isolation -e .)")
+
+forward_op = torch.ops.fastrnn.ext_lstm_forward.default
+backward_op = torch.ops.fastrnn.ext_lstm_backward.default
+
+
+def forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths):
+    return forward_op(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths)
+
+
+def backward(grad_y, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, workspace,
+             lengths):
+    return backward_op(grad_y, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y,
+                       workspace, lengths)
+
+
+@torch.library.register_fake("fastrnn::ext_lstm_forward")
+def _forward_fake(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths):
+    T, B, H = x.shape[0], x.shape[1], w_hh.shape[0] // GATES
+    P = h0.shape[-1]
+    return (x.new_empty(T, B, P), x.new_empty(B, P), x.new_empty(B, H),
+            x.new_empty(T, B, 5 * H, dtype=workspace_dtype(x.dtype)))
+
+
+@torch.library.register_fake("fastrnn::ext_lstm_backward")
+def _backward_fake(grad_y, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y,
+                   workspace, lengths):
+    dw_hr = x.new_empty(w_hr.shape) if w_hr is not None else x.new_empty(0)
+    return (x.new_empty(x.shape), x.new_empty(h0.shape), x.new_empty(c0.shape),
+            x.new_empty(w_ih.shape), x.new_empty(w_hh.shape), x.new_empty(w_hh.shape[0]), dw_hr)
+
+
+def _setup_context(ctx, inputs, output):
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths = inputs
+    y, _, _, workspace = output
+    ctx.has = (b_ih is not None, b_hh is not None, w_hr is not None)
+    ctx.mark_non_differentiable(workspace)
+    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, y, workspace)
+
+
+def _backward(ctx, grad_y, grad_hT, grad_cT, _grad_workspace):
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, y, workspace = ctx.saved_tensors
+    grad_y = torch.zeros_like(y) if grad_y is None else grad_y
+    grad_hT = torch.zeros_like(h0) if grad_hT is None else grad_hT
+    grad_cT = torch.zeros_like(c0) if grad_cT is None else grad_cT
+    dx, dh0, dc0, dw_ih, dw_hh, dbias, dw_hr = backward_op(
+        grad_y, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, workspace, lengths)
+    has_b_ih, has_b_hh, has_w_hr = ctx.has
+    return (dx, dh0, dc0, dw_ih, dw_hh, dbias if has_b_ih else None, dbias if has_b_hh else None,
+            dw_hr if has_w_hr else None, None)
+
+
+torch.library.register_autograd("fastrnn::ext_lstm_forward", _backward,
+                                setup_context=_setup_context)
