@@ -5,7 +5,11 @@ Public API only; the ops live in fastrnn/ops/<op>/.
 from fastrnn import functional
 from fastrnn import library  # noqa: F401  (registers the torch.library ops)
 from fastrnn.nn import GRU, LSTM, replace_rnns
+from fastrnn.ops.sampling.op import filtered_probs, sample, sampling_mask
+from fastrnn.ops.softmax.op import log_softmax, softmax
+from fastrnn.generate import generate
 
 __version__ = "0.1.0"
 
-__all__ = ["functional", "LSTM", "GRU", "replace_rnns", "__version__"]
+__all__ = ["functional", "LSTM", "GRU", "replace_rnns", "softmax", "log_softmax", "sample", "sampling_mask",
+           "filtered_probs", "generate", "__version__"]

@@ -31,7 +31,8 @@ ENV_VAR = "FASTRNN_BACKEND"
 #   "lengths" per-sequence lengths (variable-length batches)
 #   "fp64"    float64 inputs
 FEATURES = {
-    "reference": {"lstm": {"proj", "lengths", "fp64"}, "gru": {"lengths", "fp64"}},
+    "reference": {"lstm": {"proj", "lengths", "fp64"}, "gru": {"lengths", "fp64"},
+                  "softmax": {"fp64"}, "sampling": {"fp64"}},
     "triton": {"lstm": {"lengths"}, "gru": {"lengths"}},
     "ext": {"lstm": {"proj", "lengths", "fp64"}, "gru": {"lengths", "fp64"}},
 }
@@ -66,7 +67,10 @@ def ext_available(device_type: str, op: str = "lstm") -> bool:
     key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
     if key is None:
         return False
-    return torch._C._dispatch_has_kernel_for_dispatch_key(name, key)
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(name, key)
+    except RuntimeError:  # the extension defines no such op (e.g. softmax, sampling)
+        return False
 
 
 def _why_unavailable(backend: str, device_type: str, op: str) -> Optional[str]:

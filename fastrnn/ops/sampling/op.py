@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from fastrnn import backends
+from fastrnn.ops.softmax.op import softmax
 
 Param = Union[float, int, Tensor, None]
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -115,11 +116,8 @@ def _signed(u: int) -> int:
 
 def uniforms_from_seeds(seed: Tensor) -> Tensor:
     """One uniform float64 in [0, 1) per row, a pure function of that row's integer seed."""
-    return logical_top53(_splitmix64(seed.to(torch.int64))).double() * 2.0 ** -53
-
-
-def logical_top53(x: Tensor) -> Tensor:
-    return (x >> 11) & ((1 << 53) - 1)
+    top53 = (_splitmix64(seed.to(torch.int64)) >> 11) & ((1 << 53) - 1)
+    return top53.double() * 2.0 ** -53
 
 
 def _uniforms(fn: str, B: int, device, generator, seed) -> Tensor:
@@ -210,7 +208,6 @@ def filtered_probs(logits: Tensor, temperature: Param = 1.0, top_k: Param = None
     t = _per_row("filtered_probs", "temperature", temperature, 1.0, rows.shape[0], torch.float32,
                  rows.device)
     t = torch.where(t > 0, t, torch.ones_like(t))
-    from fastrnn.ops.softmax.op import softmax
     probs = softmax(rows, t, backend=backend).float().reshape(mask.shape)
     kept = torch.where(mask, probs, 0.0)
     return kept / kept.sum(-1, keepdim=True)
