@@ -240,12 +240,12 @@ def _recurrence(cell, grad_y, grad_hT, grad_cT, h0, c0, w_hh, y, workspace, leng
 
 def _gemm_gradients(dg_input, dg_hidden, x, h0, w_ih, w_hh, y):
     """dx, dW_ih, dW_hh over all steps at once, fp32 accumulation, in the input dtypes."""
-    T, B = x.shape[0], x.shape[1]
-    gi = dg_input.reshape(T * B, -1)
-    gh = dg_hidden.reshape(T * B, -1)
-    h_prev = torch.cat([h0.unsqueeze(0), y[:-1]], dim=0).reshape(T * B, -1)
-    dx = (gi @ w_ih.float()).reshape(T, B, -1).to(x.dtype)
-    dw_ih = (gi.t() @ x.reshape(T * B, -1).float()).to(w_ih.dtype)
+    T, B, I = x.shape
+    gi = dg_input.reshape(T * B, dg_input.shape[-1])
+    gh = dg_hidden.reshape(T * B, dg_hidden.shape[-1])
+    h_prev = torch.cat([h0.unsqueeze(0), y[:-1]], dim=0).reshape(T * B, h0.shape[-1])
+    dx = (gi @ w_ih.float()).reshape(T, B, I).to(x.dtype)
+    dw_ih = (gi.t() @ x.reshape(T * B, I).float()).to(w_ih.dtype)
     dw_hh = (gh.t() @ h_prev.float()).to(w_hh.dtype)
     return dx, dw_ih, dw_hh
 

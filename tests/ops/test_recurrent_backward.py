@@ -1,0 +1,282 @@
+"""The Triton BPTT kernel (fastrnn/ops/recurrent/backward.py) on its own.
+
+The forward pass (y and the saved workspace) comes from the reference backend, so only the
+backward is under test. Each result is compared with two independent references:
+reference.*_layer_backward in float64 on the same saved forward, and torch.autograd through
+torch.nn.LSTM / nn.GRU in float64 with the same weights. Low-precision results must stay
+within LOW_PRECISION_FACTOR of PyTorch's own same-dtype autograd error.
+"""
+import dataclasses
+from typing import Optional, Tuple
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from fastrnn.ops.gru import op as gru_op
+from fastrnn.ops.gru import reference as gru_reference
+from fastrnn.ops.lstm import op as lstm_op
+from fastrnn.ops.lstm import reference as lstm_reference
+from fastrnn.ops.recurrent import backward, common
+from fastrnn.testing import assert_close_fp32, assert_within_baseline, poisoned_empty
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    T: int
+    B: int
+    I: int
+    H: int
+    lengths: Optional[Tuple[int, ...]] = None
+    bias: bool = True
+    contiguous: bool = True   # False: x is a transposed (batch-first) view
+    per_step: bool = False    # force one launch per step
+
+    def __str__(self):
+        flags = [f"T{self.T}B{self.B}I{self.I}H{self.H}"]
+        flags += ["lengths"] * (self.lengths is not None) + ["nobias"] * (not self.bias)
+        flags += ["noncontig"] * (not self.contiguous) + ["perstep"] * self.per_step
+        return "-".join(flags)
+
+
+LENGTHS_65 = tuple(1 + (7 * b) % 3 for b in range(65))   # unsorted, 1..3
+
+INTERPRETER_CASES = [
+    Case(T=1, B=1, I=3, H=16),
+    Case(T=1, B=3, I=3, H=20, per_step=True),
+    Case(T=7, B=3, I=5, H=20),
+    Case(T=7, B=3, I=5, H=20, per_step=True),
+    Case(T=7, B=3, I=5, H=20, lengths=(4, 1, 7)),
+    Case(T=7, B=3, I=5, H=20, lengths=(4, 1, 7), per_step=True),
+    Case(T=4, B=1, I=6, H=20, bias=False, contiguous=False),
+    Case(T=3, B=2, I=4, H=8, bias=False, contiguous=False, per_step=True),
+    # Two programs along the batch (BLOCK_B <= 64).
+    Case(T=3, B=65, I=4, H=8, lengths=LENGTHS_65),
+]
+FP16_INTERPRETER_CASES = [
+    Case(T=5, B=3, I=5, H=20, lengths=(5, 1, 3)),
+    Case(T=5, B=3, I=5, H=20, per_step=True),
+]
+
+
+class LstmCell:
+    name = "lstm"
+    module = torch.nn.LSTM
+    n_states = 2
+    grad_names = ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "dbias")
+
+    @staticmethod
+    def forward(x, states, weights, lengths):
+        y, h_t, c_t, workspace = lstm_op.reference_backend.forward(x, *states, *weights, None, lengths)
+        return y, workspace
+
+    @staticmethod
+    def kernel_backward(grads, x, states, weights, y, workspace, lengths, per_step):
+        w_ih, w_hh = weights[:2]
+        return backward.lstm_backward(grads[0], grads[1], grads[2], x, *states, w_ih, w_hh, y,
+                                      workspace, lengths, force_per_step=per_step)
+
+    @staticmethod
+    def reference_backward(grads, x, states, weights, y, workspace, lengths):
+        w_ih, w_hh = weights[:2]
+        return lstm_reference.lstm_layer_backward(*grads, x, *states, w_ih, w_hh, None, y, workspace,
+                                                  lengths)[:6]
+
+    @staticmethod
+    def autograd_order(grads_by_leaf, bias):
+        """Kernel output order from the autograd gradients of (x, h0, c0, w_ih, w_hh, b_ih, ...)."""
+        dx, dh0, dc0, dw_ih, dw_hh = grads_by_leaf[:5]
+        return (dx, dh0, dc0, dw_ih, dw_hh) + ((grads_by_leaf[5],) if bias else ())
+
+
+class GruCell:
+    name = "gru"
+    module = torch.nn.GRU
+    n_states = 1
+    grad_names = ("dx", "dh0", "dw_ih", "dw_hh", "db_ih", "db_hh")
+
+    @staticmethod
+    def forward(x, states, weights, lengths):
+        y, h_t, workspace = gru_op.reference_backend.forward(x, *states, *weights, lengths)
+        return y, workspace
+
+    @staticmethod
+    def kernel_backward(grads, x, states, weights, y, workspace, lengths, per_step):
+        w_ih, w_hh = weights[:2]
+        return backward.gru_backward(grads[0], grads[1], x, states[0], w_ih, w_hh, y, workspace,
+                                     lengths, force_per_step=per_step)
+
+    @staticmethod
+    def reference_backward(grads, x, states, weights, y, workspace, lengths):
+        w_ih, w_hh = weights[:2]
+        return gru_reference.gru_layer_backward(*grads, x, states[0], w_ih, w_hh, y, workspace,
+                                                lengths)
+
+    @staticmethod
+    def autograd_order(grads_by_leaf, bias):
+        return tuple(grads_by_leaf)
+
+
+CELLS = [pytest.param(LstmCell, id="lstm"), pytest.param(GruCell, id="gru")]
+
+
+@dataclasses.dataclass
+class Problem:
+    """One layer's inputs in the kernel dtype, and the float64 module holding the same values."""
+    module64: torch.nn.Module
+    x: torch.Tensor
+    states: list
+    weights: list             # w_ih, w_hh, b_ih, b_hh (biases None without bias)
+    grads: list               # grad_y, grad_hT (, grad_cT)
+    lengths: Optional[torch.Tensor]
+
+
+def make_problem(cell, case: Case, dtype, device) -> Problem:
+    module64 = cell.module(case.I, case.H, bias=case.bias, dtype=torch.float64, device=device)
+    with torch.no_grad():   # the float64 module holds exactly the low-precision values
+        for p in module64.parameters():
+            p.copy_(p.to(dtype))
+    names = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
+    weights = [getattr(module64, n).detach().to(dtype) if hasattr(module64, n) else None
+               for n in names]
+    shape = (case.T, case.B, case.I) if case.contiguous else (case.B, case.T, case.I)
+    x = torch.randn(shape, device=device).to(dtype)
+    x = x if case.contiguous else x.transpose(0, 1)
+    states = [torch.randn(case.B, case.H, device=device).to(dtype) for _ in range(cell.n_states)]
+    grads = [torch.randn(case.T, case.B, case.H, device=device).to(dtype)]
+    grads += [torch.randn(case.B, case.H, device=device).to(dtype) for _ in range(cell.n_states)]
+    lengths = (torch.tensor(case.lengths, dtype=torch.int64, device=device)
+               if case.lengths is not None else None)
+    return Problem(module64, x, states, weights, grads, lengths)
+
+
+def autograd_gradients(cell, module, problem: Problem, dtype):
+    """Gradients of sum(y * grad_y) + sum(final states * their grads) through torch.nn in
+    `dtype`, in the kernel's output order."""
+    x = problem.x.to(dtype).requires_grad_()
+    states = [s.to(dtype).requires_grad_() for s in problem.states]
+    hx = tuple(s[None] for s in states) if cell.n_states == 2 else states[0][None]
+    T = x.shape[0]
+    if problem.lengths is not None:
+        packed = pack_padded_sequence(x, problem.lengths.cpu(), enforce_sorted=False)
+        out, final = module(packed, hx)
+        y = pad_packed_sequence(out, total_length=T)[0]
+    else:
+        y, final = module(x, hx)
+    finals = final if cell.n_states == 2 else (final,)
+    loss = (y * problem.grads[0].to(dtype)).sum()
+    loss = loss + sum((f[0] * g.to(dtype)).sum() for f, g in zip(finals, problem.grads[1:]))
+    leaves = [x, *states, *module.parameters()]
+    return cell.autograd_order(torch.autograd.grad(loss, leaves), bias=module.bias)
+
+
+def run_kernel(cell, problem: Problem, per_step: bool):
+    y, workspace = cell.forward(problem.x, problem.states, problem.weights, problem.lengths)
+    with poisoned_empty():
+        out = cell.kernel_backward(problem.grads, problem.x, problem.states, problem.weights, y,
+                                   workspace, problem.lengths, per_step)
+    return out, y, workspace
+
+
+def reference_fp64(cell, problem: Problem, y, workspace):
+    """reference.*_layer_backward in float64 on the same saved forward."""
+    up = lambda t: t.double() if t is not None else None  # noqa: E731
+    return cell.reference_backward([up(g) for g in problem.grads], up(problem.x),
+                                   [up(s) for s in problem.states],
+                                   [up(w) for w in problem.weights], up(y), up(workspace),
+                                   problem.lengths)
+
+
+def check_fp32(cell, case: Case, device):
+    problem = make_problem(cell, case, torch.float32, device)
+    out, y, workspace = run_kernel(cell, problem, case.per_step)
+    for name, got, want in zip(cell.grad_names, out, reference_fp64(cell, problem, y, workspace)):
+        assert got.dtype == torch.float32, name
+        assert_close_fp32(got, want, name=f"{name} vs reference")
+    # Without bias torch.nn has no bias gradients: the zip stops before them.
+    for name, got, want in zip(cell.grad_names, out,
+                               autograd_gradients(cell, problem.module64, problem, torch.float64)):
+        assert_close_fp32(got, want, name=f"{name} vs torch.nn")
+
+
+def check_low_precision(cell, case: Case, dtype, device):
+    problem = make_problem(cell, case, dtype, device)
+    out, _, _ = run_kernel(cell, problem, case.per_step)
+    truth = autograd_gradients(cell, problem.module64, problem, torch.float64)
+    module_low = cell.module(case.I, case.H, bias=case.bias, dtype=dtype, device=device)
+    module_low.load_state_dict(problem.module64.state_dict())
+    baseline = autograd_gradients(cell, module_low, problem, dtype)
+    for name, got, base, want in zip(cell.grad_names, out, baseline, truth):
+        assert got.dtype == dtype, name
+        assert_within_baseline(got, base, want, name=name)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("case", INTERPRETER_CASES, ids=str)
+@pytest.mark.parametrize("cell", CELLS)
+def test_fp32_matches_references(cell, case):
+    check_fp32(cell, case, torch.device("cpu"))
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("case", FP16_INTERPRETER_CASES, ids=str)
+@pytest.mark.parametrize("cell", CELLS)
+def test_fp16_within_pytorch_error(cell, case):
+    check_low_precision(cell, case, torch.float16, torch.device("cpu"))
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("cell", CELLS)
+def test_empty_batch(cell):
+    """No rows: no launch (a grid must not be empty), empty gradients of the right shapes,
+    zero weight gradients."""
+    problem = make_problem(cell, Case(T=2, B=0, I=3, H=16), torch.float32, torch.device("cpu"))
+    out, _, _ = run_kernel(cell, problem, per_step=False)
+    shapes = [problem.x.shape] + [s.shape for s in problem.states] + [w.shape for w in problem.weights]
+    for name, got, shape in zip(cell.grad_names, out, shapes):
+        assert got.shape == shape, name
+        assert torch.count_nonzero(got) == 0, name
+
+
+# ---- CUDA: the compiled kernels, including the multi-program (grid barrier) path ----------
+
+CUDA_CASES = INTERPRETER_CASES + [
+    Case(T=9, B=16, I=32, H=128),                              # fp32: 2 programs, barrier
+    Case(T=9, B=16, I=32, H=128, lengths=tuple(range(9, 1, -1)) * 2),
+    Case(T=5, B=16, I=64, H=768),                              # fp32: per-step, 48 programs
+    Case(T=24, B=5, I=24, H=96, lengths=(24, 1, 13, 7, 24)),   # fp32: 2 programs, barrier
+]
+CUDA_LOW_PRECISION_CASES = [
+    Case(T=7, B=3, I=5, H=20, lengths=(4, 1, 7)),
+    Case(T=7, B=3, I=5, H=20, per_step=True),
+    Case(T=16, B=16, I=64, H=768),                             # 16-bit: persistent, 48 programs
+    Case(T=16, B=16, I=64, H=768, lengths=tuple(range(16, 0, -1))),
+    Case(T=16, B=16, I=64, H=768, per_step=True),
+]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("case", CUDA_CASES, ids=str)
+@pytest.mark.parametrize("cell", CELLS)
+def test_cuda_fp32_matches_references(cell, case):
+    check_fp32(cell, case, torch.device("cuda"))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", CUDA_LOW_PRECISION_CASES, ids=str)
+@pytest.mark.parametrize("cell", CELLS)
+def test_cuda_low_precision_within_cudnn_error(cell, case, dtype):
+    check_low_precision(cell, case, dtype, torch.device("cuda"))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("cell", CELLS)
+def test_cuda_large_cases_use_the_barrier(cell, dtype):
+    """The cases above meant for the barrier path really get a multi-program persistent plan."""
+    H = 128 if dtype == torch.float32 else 768
+    gates = common.GATES[common.LSTM if cell is LstmCell else common.GRU]
+    plan = common.plan_launch(16, H, H, gates, torch.device("cuda"),
+                              element_size=torch.tensor([], dtype=dtype).element_size())
+    assert plan.persistent and plan.programs_h > 1, plan
