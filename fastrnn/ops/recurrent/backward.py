@@ -176,8 +176,8 @@ def _bptt_kernel(grad_y_ptr, workspace_ptr, y_ptr, h0_ptr, c0_ptr, w_hh_ptr, len
                                                active)
             else:
                 h_prev_row = y_ptr + (rows - B)[:, None] * H
-                dh_local = _gru_step_backward(dh, ws_row, h_prev_row, h0_ptr, state_offs, has_prev, mask,
-                                              offs_h, H, dg_row,
+                dh_local = _gru_step_backward(dh, ws_row, h_prev_row, h0_ptr, state_offs,
+                                              has_prev, mask, offs_h, H, dg_row,
                                               dg_input_ptr + rows[:, None] * GH, active)
 
     tl.store(dh_state_ptr + state_offs, dh_state, mask=mask)
