@@ -16,13 +16,13 @@ from torch import Tensor
 
 from fastrnn.ops.sampling.reference import greedy_mask, probabilities
 
-DIGIT_BITS = 10
-BUCKETS = 1 << DIGIT_BITS
-# p <= 1.0 = 0x3F800000 < 2**30: three 10-bit digits cover every probability's bits.
-SHIFTS = (2 * DIGIT_BITS, DIGIT_BITS, 0)
+# p <= 1.0 = 0x3F800000 < 2**30. Digits, most significant first, as (shift, width): the
+# first is the high 16-bit half (read through an int16 view: no shift over the whole row),
+# the low half is split in two so the histograms of the later levels stay small.
+DIGITS = ((16, 14), (8, 8), (0, 8))
 
 
-def _select_bucket(hist: Tensor, outside: Tensor, bound: Tensor) -> Tensor:
+def _select_bucket(hist: Tensor, outside: Tensor, bound: Tensor):
     """Per row, the lowest bucket whose largest element has weight-above < bound.
 
     hist (R, BUCKETS) float64 weights; outside (R,) weight already above these buckets.
@@ -30,8 +30,9 @@ def _select_bucket(hist: Tensor, outside: Tensor, bound: Tensor) -> Tensor:
     inclusive = hist.flip(-1).cumsum(-1).flip(-1)
     above = torch.cat([inclusive[:, 1:], torch.zeros_like(inclusive[:, :1])], dim=-1)
     ok = (hist > 0) & (outside[:, None] + above < bound[:, None])
-    bucket = torch.where(ok, torch.arange(BUCKETS, device=hist.device), BUCKETS).amin(-1)
-    bucket = bucket.clamp_max(BUCKETS - 1)
+    buckets = hist.shape[-1]
+    bucket = torch.where(ok, torch.arange(buckets, device=hist.device), buckets).amin(-1)
+    bucket = bucket.clamp_max(buckets - 1)
     return bucket, above.gather(-1, bucket[:, None]).squeeze(-1)
 
 
@@ -45,21 +46,23 @@ def _radix_threshold(bits: Tensor, weight: Optional[Tensor], bound: Tensor) -> T
     rows = torch.arange(R, device=bits.device)
     prefix = torch.zeros(R, dtype=torch.int64, device=bits.device)
     outside = torch.zeros(R, dtype=torch.float64, device=bits.device)
-    for level, shift in enumerate(SHIFTS):
+    for level, (shift, width) in enumerate(DIGITS):
+        buckets = 1 << width
         if level == 0:
-            row_of, digit = None, bits >> shift
-            keys = digit.add_((rows.to(torch.int32) * BUCKETS)[:, None]).view(-1)
+            high = bits.view(torch.int16)[:, 1::2]  # little-endian: the high halves
+            keys = high.to(torch.int32).add_((rows.to(torch.int32) * buckets)[:, None]).view(-1)
             w = None if weight is None else weight.reshape(-1)
         else:
             # Only the elements inside the bucket chosen so far: usually a small set.
-            inside = (bits >> (shift + DIGIT_BITS)) == prefix[:, None].to(torch.int32)
+            inside = (bits >> (shift + width)) == prefix[:, None].to(torch.int32) if level > 1 else \
+                bits.view(torch.int16)[:, 1::2] == prefix[:, None].to(torch.int16)
             row_of, col = inside.nonzero(as_tuple=True)
-            keys = row_of * BUCKETS + ((bits[row_of, col] >> shift) & (BUCKETS - 1))
+            keys = row_of * buckets + ((bits[row_of, col] >> shift) & (buckets - 1))
             w = None if weight is None else weight[row_of, col]
-        hist = torch.bincount(keys, weights=w, minlength=R * BUCKETS).view(R, BUCKETS)
+        hist = torch.bincount(keys, weights=w, minlength=R * buckets).view(R, buckets)
         bucket, above = _select_bucket(hist.double(), outside, bound)
         outside += above
-        prefix = prefix * BUCKETS + bucket
+        prefix = (prefix << width) + bucket
     return prefix
 
 
@@ -120,5 +123,7 @@ def sample(logits, temperature, top_k, top_p, min_p, uniform):
     position = torch.arange(logits.shape[-1], device=logits.device)
     last = torch.where(weight > 0, position, -1).amax(-1)
     token = torch.minimum(token, last)
-    token = torch.where(temperature == 0, logits.argmax(-1), token)
+    greedy = temperature == 0
+    if bool(greedy.any()):
+        token = torch.where(greedy, logits.argmax(-1), token)
     return token, status(logits)
