@@ -233,6 +233,33 @@ def test_non_contiguous_inputs(cpu_backend, mode):
         torch.testing.assert_close(a, e)
 
 
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_packed_input_reaches_the_layers_as_lengths(monkeypatch, mode):
+    """Variable-length batches run in the layers with per-sequence lengths (sorted order,
+    as PackedSequence sorts), not as a padded batch; the reverse direction gets each
+    sequence reversed over its own steps, so its valid steps come first too."""
+    layer_name = f"{mode.lower()}_layer"
+    real_layer, calls = getattr(fastrnn.functional, layer_name), []
+
+    def recording_layer(x, *args, lengths=None, **kwargs):
+        calls.append((x.detach().clone(), lengths))
+        return real_layer(x, *args, lengths=lengths, **kwargs)
+
+    monkeypatch.setattr(fastrnn.functional, layer_name, recording_layer)
+    _, ours = make_pair(mode, {"bidirectional": True})
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    ours(pack_padded_sequence(x, torch.tensor(LENGTHS), enforce_sorted=False))
+    order = sorted(range(B), key=lambda b: -LENGTHS[b])
+    sorted_lengths = torch.tensor([LENGTHS[b] for b in order])
+    assert len(calls) == 2
+    for direction, (layer_x, lengths) in enumerate(calls):
+        assert torch.equal(lengths.cpu(), sorted_lengths)
+        for column, b in enumerate(order):
+            steps = x[:LENGTHS[b], b] if direction == 0 else x[:LENGTHS[b], b].flip(0)
+            torch.testing.assert_close(layer_x[:LENGTHS[b], column], steps, rtol=0, atol=0)
+            assert not layer_x[LENGTHS[b]:, column].any(), "padding must hold no data"
+
+
 # --- dropout -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("form", ["padded", "packed"])
