@@ -12,6 +12,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from fastrnn.ops.recurrent.backward import _bptt_kernel
 from fastrnn.ops.recurrent.forward import recurrent_forward_kernel
 
 def forward_signature(dtype: str):
@@ -19,6 +20,15 @@ def forward_signature(dtype: str):
              "hbuf_ptr": dtype, "h_state_ptr": "*fp32", "c_state_ptr": "*fp32", "ws_ptr": "*fp32",
              "counter_ptr": "*i32", "error_ptr": "*i32"}
     types.update({name: "i32" for name in ("T", "B", "H", "t_begin", "t_end")})
+    return types
+
+
+def backward_signature(dtype: str):
+    types = {"grad_y_ptr": dtype, "workspace_ptr": "*fp32", "y_ptr": dtype, "h0_ptr": dtype,
+             "c0_ptr": dtype, "w_hh_ptr": dtype, "lengths_ptr": "*i64", "dg_hidden_ptr": "*fp32",
+             "dg_input_ptr": "*fp32", "dh_state_ptr": "*fp32", "carry_ptr": "*fp32",
+             "barrier_ptr": "*i32", "error_ptr": "*i32"}
+    types.update({name: "i32" for name in ("t_hi", "t_lo", "T", "B", "H")})
     return types
 
 
@@ -35,12 +45,22 @@ def main(arch: int):
                           "BLOCK_H": 16, "BLOCK_K": 256, "PROGRAMS_H": 16, "MAX_SPINS": 1 << 26}
             compiled = compile_kernel(recurrent_forward_kernel, forward_signature(dtype), constexprs,
                                       arch, num_warps=4)
-            ptx = compiled.asm["ptx"]
-            barrier = ("release" in ptx) and ("acquire" in ptx)
-            name = f"forward {'lstm' if is_lstm else 'gru'} {dtype[1:]} sm_{arch}"
-            print(f"{name}: compiled, barrier={'yes' if barrier else 'NO'}")
-            if not barrier:
-                raise SystemExit(f"{name}: the grid barrier's release/acquire atomics are missing")
+            report(f"forward {'lstm' if is_lstm else 'gru'} {dtype[1:]} sm_{arch}", compiled)
+            constexprs = {"IS_LSTM": is_lstm, "GATES": 4 if is_lstm else 3,
+                          "WS_WIDTH": 5 if is_lstm else 4, "USE_BARRIER": True,
+                          "DOT_PRECISION": "ieee" if dtype == "*fp32" else "tf32", "BLOCK_B": 16,
+                          "BLOCK_H": 16, "BLOCK_K": 256, "MAX_SPINS": 1 << 26}
+            compiled = compile_kernel(_bptt_kernel, backward_signature(dtype), constexprs, arch,
+                                      num_warps=4)
+            report(f"backward {'lstm' if is_lstm else 'gru'} {dtype[1:]} sm_{arch}", compiled)
+
+
+def report(name, compiled):
+    ptx = compiled.asm["ptx"]
+    barrier = ("release" in ptx) and ("acquire" in ptx)
+    print(f"{name}: compiled, barrier={'yes' if barrier else 'NO'}")
+    if not barrier:
+        raise SystemExit(f"{name}: the grid barrier's release/acquire atomics are missing")
 
 
 if __name__ == "__main__":

@@ -93,5 +93,7 @@ def plan_launch(batch: int, hidden: int, reduction: int, gates: int, device: tor
     programs_h = triton.cdiv(hidden, block_h)
     fits = gates * block_h * block_k <= max_weights and programs_h * programs_b <= sms
     persistent = fits and not force_per_step
-    return LaunchPlan(block_b, block_h, block_k, programs_b, programs_h, persistent, 4 if block_h <= 32 else 8)
+    # More warps, more registers for the resident tile: 4 warps spill past ~64 KiB of it.
+    num_warps = 8 if gates * block_h * block_k * element_size > 64 * 1024 else 4
+    return LaunchPlan(block_b, block_h, block_k, programs_b, programs_h, persistent, num_warps)
 
