@@ -92,6 +92,10 @@ class _FusedRNNBase(nn.RNNBase):
     def _as_state_tuple(self, hx) -> Tuple[Tensor, ...]:
         raise NotImplementedError
 
+    def _from_state_tuple(self, state: Tuple[Tensor, ...]):
+        """The hidden state in the form forward returns it (LSTM: a pair, GRU: a tensor)."""
+        raise NotImplementedError
+
     def _run_direction(self, x: Tensor, state: Tuple[Tensor, ...], params: Sequence[Tensor],
                        lengths: Optional[Tensor]) -> Tuple[Tensor, Tuple[Tensor, ...]]:
         raise NotImplementedError
@@ -125,8 +129,7 @@ class _FusedRNNBase(nn.RNNBase):
         else:
             self._check_hx_rank(hx, batched)
             if not batched:
-                hx = tuple(h.unsqueeze(1) for h in self._as_state_tuple(hx))
-                hx = hx if self.mode == "LSTM" else hx[0]
+                hx = self._from_state_tuple(tuple(h.unsqueeze(1) for h in self._as_state_tuple(hx)))
         self.check_forward_args(x, hx, batch_sizes)
         state = self._as_state_tuple(self.permute_hidden(hx, sorted_indices))
         self._check_dtypes_and_devices(x, state)
@@ -137,7 +140,7 @@ class _FusedRNNBase(nn.RNNBase):
             x_tm, lengths = (x.transpose(0, 1) if self.batch_first else x), None
         y, final = self._run_layers(x_tm, state, lengths, layout.rows if packed else None)
 
-        hidden = final if self.mode == "LSTM" else final[0]
+        hidden = self._from_state_tuple(final)
         if packed:
             output = PackedSequence(layout.to_packed(y), batch_sizes, sorted_indices, unsorted_indices)
             return output, self.permute_hidden(hidden, unsorted_indices)
@@ -145,8 +148,7 @@ class _FusedRNNBase(nn.RNNBase):
             y = y.transpose(0, 1)
         if not batched:
             y = y.squeeze(batch_dim)
-            hidden = tuple(h.squeeze(1) for h in final)
-            hidden = hidden if self.mode == "LSTM" else hidden[0]
+            hidden = self._from_state_tuple(tuple(h.squeeze(1) for h in final))
         return y, hidden
 
     def _check_dtypes_and_devices(self, x: Tensor, state: Tuple[Tensor, ...]) -> None:
@@ -244,6 +246,9 @@ class LSTM(_FusedRNNBase):
                             f"{type(hx).__name__}")
         return tuple(hx)
 
+    def _from_state_tuple(self, state):
+        return tuple(state)
+
     def _check_hx_rank(self, hx, batched: bool) -> None:
         h, c = self._as_state_tuple(hx)
         expected = 3 if batched else 2
@@ -287,6 +292,9 @@ class GRU(_FusedRNNBase):
         if not isinstance(hx, Tensor):
             raise TypeError(f"GRU: hx must be a Tensor, got {type(hx).__name__}")
         return (hx,)
+
+    def _from_state_tuple(self, state):
+        return state[0]
 
     def _check_hx_rank(self, hx, batched: bool) -> None:
         (h,) = self._as_state_tuple(hx)
