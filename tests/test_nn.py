@@ -188,7 +188,8 @@ def test_return_types_and_shapes_match_torch(mode):
     theirs, ours = make_pair(mode, {"num_layers": 2, "bidirectional": True, "batch_first": True})
     for form in FORMS:
         leaves = make_leaves(ours, form, False, torch.float64)
-        expected, actual = theirs(*forward_args(theirs, form, leaves)), ours(*forward_args(ours, form, leaves))
+        expected = theirs(*forward_args(theirs, form, leaves))
+        actual = ours(*forward_args(ours, form, leaves))
         assert type(actual) is type(expected) and type(actual[1]) is type(expected[1])
         assert type(actual[0]) is type(expected[0])
         if form == "packed":
@@ -359,13 +360,15 @@ class _Tagger(nn.Module):
         return self.head(self.rnn(x)[0])
 
 
+@pytest.mark.parametrize("device,dtype", [("cpu", torch.float64),
+                                          pytest.param("cuda", torch.float32, marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
-def test_compiles_fullgraph_without_graph_breaks(mode):
+def test_compiles_fullgraph_without_graph_breaks(mode, device, dtype):
     import torch._dynamo
 
     torch._dynamo.reset()
-    model = _Tagger(mode).double()
-    x = torch.randn(B, T, I, dtype=torch.float64)
+    model = _Tagger(mode).to(device, dtype)
+    x = torch.randn(B, T, I, dtype=dtype, device=device)
     explanation = torch._dynamo.explain(model)(x)
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
