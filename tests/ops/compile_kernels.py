@@ -1,4 +1,4 @@
-"""Compiles the recurrent Triton kernels for NVIDIA targets without a GPU (Triton's own
+"""Compiles fastrnn's Triton kernels for NVIDIA targets without a GPU (Triton's own
 ptxas), so CI on a CPU-only machine catches kernels that only the interpreter accepts.
 
 Run as a script with TRITON_INTERPRET unset (the interpreter replaces @triton.jit
@@ -14,6 +14,8 @@ from triton.compiler import ASTSource
 
 from fastrnn.ops.recurrent.backward import _bptt_kernel
 from fastrnn.ops.recurrent.forward import recurrent_forward_kernel
+from fastrnn.ops.sampling.triton import NPIV, _sampling_kernel
+from fastrnn.ops.softmax.triton import _softmax_bwd_kernel, _softmax_fwd_kernel
 
 def forward_signature(dtype: str):
     types = {"xproj_ptr": dtype, "w_hh_ptr": dtype, "b_hh_ptr": dtype, "lengths_ptr": "*i64",
@@ -55,6 +57,27 @@ def main(arch: int):
             report(f"backward {'lstm' if is_lstm else 'gru'} {dtype[1:]} sm_{arch}", compiled)
 
 
+def compile_row_kernels(arch: int):
+    """Softmax and sampling: one program per row, no barrier."""
+    for dtype in ("*fp32", "*bf16"):
+        for log in (False, True):
+            compile_kernel(_softmax_fwd_kernel, {"x_ptr": dtype, "t_ptr": "*fp32", "y_ptr": dtype, "V": "i32",
+                                                 "stride_x": "i32", "stride_y": "i32"},
+                           {"LOG": log, "BLOCK": 4096}, arch, num_warps=8)
+            compile_kernel(_softmax_bwd_kernel, {"dy_ptr": dtype, "y_ptr": dtype, "t_ptr": "*fp32",
+                                                 "dx_ptr": dtype, "V": "i32"},
+                           {"LOG": log, "BLOCK": 4096}, arch, num_warps=8)
+            print(f"softmax {'log ' if log else ''}{dtype[1:]} sm_{arch}: compiled")
+        for write_mask in (False, True):
+            compile_kernel(_sampling_kernel,
+                           {"logits_ptr": dtype, "stride": "i32", "V": "i32", "t_ptr": "*fp32",
+                            "k_ptr": "*i64", "top_p_ptr": "*fp64", "min_p_ptr": "*fp32",
+                            "u_ptr": "*fp64", "out_ptr": "*i8" if write_mask else "*i64",
+                            "status_ptr": "*i32"},
+                           {"WRITE_MASK": write_mask, "BLOCK": 4096, "NPIV": NPIV}, arch, num_warps=8)
+            print(f"sampling {'mask' if write_mask else 'draw'} {dtype[1:]} sm_{arch}: compiled")
+
+
 def report(name, compiled):
     ptx = compiled.asm["ptx"]
     barrier = ("release" in ptx) and ("acquire" in ptx)
@@ -65,3 +88,4 @@ def report(name, compiled):
 
 if __name__ == "__main__":
     main(int(sys.argv[1]))
+    compile_row_kernels(int(sys.argv[1]))

@@ -1,4 +1,4 @@
-"""The recurrent Triton kernels compile for real GPU targets (no GPU needed: Triton ships
+"""fastrnn's Triton kernels compile for real GPU targets (no GPU needed: Triton ships
 ptxas). The interpreter accepts code a GPU compile rejects, so CPU CI checks both."""
 import os
 import subprocess
@@ -21,6 +21,7 @@ def compile_for(arch: int) -> str:
 def test_kernels_compile_for_hopper():
     out = compile_for(90)
     assert out.count("compiled, barrier=yes") == 12, out
+    assert out.count("softmax") == 4 and out.count("sampling") == 4, out
 
 
 @pytest.mark.slow
