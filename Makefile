@@ -1,13 +1,21 @@
 PYTHON ?= python
 PYTEST = $(PYTHON) -m pytest
 
-.PHONY: install demo test test-all test-gpu
+.PHONY: install demo bench test test-all test-gpu
 install:
 	PYTHON=$(PYTHON) bash scripts/install.sh
 
-# The main job: fastrnn against torch.nn on an embedded default.
+# The main job: a character-level LSTM LM on the Python standard library's source, trained
+# with fastrnn and with torch.nn side by side, then sampled (a few minutes on 2 CPU cores).
 demo: install
-	$(PYTHON) examples/compare_lstm.py
+	$(PYTHON) examples/char_lm.py
+
+# Benchmarks of every kernel against its baselines on the device present: appends to
+# benchmarks/results/results.csv, writes results.md and PNG plots (matplotlib optional).
+bench: install
+	$(PYTHON) -c "import matplotlib" 2>/dev/null || $(PYTHON) -m pip install --quiet matplotlib \
+		|| echo "matplotlib could not be installed: results as CSV and Markdown only"
+	$(PYTHON) -m benchmarks.run
 
 # The test suite as CI runs it (Triton kernels under the interpreter when there is no GPU).
 test: install
