@@ -14,6 +14,7 @@ import gc
 import os
 import subprocess
 import sys
+import time
 from typing import List
 
 import torch
@@ -76,7 +77,12 @@ def sweep(args, device) -> tuple:
               "date": run_id[:10]}
     rows: List[dict] = []
     skipped: dict = {}
+    deadline = time.monotonic() + args.time_limit_s if args.time_limit_s else None
     for case in cases:
+        if deadline is not None and time.monotonic() > deadline:
+            skipped.setdefault(f"{case.kernel} {case.shape} {case.dtype_name} and later cases: "
+                               f"the --time-limit-s of {args.time_limit_s:.0f} s was reached", None)
+            break
         for provider in bench_cases.providers_for(case.kernel):
             if args.providers and provider not in args.providers:
                 continue
@@ -136,6 +142,8 @@ def parse_args(argv=None):
                    help="CPU only: seconds of repeated calls per measurement")
     p.add_argument("--threads", type=int, default=1,
                    help="CPU only: torch threads (1 keeps timings stable on a shared machine)")
+    p.add_argument("--time-limit-s", type=float, default=None,
+                   help="start no new case after this many seconds (results so far are kept)")
     p.add_argument("--render-only", action="store_true")
     return p.parse_args(argv)
 
