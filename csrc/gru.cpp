@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include "binding.h"
+#include "gru_common.h"
 #include "fastrnn/gru_cpu.h"
 
 namespace fastrnn::binding {
@@ -12,27 +13,6 @@ namespace {
 constexpr const char* kForward = "fastrnn::ext_gru_forward";
 constexpr const char* kBackward = "fastrnn::ext_gru_backward";
 
-// Checks what the kernels rely on; returns the layer's dimensions.
-Dims check_gru(const char* op, const Tensor& x, const Tensor& h0, const Tensor& w_ih,
-               const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-               const OptTensor& lengths) {
-  TORCH_CHECK(x.dim() == 3, op, ": x must be 3-D (T, B, input_size), got ", x.dim(), "-D");
-  TORCH_CHECK(x.size(0) > 0, op, ": x must have at least one time step");
-  TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) % 3 == 0, op,
-              ": w_hh must be 2-D with 3*hidden_size rows, got ", w_hh.sizes());
-  const int64_t T = x.size(0), B = x.size(1), H = w_hh.size(0) / 3;
-  check_shape(op, "w_ih", w_ih, {3 * H, x.size(2)}, x);
-  check_shape(op, "w_hh", w_hh, {3 * H, H}, x);
-  check_shape(op, "h0", h0, {B, H}, x);
-  TORCH_CHECK(b_ih.has_value() == b_hh.has_value(), op, ": give both b_ih and b_hh, or neither");
-  if (b_ih.has_value()) {
-    check_shape(op, "b_ih", *b_ih, {3 * H}, x);
-    check_shape(op, "b_hh", *b_hh, {3 * H}, x);
-  }
-  check_lengths(op, lengths, B, x);
-  return {T, B, H, H};
-}
-
 std::tuple<Tensor, Tensor, Tensor> gru_forward_cpu(const Tensor& x, const Tensor& h0,
                                                    const Tensor& w_ih, const Tensor& w_hh,
                                                    const OptTensor& b_ih, const OptTensor& b_hh,
@@ -40,8 +20,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward_cpu(const Tensor& x, const Tensor
   const Dims d = check_gru(kForward, x, h0, w_ih, w_hh, b_ih, b_hh, lengths);
   const auto type = acc_type(x);
   const auto opts = x.options().dtype(type);
-  const Tensor gates_x =
-      linear_all_steps(acc(x, type).view({d.T * d.B, -1}), acc(w_ih, type), acc(b_ih, type));
+  const Tensor gates_x = gru_input_gates(d, x, w_ih, b_ih, type);
   const Tensor h0_a = acc(h0, type);
   const Tensor w_hh_t = acc(w_hh, type).t().contiguous();
   const OptTensor b_hh_a = acc(b_hh, type);
@@ -69,16 +48,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward_cpu(
     const Tensor& grad_y, const Tensor& grad_hT, const Tensor& x, const Tensor& h0,
     const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
     const Tensor& y, const Tensor& workspace, const OptTensor& lengths) {
-  const Dims d = check_gru(kBackward, x, h0, w_ih, w_hh, b_ih, b_hh, lengths);
-  check_shape(kBackward, "y", y, {d.T, d.B, d.H}, x);
-  check_shape(kBackward, "grad_y", grad_y, {d.T, d.B, d.H}, x);
-  check_shape(kBackward, "grad_hT", grad_hT, {d.B, d.H}, x);
+  const Dims d = check_gru_backward(kBackward, grad_y, grad_hT, x, h0, w_ih, w_hh, b_ih, b_hh, y,
+                                    workspace, lengths);
   const auto type = acc_type(x);
-  TORCH_CHECK(workspace.sizes() == at::IntArrayRef({d.T, d.B, 4 * d.H}) &&
-                  workspace.scalar_type() == type,
-              kBackward, ": workspace must be the (T, B, 4H) ", type,
-              " tensor from ext_gru_forward, got ", workspace.sizes(), " ",
-              workspace.scalar_type());
   const auto opts = x.options().dtype(type);
   const Tensor grad_y_a = acc(grad_y, type), grad_hT_a = acc(grad_hT, type);
   const Tensor h0_a = acc(h0, type), y_a = acc(y, type), w_hh_a = acc(w_hh, type);
@@ -102,17 +74,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward_cpu(
                             dh_prev.data_ptr<scalar_t>()};
     gru_backward(a, AtenGemm(), AtenFor());
   });
-  // Everything left is a GEMM over all steps at once.
-  const Tensor gi = d_input.view({d.T * d.B, 3 * d.H});
-  const Tensor gh = d_hidden.view({d.T * d.B, 3 * d.H});
-  const Tensor h_prev = at::cat({h0_a.unsqueeze(0), y_a.narrow(0, 0, d.T - 1)});
-  const auto out = x.scalar_type();
-  return {at::mm(gi, acc(w_ih, type)).view({d.T, d.B, -1}).to(out),
-          dh0.to(out),
-          at::mm(gi.t(), acc(x, type).view({d.T * d.B, -1})).to(out),
-          at::mm(gh.t(), h_prev.view({d.T * d.B, d.H})).to(out),
-          gi.sum(0).to(out),
-          gh.sum(0).to(out)};
+  auto [dx, dw_ih, dw_hh, db_ih, db_hh] =
+      gru_backward_gemms(d, d_input, d_hidden, x, h0, w_ih, y, type);
+  return {dx, dh0.to(x.scalar_type()), dw_ih, dw_hh, db_ih, db_hh};
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include "binding.h"
+#include "lstm_common.h"
 #include "fastrnn/lstm_cpu.h"
 
 namespace fastrnn::binding {
@@ -12,30 +13,6 @@ namespace {
 constexpr const char* kForward = "fastrnn::ext_lstm_forward";
 constexpr const char* kBackward = "fastrnn::ext_lstm_backward";
 
-// Checks what the kernels rely on; returns the layer's dimensions.
-Dims check_lstm(const char* op, const Tensor& x, const Tensor& h0, const Tensor& c0,
-                const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih,
-                const OptTensor& b_hh, const OptTensor& w_hr, const OptTensor& lengths) {
-  TORCH_CHECK(x.dim() == 3, op, ": x must be 3-D (T, B, input_size), got ", x.dim(), "-D");
-  TORCH_CHECK(x.size(0) > 0, op, ": x must have at least one time step");
-  TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) % 4 == 0, op,
-              ": w_hh must be 2-D with 4*hidden_size rows, got ", w_hh.sizes());
-  const int64_t T = x.size(0), B = x.size(1), H = w_hh.size(0) / 4;
-  const int64_t P = w_hr.has_value() ? w_hr->size(0) : H;
-  check_shape(op, "w_ih", w_ih, {4 * H, x.size(2)}, x);
-  check_shape(op, "w_hh", w_hh, {4 * H, P}, x);
-  check_shape(op, "h0", h0, {B, P}, x);
-  check_shape(op, "c0", c0, {B, H}, x);
-  TORCH_CHECK(b_ih.has_value() == b_hh.has_value(), op, ": give both b_ih and b_hh, or neither");
-  if (b_ih.has_value()) {
-    check_shape(op, "b_ih", *b_ih, {4 * H}, x);
-    check_shape(op, "b_hh", *b_hh, {4 * H}, x);
-  }
-  if (w_hr.has_value()) check_shape(op, "w_hr", *w_hr, {P, H}, x);
-  check_lengths(op, lengths, B, x);
-  return {T, B, H, P};
-}
-
 std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward_cpu(
     const Tensor& x, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
     const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
@@ -43,9 +20,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward_cpu(
   const Dims d = check_lstm(kForward, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths);
   const auto type = acc_type(x);
   const auto opts = x.options().dtype(type);
-  OptTensor bias;
-  if (b_ih.has_value()) bias = acc(*b_ih, type) + acc(*b_hh, type);
-  Tensor gates = linear_all_steps(acc(x, type).view({d.T * d.B, -1}), acc(w_ih, type), bias);
+  Tensor gates = lstm_input_gates(d, x, w_ih, b_ih, b_hh, type);
   const Tensor h0_a = acc(h0, type), c0_a = acc(c0, type);
   const Tensor w_hh_t = acc(w_hh, type).t().contiguous();
   const OptTensor w_hr_t = w_hr.has_value() ? OptTensor(acc(*w_hr, type).t().contiguous())
@@ -78,17 +53,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
     const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr, const Tensor& y,
     const Tensor& workspace, const OptTensor& lengths) {
-  const Dims d = check_lstm(kBackward, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths);
-  check_shape(kBackward, "y", y, {d.T, d.B, d.P}, x);
-  check_shape(kBackward, "grad_y", grad_y, {d.T, d.B, d.P}, x);
-  check_shape(kBackward, "grad_hT", grad_hT, {d.B, d.P}, x);
-  check_shape(kBackward, "grad_cT", grad_cT, {d.B, d.H}, x);
+  const Dims d = check_lstm_backward(kBackward, grad_y, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih,
+                                     b_hh, w_hr, y, workspace, lengths);
   const auto type = acc_type(x);
-  TORCH_CHECK(workspace.sizes() == at::IntArrayRef({d.T, d.B, 5 * d.H}) &&
-                  workspace.scalar_type() == type,
-              kBackward, ": workspace must be the (T, B, 5H) ", type,
-              " tensor from ext_lstm_forward, got ", workspace.sizes(), " ",
-              workspace.scalar_type());
   const auto opts = x.options().dtype(type);
   const Tensor grad_y_a = acc(grad_y, type), grad_hT_a = acc(grad_hT, type);
   const Tensor grad_cT_a = acc(grad_cT, type), c0_a = acc(c0, type);
@@ -117,22 +84,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
                              dh_next.data_ptr<scalar_t>()};
     lstm_backward(a, AtenGemm(), AtenFor());
   });
-  // Everything left is a GEMM over all steps at once.
-  const Tensor flat = dgates.view({d.T * d.B, 4 * d.H});
-  const Tensor h_prev = at::cat({acc(h0, type).unsqueeze(0), acc(y, type).narrow(0, 0, d.T - 1)});
-  const Tensor dx = at::mm(flat, acc(w_ih, type)).view({d.T, d.B, -1});
-  const Tensor dw_ih = at::mm(flat.t(), acc(x, type).view({d.T * d.B, -1}));
-  const Tensor dw_hh = at::mm(flat.t(), h_prev.view({d.T * d.B, d.P}));
-  const Tensor dbias = flat.sum(0);
-  Tensor dw_hr = at::empty({0}, x.options());
-  if (w_hr.has_value()) {
-    // o * tanh(c) of every step, the input of the projection.
-    const Tensor hidden_all = ws.narrow(2, 3 * d.H, d.H) * at::tanh(ws.narrow(2, 4 * d.H, d.H));
-    dw_hr = at::mm(dy.view({d.T * d.B, d.P}).t(), hidden_all.reshape({d.T * d.B, d.H}))
-                .to(w_hr->scalar_type());
-  }
+  auto [dx, dw_ih, dw_hh, dbias, dw_hr] =
+      lstm_backward_gemms(d, dgates, dy, ws, x, h0, w_ih, w_hr, y, type);
   const auto out = x.scalar_type();
-  return {dx.to(out), dh0.to(out), dc0.to(out), dw_ih.to(out), dw_hh.to(out), dbias.to(out), dw_hr};
+  return {dx, dh0.to(out), dc0.to(out), dw_ih, dw_hh, dbias, dw_hr};
 }
 
 }  // namespace

@@ -27,6 +27,7 @@ void gemm_nn_columns(int64_t M, int64_t K, int64_t n0, int64_t n1, const T* A, i
       for (int64_t k = 0; k < K; ++k) {
         const T ak = a[k];
         const T* b = B + k * ldb;
+        FASTRNN_SIMD
         for (int64_t n = nb; n < ne; ++n) c[n] += ak * b[n];
       }
     }
@@ -37,8 +38,8 @@ void gemm_nn_columns(int64_t M, int64_t K, int64_t n0, int64_t n1, const T* A, i
 template <typename T, typename For = SerialFor>
 void gemm_nn(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb,
              T* C, int64_t ldc, bool accumulate, const For& parallel_for = For()) {
-  // Grain in columns: enough work per task (~32K multiply-adds) to pay for the hand-off.
-  const int64_t grain = std::max<int64_t>(16, (int64_t(1) << 15) / std::max<int64_t>(1, M * K));
+  // Grain in columns: enough work per task (~256K multiply-adds) to pay for waking a thread.
+  const int64_t grain = std::max<int64_t>(16, (int64_t(1) << 18) / std::max<int64_t>(1, M * K));
   parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
     gemm_nn_columns(M, K, n0, n1, A, lda, B, ldb, C, ldc, accumulate);
   });

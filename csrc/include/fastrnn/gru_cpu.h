@@ -50,6 +50,7 @@ void gru_forward(const GruForward<T>& a, const Gemm& gemm, const For& parallel_f
       T* ws_b = ws_t + b * 4 * H;
       T* h_b = a.h_n + b * H;
       T* y_b = y_t + b * H;
+      FASTRNN_SIMD
       for (int64_t j = j0; j < j1; ++j) {
         const T h = gru_cell_forward(xg_b, hg_b, h_b[j], j, H, ws_b);
         // Unconditional selects so the loop vectorises.
@@ -88,6 +89,7 @@ void gru_backward(const GruBackward<T>& a, const Gemm& gemm, const For& parallel
     T* dhid_t = a.d_hidden + t * B * 3 * H;
     for_each_row_piece(parallel_for, B, H, [&](int64_t b, int64_t j0, int64_t j1) {
       const bool active = step_active(a.lengths, b, t);
+      FASTRNN_SIMD
       for (int64_t j = j0; j < j1; ++j) {
         const T dh = a.dh0[b * H + j] + (active ? gy_t[b * H + j] : T(0));
         a.dh_prev[b * H + j] = gru_cell_backward(ws_t + b * 4 * H, h_prev_t[b * H + j], dh, active,

@@ -48,6 +48,7 @@ void lstm_forward(const LstmForward<T>& a, const Gemm& gemm, const For& parallel
       // Stores are unconditional selects so the loops vectorise.
       if (a.w_hr_t) {
         T* hidden_b = a.hidden + b * H;
+        FASTRNN_SIMD
         for (int64_t j = j0; j < j1; ++j) {
           T c, h;
           lstm_cell_forward(pre_b, c_b[j], j, H, ws_b, &c, &h);
@@ -57,6 +58,7 @@ void lstm_forward(const LstmForward<T>& a, const Gemm& gemm, const For& parallel
       } else {
         // Without projection h is o * tanh(c) itself: straight to y and the h state.
         T* y_b = y_t + b * P;
+        FASTRNN_SIMD
         for (int64_t j = j0; j < j1; ++j) {
           T c, h;
           lstm_cell_forward(pre_b, c_b[j], j, H, ws_b, &c, &h);
@@ -124,6 +126,7 @@ void lstm_backward(const LstmBackward<T>& a, const Gemm& gemm, const For& parall
       const T* ws_b = ws_t + b * 5 * H;
       const T* c_prev = t > 0 ? ws_b - B * 5 * H + 4 * H : a.c0 + b * H;
       T* dc_b = a.dc0 + b * H;
+      FASTRNN_SIMD
       for (int64_t j = j0; j < j1; ++j) {
         const T dh = a.w_hr ? a.dhidden[b * H + j]
                             : a.dh0[b * P + j] + (active ? gy_t[b * P + j] : T(0));

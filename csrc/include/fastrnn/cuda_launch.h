@@ -1,0 +1,64 @@
+// Host launchers of the CUDA kernels (lstm_cuda.cuh, gru_cuda.cuh), torch-free: plain
+// device pointers and a stream. Implemented and instantiated for float and double in
+// csrc/kernels/rnn_kernels.cu. Grids are 1-D over the elements for the per-step kernels.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+#include "fastrnn/common.h"
+
+namespace fastrnn::cuda {
+
+// Blocks and dynamic shared memory of a persistent launch; blocks == 0 when the shape does
+// not fit on chip (all of W_hh spread over co-resident blocks) and the per-step path runs.
+struct PersistentPlan {
+  int blocks = 0;
+  int units = 0;        // hidden units per block
+  size_t smem = 0;      // bytes of W_hh rows per block
+};
+
+template <typename T>
+PersistentPlan plan_persistent(int gates, const Dims& d, int device);
+
+// Launches every step of the forward in one cooperative kernel; `barrier` must point at a
+// zeroed unsigned int, `h_buf` at 2 * B * H elements of scratch.
+template <typename T>
+cudaError_t lstm_forward_persistent(const PersistentPlan& plan, const Dims& d, const T* gates_x,
+                                    const T* h0, const T* c0, const T* w_hh,
+                                    const int64_t* lengths, T* y, T* h_n, T* c_n, T* ws,
+                                    T* h_buf, unsigned int* barrier, cudaStream_t stream);
+
+template <typename T>
+cudaError_t gru_forward_persistent(const PersistentPlan& plan, const Dims& d, const T* gates_x,
+                                   const T* h0, const T* w_hh, const T* b_hh,
+                                   const int64_t* lengths, T* y, T* h_n, T* ws, T* h_buf,
+                                   unsigned int* barrier, cudaStream_t stream);
+
+// Per-step kernels; the caller runs the recurrent GEMMs in between (cuBLAS).
+template <typename T>
+void lstm_forward_step(const Dims& d, int64_t t, const T* pre_t, T* c_n, T* h_n, T* out, T* ws_t,
+                       const int64_t* lengths, bool proj, cudaStream_t stream);
+template <typename T>
+void lstm_projected_state(const Dims& d, int64_t t, T* y_t, T* h_n, const int64_t* lengths,
+                          cudaStream_t stream);
+template <typename T>
+void lstm_projected_grad(const Dims& d, int64_t t, const T* dh_state, const T* gy_t, T* dy_t,
+                         const int64_t* lengths, cudaStream_t stream);
+template <typename T>
+void lstm_backward_step(const Dims& d, int64_t t, const T* ws, const T* c0, const T* dh_state,
+                        const T* gy_t, const T* dhidden, T* dc_state, T* dgates_t,
+                        const int64_t* lengths, cudaStream_t stream);
+template <typename T>
+void select_active_rows(int64_t B, int64_t N, int64_t t, const T* next, T* state,
+                        const int64_t* lengths, cudaStream_t stream);
+template <typename T>
+void gru_forward_step(const Dims& d, int64_t t, const T* xg_t, const T* hg, T* h_n, T* y_t,
+                      T* ws_t, const int64_t* lengths, cudaStream_t stream);
+template <typename T>
+void gru_backward_step(const Dims& d, int64_t t, const T* ws_t, const T* h_prev_t,
+                       const T* dh_state, const T* gy_t, T* d_input_t, T* d_hidden_t, T* dh_prev,
+                       const int64_t* lengths, cudaStream_t stream);
+
+}  // namespace fastrnn::cuda

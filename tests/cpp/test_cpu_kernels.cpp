@@ -1,0 +1,344 @@
+// Unit tests of the torch-free CPU kernels (csrc/include/fastrnn/*.h), run by ctest.
+//
+// The forward recurrences are checked against a naive loop written here from the
+// definitions (std::exp / std::tanh in double); the backward recurrences against central
+// finite differences of the naive loop's loss sum(y*gy) + sum(h_T*ghT) [+ sum(c_T*gcT)].
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "fastrnn/gru_cpu.h"
+#include "fastrnn/lstm_cpu.h"
+
+namespace {
+
+using fastrnn::GruBackward;
+using fastrnn::GruForward;
+using fastrnn::LstmBackward;
+using fastrnn::LstmForward;
+using Vec = std::vector<double>;
+int failures = 0;
+
+void expect_close(const std::string& what, double actual, double expected, double tol) {
+  const double err = std::fabs(actual - expected);
+  if (!(err <= tol * (1.0 + std::fabs(expected)))) {
+    if (failures < 20) {
+      std::printf("FAIL %s: got %.10g, expected %.10g\n", what.c_str(), actual, expected);
+    }
+    ++failures;
+  }
+}
+
+Vec random_vec(std::mt19937& gen, size_t n, double scale = 0.5) {
+  std::normal_distribution<double> dist(0.0, scale);
+  Vec v(n);
+  for (auto& e : v) e = dist(gen);
+  return v;
+}
+
+double sig(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+
+struct Case {
+  int64_t T, B, H, P;
+  bool proj;
+  bool lengths;
+};
+
+// ---- LSTM -----------------------------------------------------------------------------
+
+struct LstmParams {
+  Vec xg;    // (T, B, 4H): x W_ih^T + biases
+  Vec h0, c0;
+  Vec w_hh;  // (4H, P)
+  Vec w_hr;  // (P, H) or empty
+  std::vector<int64_t> lengths;
+};
+
+// The naive LSTM: returns y (T,B,P) followed by h_T (B,P) and c_T (B,H).
+Vec naive_lstm(const Case& c, const LstmParams& p) {
+  const int64_t T = c.T, B = c.B, H = c.H, P = c.P;
+  Vec h = p.h0, cs = p.c0, y(T * B * P, 0.0);
+  for (int64_t t = 0; t < T; ++t) {
+    Vec h_new(B * P), c_new(B * H), hid(B * H);
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t j = 0; j < H; ++j) {
+        double g4[4];
+        for (int k = 0; k < 4; ++k) {
+          double s = p.xg[(t * B + b) * 4 * H + k * H + j];
+          for (int64_t q = 0; q < P; ++q) s += h[b * P + q] * p.w_hh[(k * H + j) * P + q];
+          g4[k] = s;
+        }
+        const double i = sig(g4[0]), f = sig(g4[1]), g = std::tanh(g4[2]), o = sig(g4[3]);
+        c_new[b * H + j] = f * cs[b * H + j] + i * g;
+        hid[b * H + j] = o * std::tanh(c_new[b * H + j]);
+      }
+      for (int64_t q = 0; q < P; ++q) {
+        double v = hid[b * H + q];
+        if (c.proj) {
+          v = 0;
+          for (int64_t j = 0; j < H; ++j) v += p.w_hr[q * H + j] * hid[b * H + j];
+        }
+        h_new[b * P + q] = v;
+      }
+    }
+    for (int64_t b = 0; b < B; ++b) {
+      const bool active = p.lengths.empty() || t < p.lengths[b];
+      for (int64_t q = 0; q < P; ++q) {
+        y[(t * B + b) * P + q] = active ? h_new[b * P + q] : 0.0;
+        if (active) h[b * P + q] = h_new[b * P + q];
+      }
+      for (int64_t j = 0; j < H && active; ++j) cs[b * H + j] = c_new[b * H + j];
+    }
+  }
+  y.insert(y.end(), h.begin(), h.end());
+  y.insert(y.end(), cs.begin(), cs.end());
+  return y;
+}
+
+template <typename T>
+std::vector<T> cast(const Vec& v) {
+  return std::vector<T>(v.begin(), v.end());
+}
+
+Vec transpose(const Vec& m, int64_t rows, int64_t cols) {
+  Vec out(m.size());
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t q = 0; q < cols; ++q) out[q * rows + r] = m[r * cols + q];
+  return out;
+}
+
+// Runs the header forward in precision T; returns y, h_T, c_T concatenated, and the workspace.
+template <typename T>
+Vec header_lstm_forward(const Case& c, const LstmParams& p, std::vector<T>* workspace) {
+  const int64_t TT = c.T, B = c.B, H = c.H, P = c.P;
+  auto gates = cast<T>(p.xg), h0 = cast<T>(p.h0), c0 = cast<T>(p.c0);
+  auto w_hh_t = cast<T>(transpose(p.w_hh, 4 * H, P));
+  auto w_hr_t = cast<T>(c.proj ? transpose(p.w_hr, P, H) : Vec());
+  std::vector<T> y(TT * B * P), h_n(B * P), c_n(B * H), hidden(B * H);
+  workspace->assign(TT * B * 5 * H, T(0));
+  LstmForward<T> a{{TT, B, H, P}, gates.data(), h0.data(), c0.data(), w_hh_t.data(),
+                   c.proj ? w_hr_t.data() : nullptr, p.lengths.empty() ? nullptr : p.lengths.data(),
+                   y.data(), h_n.data(), c_n.data(), workspace->data(), hidden.data()};
+  lstm_forward(a, fastrnn::HeaderGemm<>(), fastrnn::SerialFor());
+  Vec out(y.begin(), y.end());
+  out.insert(out.end(), h_n.begin(), h_n.end());
+  out.insert(out.end(), c_n.begin(), c_n.end());
+  return out;
+}
+
+LstmParams make_lstm(std::mt19937& gen, const Case& c) {
+  LstmParams p;
+  p.xg = random_vec(gen, c.T * c.B * 4 * c.H);
+  p.h0 = random_vec(gen, c.B * c.P);
+  p.c0 = random_vec(gen, c.B * c.H);
+  p.w_hh = random_vec(gen, 4 * c.H * c.P);
+  if (c.proj) p.w_hr = random_vec(gen, c.P * c.H);
+  if (c.lengths) {
+    for (int64_t b = 0; b < c.B; ++b) p.lengths.push_back(1 + (b * 2) % c.T);
+  }
+  return p;
+}
+
+double dot(const Vec& a, const Vec& b) {
+  double s = 0;
+  for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
+  return s;
+}
+
+void test_lstm(const Case& c, unsigned seed) {
+  std::mt19937 gen(seed);
+  const LstmParams p = make_lstm(gen, c);
+  const std::string name = "lstm T=" + std::to_string(c.T) + " B=" + std::to_string(c.B) +
+                           " H=" + std::to_string(c.H) + (c.proj ? " proj" : "") +
+                           (c.lengths ? " lengths" : "");
+  const Vec expected = naive_lstm(c, p);
+  std::vector<double> ws_d;
+  std::vector<float> ws_f;
+  const Vec got_d = header_lstm_forward<double>(c, p, &ws_d);
+  const Vec got_f = header_lstm_forward<float>(c, p, &ws_f);
+  for (size_t i = 0; i < expected.size(); ++i) {
+    expect_close(name + " forward fp64 [" + std::to_string(i) + "]", got_d[i], expected[i], 1e-12);
+    expect_close(name + " forward fp32 [" + std::to_string(i) + "]", got_f[i], expected[i], 2e-6);
+  }
+
+  // Backward (fp64) against finite differences of the naive loss.
+  const int64_t T = c.T, B = c.B, H = c.H, P = c.P;
+  const Vec weights = random_vec(gen, expected.size(), 1.0);  // gy, ghT, gcT in one vector
+  const Vec gy(weights.begin(), weights.begin() + T * B * P);
+  const Vec ghT(weights.begin() + T * B * P, weights.begin() + T * B * P + B * P);
+  const Vec gcT(weights.begin() + T * B * P + B * P, weights.end());
+  std::vector<double> dgates(T * B * 4 * H), dh0(B * P), dc0(B * H), dy(T * B * P),
+      dhidden(B * H), dh_next(B * P);
+  LstmBackward<double> a{{T, B, H, P}, gy.data(), ghT.data(), gcT.data(), p.c0.data(),
+                         p.w_hh.data(), c.proj ? p.w_hr.data() : nullptr,
+                         p.lengths.empty() ? nullptr : p.lengths.data(), ws_d.data(),
+                         dgates.data(), dh0.data(), dc0.data(), c.proj ? dy.data() : nullptr,
+                         dhidden.data(), dh_next.data()};
+  lstm_backward(a, fastrnn::HeaderGemm<>(), fastrnn::SerialFor());
+  const double eps = 1e-6;
+  auto check_fd = [&](Vec LstmParams::*field, const std::vector<double>& grad, const char* what) {
+    for (size_t i = 0; i < grad.size(); ++i) {
+      LstmParams plus = p, minus = p;
+      (plus.*field)[i] += eps;
+      (minus.*field)[i] -= eps;
+      const double fd = (dot(naive_lstm(c, plus), weights) - dot(naive_lstm(c, minus), weights)) /
+                        (2 * eps);
+      expect_close(name + " " + what + "[" + std::to_string(i) + "]", grad[i], fd, 1e-6);
+    }
+  };
+  check_fd(&LstmParams::xg, dgates, "dgates");
+  check_fd(&LstmParams::h0, dh0, "dh0");
+  check_fd(&LstmParams::c0, dc0, "dc0");
+}
+
+// ---- GRU ------------------------------------------------------------------------------
+
+struct GruParams {
+  Vec xg;    // (T, B, 3H): x W_ih^T + b_ih
+  Vec h0;
+  Vec w_hh;  // (3H, H)
+  Vec b_hh;  // (3H,)
+  std::vector<int64_t> lengths;
+};
+
+Vec naive_gru(const Case& c, const GruParams& p) {
+  const int64_t T = c.T, B = c.B, H = c.H;
+  Vec h = p.h0, y(T * B * H, 0.0);
+  for (int64_t t = 0; t < T; ++t) {
+    Vec h_new(B * H);
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t j = 0; j < H; ++j) {
+        double hg[3];
+        for (int k = 0; k < 3; ++k) {
+          double s = p.b_hh[k * H + j];
+          for (int64_t q = 0; q < H; ++q) s += h[b * H + q] * p.w_hh[(k * H + j) * H + q];
+          hg[k] = s;
+        }
+        const double* xg = &p.xg[(t * B + b) * 3 * H];
+        const double r = sig(xg[j] + hg[0]), z = sig(xg[H + j] + hg[1]);
+        const double n = std::tanh(xg[2 * H + j] + r * hg[2]);
+        h_new[b * H + j] = (1 - z) * n + z * h[b * H + j];
+      }
+    }
+    for (int64_t b = 0; b < B; ++b) {
+      const bool active = p.lengths.empty() || t < p.lengths[b];
+      for (int64_t j = 0; j < H; ++j) {
+        y[(t * B + b) * H + j] = active ? h_new[b * H + j] : 0.0;
+        if (active) h[b * H + j] = h_new[b * H + j];
+      }
+    }
+  }
+  y.insert(y.end(), h.begin(), h.end());
+  return y;
+}
+
+template <typename T>
+Vec header_gru_forward(const Case& c, const GruParams& p, std::vector<T>* workspace,
+                       std::vector<T>* y_out) {
+  const int64_t TT = c.T, B = c.B, H = c.H;
+  auto xg = cast<T>(p.xg), h0 = cast<T>(p.h0), b_hh = cast<T>(p.b_hh);
+  auto w_hh_t = cast<T>(transpose(p.w_hh, 3 * H, H));
+  std::vector<T> h_n(B * H), gates_h(B * 3 * H);
+  y_out->assign(TT * B * H, T(0));
+  workspace->assign(TT * B * 4 * H, T(0));
+  GruForward<T> a{{TT, B, H, H}, xg.data(), h0.data(), w_hh_t.data(), b_hh.data(),
+                  p.lengths.empty() ? nullptr : p.lengths.data(), y_out->data(), h_n.data(),
+                  workspace->data(), gates_h.data()};
+  gru_forward(a, fastrnn::HeaderGemm<>(), fastrnn::SerialFor());
+  Vec out(y_out->begin(), y_out->end());
+  out.insert(out.end(), h_n.begin(), h_n.end());
+  return out;
+}
+
+void test_gru(const Case& c, unsigned seed) {
+  std::mt19937 gen(seed);
+  const int64_t T = c.T, B = c.B, H = c.H;
+  GruParams p;
+  p.xg = random_vec(gen, T * B * 3 * H);
+  p.h0 = random_vec(gen, B * H);
+  p.w_hh = random_vec(gen, 3 * H * H);
+  p.b_hh = random_vec(gen, 3 * H);
+  if (c.lengths) {
+    for (int64_t b = 0; b < B; ++b) p.lengths.push_back(1 + (b * 2) % T);
+  }
+  const std::string name = "gru T=" + std::to_string(T) + " B=" + std::to_string(B) +
+                           " H=" + std::to_string(H) + (c.lengths ? " lengths" : "");
+  const Vec expected = naive_gru(c, p);
+  std::vector<double> ws_d, y_d;
+  std::vector<float> ws_f, y_f;
+  const Vec got_d = header_gru_forward<double>(c, p, &ws_d, &y_d);
+  const Vec got_f = header_gru_forward<float>(c, p, &ws_f, &y_f);
+  for (size_t i = 0; i < expected.size(); ++i) {
+    expect_close(name + " forward fp64 [" + std::to_string(i) + "]", got_d[i], expected[i], 1e-12);
+    expect_close(name + " forward fp32 [" + std::to_string(i) + "]", got_f[i], expected[i], 2e-6);
+  }
+
+  const Vec weights = random_vec(gen, expected.size(), 1.0);
+  const Vec gy(weights.begin(), weights.begin() + T * B * H);
+  const Vec ghT(weights.begin() + T * B * H, weights.end());
+  std::vector<double> d_input(T * B * 3 * H), d_hidden(T * B * 3 * H), dh0(B * H), dh_prev(B * H);
+  GruBackward<double> a{{T, B, H, H}, gy.data(), ghT.data(), p.h0.data(), y_d.data(),
+                        p.w_hh.data(), p.lengths.empty() ? nullptr : p.lengths.data(),
+                        ws_d.data(), d_input.data(), d_hidden.data(), dh0.data(), dh_prev.data()};
+  gru_backward(a, fastrnn::HeaderGemm<>(), fastrnn::SerialFor());
+  const double eps = 1e-6;
+  auto check_fd = [&](Vec GruParams::*field, const std::vector<double>& grad, const char* what) {
+    for (size_t i = 0; i < grad.size(); ++i) {
+      GruParams plus = p, minus = p;
+      (plus.*field)[i] += eps;
+      (minus.*field)[i] -= eps;
+      const double fd =
+          (dot(naive_gru(c, plus), weights) - dot(naive_gru(c, minus), weights)) / (2 * eps);
+      expect_close(name + " " + what + "[" + std::to_string(i) + "]", grad[i], fd, 1e-6);
+    }
+  };
+  check_fd(&GruParams::xg, d_input, "d_input");
+  check_fd(&GruParams::b_hh, [&] {  // d(b_hh) is the sum of d_hidden over steps and rows
+    std::vector<double> s(3 * H, 0.0);
+    for (int64_t r = 0; r < T * B; ++r)
+      for (int64_t k = 0; k < 3 * H; ++k) s[k] += d_hidden[r * 3 * H + k];
+    return s;
+  }(), "db_hh");
+  check_fd(&GruParams::h0, dh0, "dh0");
+}
+
+void test_gemm() {
+  std::mt19937 gen(7);
+  const int64_t M = 3, N = 300, K = 5;  // N crosses a column block
+  const Vec A = random_vec(gen, M * K), B = random_vec(gen, K * N), C0 = random_vec(gen, M * N);
+  for (bool accumulate : {false, true}) {
+    Vec C = C0;
+    fastrnn::gemm_nn<double>(M, N, K, A.data(), K, B.data(), N, C.data(), N, accumulate);
+    for (int64_t m = 0; m < M; ++m) {
+      for (int64_t n = 0; n < N; ++n) {
+        double s = accumulate ? C0[m * N + n] : 0.0;
+        for (int64_t k = 0; k < K; ++k) s += A[m * K + k] * B[k * N + n];
+        expect_close("gemm", C[m * N + n], s, 1e-13);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+int main() {
+  test_gemm();
+  unsigned seed = 1;
+  for (const Case& c : {Case{1, 1, 1, 1, false, false}, Case{3, 2, 3, 3, false, false},
+                        Case{4, 3, 5, 5, false, true}, Case{3, 2, 4, 3, true, false},
+                        Case{4, 3, 3, 2, true, true}}) {
+    test_lstm(c, seed++);
+  }
+  for (const Case& c : {Case{1, 1, 1, 1, false, false}, Case{3, 2, 3, 3, false, false},
+                        Case{4, 3, 5, 5, false, true}}) {
+    test_gru(c, seed++);
+  }
+  if (failures) {
+    std::printf("%d check(s) failed\n", failures);
+    return 1;
+  }
+  std::printf("all CPU kernel checks passed\n");
+  return 0;
+}
