@@ -108,16 +108,22 @@ def plot(rows: List[dict], out_dir: str) -> List[str]:
             modes = [m for m in ("forward", "backward", "forward+backward") if any(r["mode"] == m for r in k_rows)]
             if not modes:
                 continue
-            fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 4.5), squeeze=False)
+            fig, axes = plt.subplots(1, len(modes), figsize=(max(7, 6 * len(modes)), 4.8), squeeze=False)
             for ax, mode in zip(axes[0], modes):
                 _speedup_panel(ax, [r for r in k_rows if r["mode"] == mode], f"{kernel} {mode}")
-            fig.suptitle(f"{kernel}: speedup over {k_rows[0]['baseline']} (higher is better) - {device}")
+            fig.suptitle(f"{kernel}: speedup over {k_rows[0]['baseline']} (higher is better)\n{device}",
+                         fontsize=10)
             fig.tight_layout()
             path = os.path.join(out_dir, f"{slug(device)}_{kernel}.png")
             fig.savefig(path, dpi=100)
             plt.close(fig)
             written.append(path)
     return written
+
+
+def matplotlib_ticker():
+    import matplotlib.ticker
+    return matplotlib.ticker
 
 
 def _speedup_panel(ax, rows: List[dict], title: str):
@@ -133,6 +139,8 @@ def _speedup_panel(ax, rows: List[dict], title: str):
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(labels))])
     ax.set_xticklabels(labels, fontsize=7, rotation=45, ha="right")
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib_ticker().FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(matplotlib_ticker().FormatStrFormatter("%g"))
     ax.set_ylabel("speedup (x)")
     ax.set_title(title)
     ax.legend(fontsize=7)

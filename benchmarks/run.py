@@ -138,7 +138,7 @@ def parse_args(argv=None):
                    help="comma-separated subset of forward,backward,forward+backward")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--out", default=DEFAULT_OUT, help="folder for results.csv, results.md, PNGs")
-    p.add_argument("--budget-s", type=float, default=0.3,
+    p.add_argument("--budget-s", type=float, default=0.2,
                    help="CPU only: seconds of repeated calls per measurement")
     p.add_argument("--threads", type=int, default=1,
                    help="CPU only: torch threads (1 keeps timings stable on a shared machine)")

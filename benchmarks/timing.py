@@ -70,7 +70,8 @@ def device_name(device) -> str:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{cpu_model()} CPU, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"{cpu_model()} CPU, {threads} thread{'s' if threads > 1 else ''}"
 
 
 def cpu_model() -> str:
