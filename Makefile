@@ -1,7 +1,7 @@
 PYTHON ?= python
 PYTEST = $(PYTHON) -m pytest
 
-.PHONY: install demo bench test test-all test-gpu
+.PHONY: install demo bench test test-all test-gpu cpp-test
 install:
 	PYTHON=$(PYTHON) bash scripts/install.sh
 
@@ -23,3 +23,11 @@ test: install
 
 test-all: install
 	$(PYTEST) -q
+
+# C++ unit tests of the torch-free kernels (csrc/include/fastrnn) via CMake and ctest; the
+# CUDA kernel test is compiled when nvcc is found and runs only where a GPU is present.
+CPP_BUILD ?= build/cmake
+cpp-test:
+	cmake -S . -B $(CPP_BUILD) -DCMAKE_BUILD_TYPE=Release
+	cmake --build $(CPP_BUILD) -j 2
+	ctest --test-dir $(CPP_BUILD) --output-on-failure

@@ -1,0 +1,356 @@
+"""The compiled extension fastrnn._C: its LSTM/GRU ops against the reference layer and
+torch.nn (CPU here, CUDA where a GPU is present), opcheck, torch.compile, and how it loads
+beside the Python-defined ops of the same namespace."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fastrnn import backends, functional
+from fastrnn.ops.gru import reference as gru_reference
+from fastrnn.ops.lstm import reference as lstm_reference
+from fastrnn.testing import assert_close_fp32, assert_rel_rms, assert_within_baseline
+from tests.ops.layer_cases import GRU, LSTM, check_parity
+
+ext = pytest.mark.ext
+cuda = pytest.mark.cuda
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def rand(*shape, dtype=torch.float64, device="cpu"):
+    return torch.randn(*shape, dtype=dtype, device=device, requires_grad=True)
+
+
+def lstm_args(T=5, B=3, I=4, H=6, P=None, bias=True, dtype=torch.float64, device="cpu"):
+    out = P or H
+    return [rand(T, B, I, dtype=dtype, device=device), rand(B, out, dtype=dtype, device=device),
+            rand(B, H, dtype=dtype, device=device), rand(4 * H, I, dtype=dtype, device=device),
+            rand(4 * H, out, dtype=dtype, device=device),
+            rand(4 * H, dtype=dtype, device=device) if bias else None,
+            rand(4 * H, dtype=dtype, device=device) if bias else None,
+            rand(out, H, dtype=dtype, device=device) if P else None]
+
+
+def gru_args(T=5, B=3, I=4, H=6, bias=True, dtype=torch.float64, device="cpu"):
+    return [rand(T, B, I, dtype=dtype, device=device), rand(B, H, dtype=dtype, device=device),
+            rand(3 * H, I, dtype=dtype, device=device), rand(3 * H, H, dtype=dtype, device=device),
+            rand(3 * H, dtype=dtype, device=device) if bias else None,
+            rand(3 * H, dtype=dtype, device=device) if bias else None]
+
+
+def run_python(code: str) -> str:
+    """Runs `code` in a fresh interpreter (import order matters for these checks)."""
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+# ---- loading ----------------------------------------------------------------------------
+
+def test_package_works_without_the_extension():
+    # A None entry in sys.modules makes `import fastrnn._C` raise ImportError, as when the
+    # extension was never built.
+    out = run_python(
+        "import sys; sys.modules['fastrnn._C'] = None\n"
+        "import torch, fastrnn\n"
+        "from fastrnn import backends, functional\n"
+        "assert backends.ext_module() is None and not backends.ext_available('cpu', 'lstm')\n"
+        "assert backends.choose('cpu', 'lstm') == 'reference'\n"
+        "x = torch.randn(3, 2, 4)\n"
+        "y, h = functional.gru_layer(x, None, torch.randn(9, 4), torch.randn(9, 3))\n"
+        "try:\n"
+        "    functional.gru_layer(x, None, torch.randn(9, 4), torch.randn(9, 3), backend='ext')\n"
+        "except RuntimeError as e:\n"
+        "    print(e)\n")
+    assert "fastrnn._C is not built" in out
+
+
+@ext
+@pytest.mark.parametrize("first", ["extension", "package"])
+def test_extension_and_python_ops_share_the_namespace(first):
+    imports = ["import fastrnn._C", "import fastrnn"]
+    if first == "package":
+        imports.reverse()
+    out = run_python(
+        "import torch\n" + "\n".join(imports) + "\n"
+        "from fastrnn import functional\n"
+        "for name in ('lstm_layer', 'lstm_layer_backward', 'gru_layer', 'gru_layer_backward',\n"
+        "             'ext_lstm_forward', 'ext_lstm_backward', 'ext_gru_forward', 'ext_gru_backward'):\n"
+        "    assert hasattr(torch.ops.fastrnn, name), name\n"
+        "x = torch.randn(3, 2, 4, dtype=torch.float64)\n"
+        "w = [torch.randn(24, 4, dtype=torch.float64), torch.randn(24, 6, dtype=torch.float64)]\n"
+        "a = functional.lstm_layer(x, None, None, *w, backend='ext')\n"
+        "b = functional.lstm_layer(x, None, None, *w, backend='reference')\n"
+        "assert all(torch.allclose(p, q) for p, q in zip(a, b))\n"
+        "print('ok')\n")
+    assert out.strip() == "ok"
+
+
+@ext
+def test_automatic_choice_on_cpu_is_the_extension():
+    assert backends.choose("cpu", "lstm", ("proj", "lengths", "fp64")) == "ext"
+    assert backends.choose("cpu", "gru", ("lengths", "fp64")) == "ext"
+
+
+# ---- CPU parity -------------------------------------------------------------------------
+
+@ext
+@pytest.mark.parametrize("proj", [None, 3])
+@pytest.mark.parametrize("lengths", [None, [5, 2, 3]])
+@pytest.mark.parametrize("bias", [True, False])
+def test_lstm_gradcheck(proj, lengths, bias):
+    lengths = torch.tensor(lengths) if lengths is not None else None
+
+    def fn(*a):
+        return functional.lstm_layer(*a, lengths=lengths, backend="ext")
+
+    assert torch.autograd.gradcheck(fn, lstm_args(P=proj, bias=bias))
+
+
+@ext
+@pytest.mark.parametrize("lengths", [None, [5, 2, 3]])
+@pytest.mark.parametrize("bias", [True, False])
+def test_gru_gradcheck(lengths, bias):
+    lengths = torch.tensor(lengths) if lengths is not None else None
+
+    def fn(*a):
+        return functional.gru_layer(*a, lengths=lengths, backend="ext")
+
+    assert torch.autograd.gradcheck(fn, gru_args(bias=bias))
+
+
+@ext
+@pytest.mark.parametrize("cell", [LSTM, GRU], ids=["lstm", "gru"])
+@pytest.mark.parametrize("T, B, I, H", [(1, 1, 3, 5), (7, 3, 5, 13), (4, 2, 1, 33)])
+def test_matches_nn_fp32(cell, T, B, I, H):
+    check_parity(cell, T, B, I, H, "cpu", backend="ext")
+
+
+@ext
+@pytest.mark.parametrize("cell", [LSTM, GRU], ids=["lstm", "gru"])
+@pytest.mark.parametrize("with_states, bias, contiguous",
+                         [(False, True, True), (True, False, True), (True, True, False)])
+def test_matches_nn_options(cell, with_states, bias, contiguous):
+    check_parity(cell, 6, 3, 4, 7, "cpu", bias=bias, with_states=with_states,
+                 contiguous=contiguous, backend="ext")
+
+
+@ext
+@pytest.mark.parametrize("cell", [LSTM, GRU], ids=["lstm", "gru"])
+def test_matches_nn_bf16(cell):
+    check_parity(cell, 6, 3, 8, 16, "cpu", dtype=torch.bfloat16, backend="ext")
+
+
+@ext
+def test_lstm_projection_matches_nn_lstm_fp32():
+    T, B, I, H, P = 6, 3, 5, 9, 4
+    lstm = torch.nn.LSTM(I, H, proj_size=P)
+    x = torch.randn(T, B, I, requires_grad=True)
+    h0, c0 = torch.randn(B, P, requires_grad=True), torch.randn(B, H, requires_grad=True)
+    params = [lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0,
+              lstm.weight_hr_l0]
+    ours = functional.lstm_layer(x, h0, c0, *params, backend="ext")
+    reference = torch.nn.LSTM(I, H, proj_size=P).double()
+    reference.load_state_dict(lstm.state_dict())
+    ref_y, (ref_h, ref_c) = reference(x.double(), (h0.double()[None], c0.double()[None]))
+    expected = (ref_y, ref_h[0], ref_c[0])
+    cotangents = [torch.randn_like(e) for e in expected]
+    leaves = [x, h0, c0] + params
+    grads = torch.autograd.grad(sum((o * d.float()).sum() for o, d in zip(ours, cotangents)),
+                                leaves)
+    ref_leaves = [x, h0, c0] + list(reference.parameters())
+    ref_grads = torch.autograd.grad(sum((o * d).sum() for o, d in zip(expected, cotangents)),
+                                    ref_leaves, allow_unused=True)
+    for name, a, e in zip(["y", "h_T", "c_T"], ours, expected):
+        assert_close_fp32(a, e, name)
+    # reference.parameters() lists weight_ih, weight_hh, bias_ih, bias_hh, weight_hr.
+    for name, a, e in zip(["x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr"], grads,
+                          ref_grads):
+        assert_close_fp32(a, e, "d_" + name)
+
+
+@ext
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_long_sequence_fp32(cell):
+    T, B, I, H = 300, 2, 8, 24
+    if cell == "lstm":
+        args = lstm_args(T, B, I, H, dtype=torch.float32)
+        layer, reference = functional.lstm_layer, lstm_reference.lstm_layer
+    else:
+        args = gru_args(T, B, I, H, dtype=torch.float32)
+        layer, reference = functional.gru_layer, gru_reference.gru_layer
+    # Weights at torch.nn's scale (1/sqrt(H)): with unit-variance weights the recurrence is
+    # chaotic and any two precisions part ways after a few dozen steps.
+    with torch.no_grad():
+        for w in args[3:5] if cell == "lstm" else args[2:4]:
+            w /= H ** 0.5
+    ours = layer(*args, backend="ext")
+    expected = reference(*[a.double() if a is not None else None for a in args])
+    d_out = [torch.randn_like(e) for e in expected]
+    grads = torch.autograd.grad(sum((o * d.float()).sum() for o, d in zip(ours, d_out)), args[:4])
+    ref_grads = torch.autograd.grad(sum((o * d).sum() for o, d in zip(expected, d_out)),
+                                    [a for a in args[:4]], allow_unused=True)
+    for a, e in zip(list(ours) + list(grads), list(expected) + list(ref_grads)):
+        assert_rel_rms(a, e)
+
+
+@ext
+def test_lengths_ignore_grad_at_padded_steps():
+    """Padded outputs are zero and what grad_y holds there (even NaN) changes nothing."""
+    args = lstm_args(T=5, B=3, dtype=torch.float32)
+    lengths = torch.tensor([5, 2, 3])
+    y, h, c = functional.lstm_layer(*args, lengths=lengths, backend="ext")
+    padded = torch.arange(5)[:, None] >= lengths[None, :]
+    assert (y[padded] == 0).all()
+    clean = torch.randn_like(y).masked_fill(padded[..., None], 0.0)
+    dirty = clean.masked_fill(padded[..., None], float("nan"))
+    leaves = [a for a in args if a is not None]
+    g_clean = torch.autograd.grad((y * clean).sum() + h.sum() + c.sum(), leaves, retain_graph=True)
+    from fastrnn.ops.lstm import ext as lstm_ext
+    with torch.no_grad():
+        y2, h2, c2, ws = lstm_ext.forward(*[a.detach() if a is not None else None for a in args],
+                                          lengths)
+        bwd = lstm_ext.backward(dirty, torch.ones_like(h2), torch.ones_like(c2),
+                                *[a.detach() if a is not None else None for a in args], y2, ws,
+                                lengths)
+    dbias = bwd[5]
+    for name, a, e in zip(["x", "h0", "c0", "w_ih", "w_hh", "b_ih"], bwd[:6], g_clean[:6]):
+        torch.testing.assert_close(a, e, msg=name)
+    torch.testing.assert_close(dbias, g_clean[6])
+
+
+@ext
+def test_fp16_inputs_give_fp16_outputs():
+    args = [a.detach().half() if a is not None else None for a in gru_args(dtype=torch.float32)]
+    y, h = functional.gru_layer(*args, backend="ext")
+    assert y.dtype == h.dtype == torch.float16
+    expected = gru_reference.gru_layer(*[a.double() for a in args])
+    baseline = gru_reference.gru_layer(*args)
+    assert_within_baseline(y, baseline[0], expected[0], "y")
+
+
+@ext
+def test_bad_input_is_a_clear_error():
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, _ = [a.detach() if a is not None else None
+                                            for a in lstm_args()]
+    with pytest.raises(RuntimeError, match="ext_lstm_forward: h0 must have shape"):
+        torch.ops.fastrnn.ext_lstm_forward(x, h0[:, :2], c0, w_ih, w_hh, b_ih, b_hh, None, None)
+    with pytest.raises(RuntimeError, match="ext_gru_forward: w_hh must be 2-D with 3"):
+        torch.ops.fastrnn.ext_gru_forward(x, h0, w_ih[:18], w_hh[:20], None, None, None)
+    with pytest.raises(RuntimeError, match="lengths must be int64"):
+        torch.ops.fastrnn.ext_lstm_forward(x, h0, c0, w_ih, w_hh, None, None, None,
+                                           torch.tensor([1, 2, 3], dtype=torch.int32))
+
+
+# ---- torch.library -------------------------------------------------------------------------
+
+@ext
+def test_opcheck():
+    from fastrnn.ops.gru import ext as gru_ext
+    from fastrnn.ops.lstm import ext as lstm_ext
+    lengths = torch.tensor([5, 2, 3])
+    cases = [(lstm_ext.forward_op, lstm_args(P=3) + [lengths]),
+             (lstm_ext.forward_op, lstm_args(bias=False) + [None]),
+             (gru_ext.forward_op, gru_args() + [lengths])]
+    with torch.no_grad():
+        y, h, c, ws = lstm_ext.forward_op(*[a.detach() if isinstance(a, torch.Tensor) else a
+                                            for a in cases[0][1]])
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = [a.detach() for a in cases[0][1][:8]]
+    cases.append((lstm_ext.backward_op, [torch.randn_like(y), torch.randn_like(h),
+                                         torch.randn_like(c), x, h0, c0, w_ih, w_hh, b_ih, b_hh,
+                                         w_hr, y, ws, lengths]))
+    for op, args in cases:
+        result = torch.library.opcheck(op, args)
+        assert all(v == "SUCCESS" for v in result.values()), (op, result)
+
+
+@ext
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_torch_compile_fullgraph(cell):
+    args = lstm_args(dtype=torch.float32) if cell == "lstm" else gru_args(dtype=torch.float32)
+    op = torch.ops.fastrnn.ext_lstm_forward if cell == "lstm" else torch.ops.fastrnn.ext_gru_forward
+
+    def loss_fn(*a):
+        outs = op(*a, None)
+        return sum(o.sum() for o in outs[:-1])
+
+    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
+    leaves = [a for a in args if a is not None]
+    grads = torch.autograd.grad(compiled(*args), leaves)
+    expected = torch.autograd.grad(loss_fn(*args), leaves)
+    for g, e in zip(grads, expected):
+        torch.testing.assert_close(g, e)
+
+
+# ---- CUDA -----------------------------------------------------------------------------------
+
+@ext
+@cuda
+@pytest.mark.parametrize("persistent", ["1", "0"])
+@pytest.mark.parametrize("cell", [LSTM, GRU], ids=["lstm", "gru"])
+@pytest.mark.parametrize("T, B, I, H", [(1, 1, 3, 5), (9, 4, 7, 37), (6, 3, 16, 301)])
+def test_cuda_matches_nn_fp32(monkeypatch, persistent, cell, T, B, I, H):
+    monkeypatch.setenv("FASTRNN_CUDA_PERSISTENT", persistent)
+    check_parity(cell, T, B, I, H, "cuda", backend="ext")
+
+
+@ext
+@cuda
+@pytest.mark.parametrize("cell", [LSTM, GRU], ids=["lstm", "gru"])
+def test_cuda_matches_nn_bf16(cell):
+    check_parity(cell, 8, 4, 16, 32, "cuda", dtype=torch.bfloat16, backend="ext")
+
+
+@ext
+@cuda
+@pytest.mark.parametrize("persistent", ["1", "0"])
+@pytest.mark.parametrize("proj", [None, 3])
+@pytest.mark.parametrize("lengths", [None, [5, 2, 3]])
+def test_cuda_lstm_gradcheck(monkeypatch, persistent, proj, lengths):
+    monkeypatch.setenv("FASTRNN_CUDA_PERSISTENT", persistent)
+    lengths = torch.tensor(lengths, device="cuda") if lengths is not None else None
+
+    def fn(*a):
+        return functional.lstm_layer(*a, lengths=lengths, backend="ext")
+
+    assert torch.autograd.gradcheck(fn, lstm_args(P=proj, device="cuda"))
+
+
+@ext
+@cuda
+@pytest.mark.parametrize("persistent", ["1", "0"])
+@pytest.mark.parametrize("lengths", [None, [5, 2, 3]])
+def test_cuda_gru_gradcheck(monkeypatch, persistent, lengths):
+    monkeypatch.setenv("FASTRNN_CUDA_PERSISTENT", persistent)
+    lengths = torch.tensor(lengths, device="cuda") if lengths is not None else None
+
+    def fn(*a):
+        return functional.gru_layer(*a, lengths=lengths, backend="ext")
+
+    assert torch.autograd.gradcheck(fn, gru_args(device="cuda"))
+
+
+@ext
+@cuda
+def test_cuda_persistent_and_per_step_agree_on_a_large_layer(monkeypatch):
+    """A layer the size of the benchmarks: the persistent kernel against the per-step path."""
+    args = [a.detach() if a is not None else None
+            for a in lstm_args(64, 16, 256, 512, dtype=torch.float32, device="cuda")]
+    results = {}
+    for persistent in ("1", "0"):
+        monkeypatch.setenv("FASTRNN_CUDA_PERSISTENT", persistent)
+        results[persistent] = functional.lstm_layer(*args, backend="ext")
+    for a, b in zip(results["1"], results["0"]):
+        assert_rel_rms(a, b, bound=1e-5)
+
+
+@ext
+@cuda
+def test_cuda_opcheck():
+    from fastrnn.ops.lstm import ext as lstm_ext
+    args = lstm_args(device="cuda") + [torch.tensor([5, 2, 3], device="cuda")]
+    result = torch.library.opcheck(lstm_ext.forward_op, args)
+    assert all(v == "SUCCESS" for v in result.values()), result
