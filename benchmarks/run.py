@@ -74,7 +74,7 @@ def sweep(args, device) -> tuple:
     cases = (bench_cases.gpu_sweep if on_gpu else bench_cases.cpu_sweep)(args.kernels)
     run_id = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     common = {"run_id": run_id, "device": device_name(device), "versions": versions(),
-              "date": run_id[:10]}
+              "date": run_id[:10], "sweep": "full" if on_gpu else "cpu-reduced"}
     rows: List[dict] = []
     skipped: dict = {}
     deadline = time.monotonic() + args.time_limit_s if args.time_limit_s else None
@@ -108,16 +108,27 @@ def sweep(args, device) -> tuple:
                              "median_ms": f"{median:.4f}", "p20_ms": f"{p20:.4f}", "p80_ms": f"{p80:.4f}",
                              **derived(case, mode, median)})
     results.add_speedups(rows, bench_cases.BASELINE)
-    sweep_note = ("full sweep (DESIGN.md section 5)" if on_gpu else
-                  f"reduced CPU sweep ({bench_cases.cpu_sweep.__doc__.split(':', 1)[1].strip()})")
-    return rows, list(skipped), sweep_note
+    return rows, list(skipped)
 
 
-def render(out_dir: str, skipped: List[str], sweep_note: str = ""):
+def sweep_descriptions() -> dict:
+    describe = lambda fn: " ".join(fn.__doc__.split())  # noqa: E731
+    return {"full": describe(bench_cases.gpu_sweep), "cpu-reduced": describe(bench_cases.cpu_sweep)}
+
+
+def not_measured_path(out_dir: str, device: str) -> str:
+    return os.path.join(out_dir, f"not_measured_{results.slug(device_name(device))}.txt")
+
+
+def render(out_dir: str):
     rows = results.read_rows(os.path.join(out_dir, "results.csv"))
-    text = results.markdown(rows, skipped)
-    if sweep_note:
-        text = text.replace("\n\n", f"\n\nLatest run: {sweep_note}\n\n", 1)
+    skipped = {}
+    for device in results.latest_run_per_device(rows):
+        path = os.path.join(out_dir, f"not_measured_{results.slug(device)}.txt")
+        if os.path.exists(path):
+            with open(path) as f:
+                skipped[device] = f.read().splitlines()
+    text = results.markdown(rows, sweep_descriptions(), skipped)
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write(text)
     plots = results.plot(rows, out_dir)
@@ -155,17 +166,19 @@ def main(argv=None):
         raise SystemExit(f"unknown kernels {sorted(unknown)}; choose from {KERNELS}")
     os.makedirs(args.out, exist_ok=True)
     if args.render_only:
-        render(args.out, [])
+        render(args.out)
         return
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if device == "cpu":
         torch.set_num_threads(args.threads)
     print(f"benchmarking on {device_name(device)}; {versions()}", flush=True)
-    rows, skipped, note = sweep(args, device)
+    rows, skipped = sweep(args, device)
     for line in skipped:
         print(f"not measured: {line}")
     results.append_rows(os.path.join(args.out, "results.csv"), rows)
-    render(args.out, skipped, note)
+    with open(not_measured_path(args.out, device), "w") as f:  # what the latest run left out, and why
+        f.write("".join(line + "\n" for line in skipped))
+    render(args.out)
 
 
 if __name__ == "__main__":

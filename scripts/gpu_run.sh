@@ -59,9 +59,10 @@ for s in $STAGES; do
     test)
       stage test "$TEST_LIMIT_S" "$PYTHON -m pytest -q -rs $TEST_ARGS --junitxml='$OUT/tests.xml'" ;;
     bench)
-      # The committed CSV is copied first, so $OUT/bench/results.csv is the repository's file
-      # with this run's rows appended: copy it back to benchmarks/results/ to commit them.
-      cp benchmarks/results/results.csv "$OUT/bench/" 2>/dev/null || true
+      # The committed results are copied first, so $OUT/bench/results.csv is the repository's
+      # file with this run's rows appended and results.md covers every device: copy the
+      # folder back over benchmarks/results/ to commit them.
+      cp benchmarks/results/results.csv benchmarks/results/not_measured_*.txt "$OUT/bench/" 2>/dev/null || true
       stage bench "$BENCH_LIMIT_S" "$PYTHON -m benchmarks.run --out '$OUT/bench' --time-limit-s $((BENCH_LIMIT_S - 40)) $BENCH_ARGS" ;;
     *) note "unknown stage $s"; status=2 ;;
   esac
