@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 import fastrnn
+from fastrnn import backends
 
 VOCAB = 256  # bytes: any text file is a valid corpus, nothing to build
 VAL_STREAMS = 8  # the held-out text is read as 8 contiguous streams, each with its own state
@@ -163,7 +164,7 @@ def perplexity(model: CharLM, streams: torch.Tensor, bptt: int) -> float:
     return math.exp(total / count)
 
 
-# ---------------------------------------------------------------------------- sampling
+# ---------------------------------------------------------------------------- generation
 
 @torch.no_grad()
 def generate_text(model: CharLM, prompt: str, length: int, temperature: float = 0.0,
@@ -207,11 +208,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def backend_in_use(device: torch.device, cell: str) -> str:
-    from fastrnn import backends
-    return backends.choose(device.type, cell)
-
-
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
@@ -225,7 +221,7 @@ def main(argv=None):
     print(f"corpus: {source}, {len(data):,} bytes ({args.val_bytes:,} held out)")
     print(f"model: byte-level {args.cell.upper()}, embed {args.embed}, hidden {args.hidden}; "
           f"batch {args.batch} x BPTT {args.bptt}, {args.steps} steps; device {device}, "
-          f"torch {torch.__version__}, fastrnn backend {backend_in_use(device, args.cell)!r}")
+          f"torch {torch.__version__}, fastrnn backend {backends.choose(device.type, args.cell)!r}")
 
     torch.manual_seed(args.seed)
     baseline = CharLM(args.cell, "torch", args.embed, args.hidden).to(device)
