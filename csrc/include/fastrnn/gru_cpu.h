@@ -3,6 +3,7 @@
 // recurrence: per step one recurrent GEMM and the fused gate math, split over threads.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -44,18 +45,24 @@ void gru_forward(const GruForward<T>& a, const Gemm& gemm, const For& parallel_f
     }
     gemm(B, 3 * H, H, a.h_n, H, a.w_hh_t, 3 * H, a.gates_h, 3 * H, /*accumulate=*/true);
     for_each_row_piece(parallel_for, B, H, [&](int64_t b, int64_t j0, int64_t j1) {
-      const bool active = step_active(a.lengths, b, t);
+      T* ws_b = ws_t + b * 4 * H;
+      T* y_b = y_t + b * H;
+      if (!step_active(a.lengths, b, t)) {
+        // A finished sequence: its state stays, its output is zero, its workspace row is
+        // never read.
+        for (int k = 0; k < 4; ++k) std::fill(ws_b + k * H + j0, ws_b + k * H + j1, T(0));
+        std::fill(y_b + j0, y_b + j1, T(0));
+        return;
+      }
+      // No selects in the active loop, so it vectorises.
       const T* xg_b = xg_t + b * 3 * H;
       const T* hg_b = a.gates_h + b * 3 * H;
-      T* ws_b = ws_t + b * 4 * H;
       T* h_b = a.h_n + b * H;
-      T* y_b = y_t + b * H;
       FASTRNN_SIMD
       for (int64_t j = j0; j < j1; ++j) {
         const T h = gru_cell_forward(xg_b, hg_b, h_b[j], j, H, ws_b);
-        // Unconditional selects so the loop vectorises.
-        y_b[j] = active ? h : T(0);
-        h_b[j] = active ? h : h_b[j];
+        y_b[j] = h;
+        h_b[j] = h;
       }
     });
   }
@@ -88,12 +95,25 @@ void gru_backward(const GruBackward<T>& a, const Gemm& gemm, const For& parallel
     T* di_t = a.d_input + t * B * 3 * H;
     T* dhid_t = a.d_hidden + t * B * 3 * H;
     for_each_row_piece(parallel_for, B, H, [&](int64_t b, int64_t j0, int64_t j1) {
-      const bool active = step_active(a.lengths, b, t);
+      T* di_b = di_t + b * 3 * H;
+      T* dhid_b = dhid_t + b * 3 * H;
+      if (!step_active(a.lengths, b, t)) {
+        // Nothing flows through a padded step (dh_prev is not used for this row).
+        for (int k = 0; k < 3; ++k) {
+          std::fill(di_b + k * H + j0, di_b + k * H + j1, T(0));
+          std::fill(dhid_b + k * H + j0, dhid_b + k * H + j1, T(0));
+        }
+        return;
+      }
+      const T* ws_b = ws_t + b * 4 * H;
+      const T* h_prev_b = h_prev_t + b * H;
+      const T* dh_b = a.dh0 + b * H;
+      const T* gy_b = gy_t + b * H;
+      T* dh_prev_b = a.dh_prev + b * H;
       FASTRNN_SIMD
       for (int64_t j = j0; j < j1; ++j) {
-        const T dh = a.dh0[b * H + j] + (active ? gy_t[b * H + j] : T(0));
-        a.dh_prev[b * H + j] = gru_cell_backward(ws_t + b * 4 * H, h_prev_t[b * H + j], dh, active,
-                                                 j, H, di_t + b * 3 * H, dhid_t + b * 3 * H);
+        dh_prev_b[j] = gru_cell_backward(ws_b, h_prev_b[j], dh_b[j] + gy_b[j], true, j, H, di_b,
+                                         dhid_b);
       }
     });
     gemm(B, H, 3 * H, dhid_t, 3 * H, a.w_hh, H, a.dh_prev, H, /*accumulate=*/true);

@@ -4,6 +4,7 @@
 // GEMM (through the `gemm` callable) and the fused gate math, split over threads.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -40,33 +41,28 @@ void lstm_forward(const LstmForward<T>& a, const Gemm& gemm, const For& parallel
     T* ws_t = a.workspace + t * B * 5 * H;
     gemm(B, 4 * H, P, a.h_n, P, a.w_hh_t, 4 * H, pre, 4 * H, /*accumulate=*/true);
     for_each_row_piece(parallel_for, B, H, [&](int64_t b, int64_t j0, int64_t j1) {
-      const bool active = step_active(a.lengths, b, t);
-      const T* pre_b = pre + b * 4 * H;
       T* ws_b = ws_t + b * 5 * H;
-      T* c_b = a.c_n + b * H;
-      T* h_b = a.h_n + b * P;
-      // Stores are unconditional selects so the loops vectorise.
-      if (a.w_hr_t) {
-        T* hidden_b = a.hidden + b * H;
-        FASTRNN_SIMD
-        for (int64_t j = j0; j < j1; ++j) {
-          T c, h;
-          lstm_cell_forward(pre_b, c_b[j], j, H, ws_b, &c, &h);
-          c_b[j] = active ? c : c_b[j];
-          hidden_b[j] = h;
-        }
-      } else {
-        // Without projection h is o * tanh(c) itself: straight to y and the h state.
-        T* y_b = y_t + b * P;
-        FASTRNN_SIMD
-        for (int64_t j = j0; j < j1; ++j) {
-          T c, h;
-          lstm_cell_forward(pre_b, c_b[j], j, H, ws_b, &c, &h);
-          c_b[j] = active ? c : c_b[j];
-          y_b[j] = active ? h : T(0);
-          h_b[j] = active ? h : h_b[j];
-        }
+      T* out_b = a.w_hr_t ? a.hidden + b * H : y_t + b * P;
+      if (!step_active(a.lengths, b, t)) {
+        // A finished sequence: its state stays, its output is zero (with projection the
+        // rows are zeroed after the GEMM), its workspace row is never read.
+        std::fill(ws_b + j0, ws_b + j1, T(0));
+        for (int k = 1; k < 5; ++k) std::fill(ws_b + k * H + j0, ws_b + k * H + j1, T(0));
+        if (!a.w_hr_t) std::fill(out_b + j0, out_b + j1, T(0));
+        return;
       }
+      // Separate loops for the padded and active cases keep selects and conditional loads
+      // out of this one, so it vectorises.
+      const T* pre_b = pre + b * 4 * H;
+      T* c_b = a.c_n + b * H;
+      FASTRNN_SIMD
+      for (int64_t j = j0; j < j1; ++j) {
+        T c, h;
+        lstm_cell_forward(pre_b, c_b[j], j, H, ws_b, &c, &h);
+        c_b[j] = c;
+        out_b[j] = h;
+      }
+      if (!a.w_hr_t) std::copy(out_b + j0, out_b + j1, a.h_n + b * P + j0);
     });
     if (a.w_hr_t) {
       gemm(B, P, H, a.hidden, H, a.w_hr_t, P, y_t, P, /*accumulate=*/false);
@@ -122,15 +118,30 @@ void lstm_backward(const LstmBackward<T>& a, const Gemm& gemm, const For& parall
       gemm(B, H, P, dy_t, P, a.w_hr, H, a.dhidden, H, /*accumulate=*/false);
     }
     for_each_row_piece(parallel_for, B, H, [&](int64_t b, int64_t j0, int64_t j1) {
-      const bool active = step_active(a.lengths, b, t);
+      T* dg_b = dg_t + b * 4 * H;
+      if (!step_active(a.lengths, b, t)) {
+        // Nothing flows through a padded step: zero gate gradients, the c gradient stays.
+        for (int k = 0; k < 4; ++k) std::fill(dg_b + k * H + j0, dg_b + k * H + j1, T(0));
+        return;
+      }
       const T* ws_b = ws_t + b * 5 * H;
       const T* c_prev = t > 0 ? ws_b - B * 5 * H + 4 * H : a.c0 + b * H;
       T* dc_b = a.dc0 + b * H;
-      FASTRNN_SIMD
-      for (int64_t j = j0; j < j1; ++j) {
-        const T dh = a.w_hr ? a.dhidden[b * H + j]
-                            : a.dh0[b * P + j] + (active ? gy_t[b * P + j] : T(0));
-        dc_b[j] = lstm_cell_backward(ws_b, c_prev[j], dh, dc_b[j], active, j, H, dg_t + b * 4 * H);
+      // The gradient reaching o * tanh(c): through the projection, or straight from h.
+      if (a.w_hr) {
+        const T* dh_b = a.dhidden + b * H;
+        FASTRNN_SIMD
+        for (int64_t j = j0; j < j1; ++j) {
+          dc_b[j] = lstm_cell_backward(ws_b, c_prev[j], dh_b[j], dc_b[j], true, j, H, dg_b);
+        }
+      } else {
+        const T* dh_b = a.dh0 + b * P;
+        const T* gy_b = gy_t + b * P;
+        FASTRNN_SIMD
+        for (int64_t j = j0; j < j1; ++j) {
+          dc_b[j] = lstm_cell_backward(ws_b, c_prev[j], dh_b[j] + gy_b[j], dc_b[j], true, j, H,
+                                       dg_b);
+        }
       }
     });
     gemm(B, P, 4 * H, dg_t, 4 * H, a.w_hh, P, a.dh_next, P, /*accumulate=*/false);
