@@ -109,9 +109,9 @@ def plot(rows: List[dict], out_dir: str) -> List[str]:
         kernels = sorted({r["kernel"] for r in dev_rows})
         for kernel in kernels:
             k_rows = [r for r in dev_rows if r["kernel"] == kernel and r["speedup_vs_baseline"]]
+            if all(r["provider"] == r["baseline"] for r in k_rows):
+                continue  # nothing to compare with the baseline on this device
             modes = [m for m in ("forward", "backward", "forward+backward") if any(r["mode"] == m for r in k_rows)]
-            if not modes:
-                continue
             fig, axes = plt.subplots(1, len(modes), figsize=(max(7, 6 * len(modes)), 4.8), squeeze=False)
             for ax, mode in zip(axes[0], modes):
                 _speedup_panel(ax, [r for r in k_rows if r["mode"] == mode], f"{kernel} {mode}")
