@@ -292,3 +292,82 @@ def test_cuda_draws_follow_filtered_distribution():
     gen = torch.Generator(device="cuda").manual_seed(1)
     tokens = fastrnn.sample(logits, **DRAW_FILTERS, generator=gen)
     assert chi_square_p_value(tokens.cpu(), probs.cpu()) > SIGNIFICANCE
+
+
+# ---- the CPU fast path (candidates per row) and its fallback ---------------------------------
+
+def fast_path_rows(logits, params):
+    """Which rows the vectorised path decides on its candidates (the rest fall back)."""
+    temperature, top_k, top_p, min_p = params
+    probs = reference.probabilities(logits, temperature)
+    return vectorized._thresholds(probs, temperature == 0, top_k, top_p, min_p)[1]
+
+
+def full_row_tokens(logits, params, uniform):
+    """The draw over the whole row (the fallback), for the same uniforms."""
+    temperature, top_k, top_p, min_p = params
+    probs = reference.probabilities(logits, temperature)
+    bits = vectorized._kept_threshold(probs, torch.where(temperature == 0, 1, top_k), top_p, min_p)
+    tokens = vectorized._full_row_draw(probs, bits, uniform)
+    return torch.where(temperature == 0, logits.argmax(-1), tokens)
+
+
+def check_fast_path(logits, params, expect_fast=None):
+    uniform = torch.rand(logits.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    mask, _ = vectorized.kept_mask(logits, *params)
+    assert torch.equal(mask, reference.kept_mask(logits, *params))
+    tokens, _ = vectorized.sample(logits, *params, uniform)
+    assert torch.equal(tokens, full_row_tokens(logits, params, uniform))
+    assert mask[torch.arange(logits.shape[0]), tokens].all()
+    if expect_fast is not None:
+        assert fast_path_rows(logits, params).tolist() == expect_fast
+
+
+def test_fast_path_top_p_alone_and_top_k_alone():
+    gen = torch.Generator().manual_seed(21)
+    logits = torch.randn(4, 32000, generator=gen) * 3
+    check_fast_path(logits, per_row(4, 32000, top_p=0.9), [True] * 4)
+    check_fast_path(logits, per_row(4, 32000, top_k=50), [True] * 4)
+    check_fast_path(logits, per_row(4, 32000, top_k=50, top_p=0.9, min_p=0.05), [True] * 4)
+    check_fast_path(logits, per_row(4, 32000, min_p=0.05), [True] * 4)
+
+
+def test_flat_distributions_fall_back():
+    gen = torch.Generator().manual_seed(22)
+    logits = torch.randn(3, 20000, generator=gen) * 0.1  # top-p 0.9 needs ~18000 tokens
+    check_fast_path(logits, per_row(3, 20000, top_p=0.9), [False] * 3)
+    check_fast_path(logits, per_row(3, 20000), [False] * 3)  # no filter: the whole row
+    check_fast_path(torch.zeros(2, 5000), per_row(2, 5000, top_k=3, top_p=0.5), [False] * 2)
+
+
+def test_ties_at_the_candidate_boundary():
+    # The k-th value ties with tokens beyond the k + 1 candidates: the fallback decides.
+    logits = torch.zeros(2, 300)
+    logits[:, :10] = 5.0
+    logits[:, 10:40] = 2.0  # top-k 20 cuts this tie group of 30
+    logits[1, 250:260] = 2.0  # and a few more far away
+    check_fast_path(logits, per_row(2, 300, top_k=20), [False, False])
+    check_fast_path(logits, per_row(2, 300, top_k=20, top_p=0.99), [False, False])
+    check_fast_path(logits, per_row(2, 300, top_k=10), [True, True])  # group of 5.0 ends at 10
+    check_fast_path(logits, per_row(2, 300, top_k=7, top_p=0.5))
+    # top-p through tie groups on exponent-histogram candidates
+    check_fast_path(logits, per_row(2, 300, top_p=0.95))
+    check_fast_path(logits, per_row(2, 300, top_p=0.3, min_p=0.01))
+
+
+def test_fast_path_per_row_parameters_with_greedy_rows():
+    gen = torch.Generator().manual_seed(23)
+    B, V = 12, 4099
+    logits = torch.randn(B, V, generator=gen) * 4
+    logits[3, :] = torch.randint(-2, 2, (V,), generator=gen).float()  # heavy ties
+    temperature = torch.rand(B, generator=gen) + 0.3
+    temperature[::4] = 0.0  # greedy rows in every group
+    top_k = torch.tensor([V, 50, V, 3, 2000, 1, V, 40, V, V, 100, 7])
+    top_p = torch.tensor([0.9, 1.0, 0.5, 0.8, 1.0, 0.7, 1.0, 0.95, 0.2, 1.0, 0.99, 0.6], dtype=torch.float64)
+    min_p = torch.tensor([0.0, 0.05, 0.0, 0.1, 0.0, 0.0, 0.02, 0.0, 0.3, 0.0, 0.0, 0.0])
+    check_fast_path(logits, (temperature, top_k, top_p, min_p))
+    for seed in range(5):
+        uniform = torch.rand(B, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+        tokens, _ = vectorized.sample(logits, temperature, top_k, top_p, min_p, uniform)
+        assert torch.equal(tokens[::4], logits[::4].argmax(-1))
+        assert torch.equal(tokens, full_row_tokens(logits, (temperature, top_k, top_p, min_p), uniform))
