@@ -19,6 +19,16 @@
 #define FASTRNN_SIMD
 #endif
 
+// Builds a CPU function for AVX-512, AVX2 and baseline x86-64 and picks one at load time
+// (GCC/Clang function multi-versioning), so one build runs well on any x86-64 machine.
+// Used on the hot loops only: the recurrent GEMM and the per-row gate math.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__CUDACC__) && defined(__linux__)
+#define FASTRNN_CPU_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define FASTRNN_CPU_CLONES
+#endif
+
 namespace fastrnn {
 
 // exp for float that compilers vectorise (no libm call, no errno): Cody-Waite range

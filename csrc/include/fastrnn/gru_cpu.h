@@ -13,6 +13,31 @@
 
 namespace fastrnn {
 
+// Gate math of units [j0, j1) of one active row: h (H) is updated in place and copied to
+// y; r, z, n, h W_hn + b_hn into the workspace row. Separate from the padded case so the
+// loop has no selects and vectorises.
+template <typename T>
+FASTRNN_CPU_CLONES void gru_forward_row(const T* xg, const T* hg, T* h, T* ws, T* y, int64_t j0,
+                                        int64_t j1, int64_t H) {
+  FASTRNN_SIMD
+  for (int64_t j = j0; j < j1; ++j) {
+    const T h_new = gru_cell_forward(xg, hg, h[j], j, H, ws);
+    h[j] = h_new;
+    y[j] = h_new;
+  }
+}
+
+// Backward gate math of units [j0, j1) of one active row; dh_prev receives dh * z.
+template <typename T>
+FASTRNN_CPU_CLONES void gru_backward_row(const T* ws, const T* h_prev, const T* dh, const T* gy,
+                                         T* dh_prev, T* d_input, T* d_hidden, int64_t j0,
+                                         int64_t j1, int64_t H) {
+  FASTRNN_SIMD
+  for (int64_t j = j0; j < j1; ++j) {
+    dh_prev[j] = gru_cell_backward(ws, h_prev[j], dh[j] + gy[j], true, j, H, d_input, d_hidden);
+  }
+}
+
 template <typename T>
 struct GruForward {
   Dims d;                    // P == H
@@ -54,16 +79,8 @@ void gru_forward(const GruForward<T>& a, const Gemm& gemm, const For& parallel_f
         std::fill(y_b + j0, y_b + j1, T(0));
         return;
       }
-      // No selects in the active loop, so it vectorises.
-      const T* xg_b = xg_t + b * 3 * H;
-      const T* hg_b = a.gates_h + b * 3 * H;
-      T* h_b = a.h_n + b * H;
-      FASTRNN_SIMD
-      for (int64_t j = j0; j < j1; ++j) {
-        const T h = gru_cell_forward(xg_b, hg_b, h_b[j], j, H, ws_b);
-        y_b[j] = h;
-        h_b[j] = h;
-      }
+      gru_forward_row(xg_t + b * 3 * H, a.gates_h + b * 3 * H, a.h_n + b * H, ws_b, y_b, j0, j1,
+                      H);
     });
   }
 }
@@ -105,16 +122,8 @@ void gru_backward(const GruBackward<T>& a, const Gemm& gemm, const For& parallel
         }
         return;
       }
-      const T* ws_b = ws_t + b * 4 * H;
-      const T* h_prev_b = h_prev_t + b * H;
-      const T* dh_b = a.dh0 + b * H;
-      const T* gy_b = gy_t + b * H;
-      T* dh_prev_b = a.dh_prev + b * H;
-      FASTRNN_SIMD
-      for (int64_t j = j0; j < j1; ++j) {
-        dh_prev_b[j] = gru_cell_backward(ws_b, h_prev_b[j], dh_b[j] + gy_b[j], true, j, H, di_b,
-                                         dhid_b);
-      }
+      gru_backward_row(ws_t + b * 4 * H, h_prev_t + b * H, a.dh0 + b * H, gy_t + b * H,
+                       a.dh_prev + b * H, di_b, dhid_b, j0, j1, H);
     });
     gemm(B, H, 3 * H, dhid_t, 3 * H, a.w_hh, H, a.dh_prev, H, /*accumulate=*/true);
     for (int64_t b = 0; b < B; ++b) {

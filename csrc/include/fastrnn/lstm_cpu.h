@@ -14,6 +14,40 @@
 
 namespace fastrnn {
 
+// Gate math of units [j0, j1) of one active row: pre (4H) -> workspace row (5H), the new
+// c in place in c (H), o * tanh(c) into out (H). Separate from the padded case so the loop
+// has no selects or conditional loads and vectorises.
+template <typename T>
+FASTRNN_CPU_CLONES void lstm_forward_row(const T* pre, T* c, T* ws, T* out, int64_t j0,
+                                         int64_t j1, int64_t H) {
+  FASTRNN_SIMD
+  for (int64_t j = j0; j < j1; ++j) {
+    T c_new, h;
+    lstm_cell_forward(pre, c[j], j, H, ws, &c_new, &h);
+    c[j] = c_new;
+    out[j] = h;
+  }
+}
+
+// Backward gate math of units [j0, j1) of one active row: dh (+ gy when given) is the
+// gradient reaching o * tanh(c); dc (H) is updated in place; gate gradients into dgates.
+template <typename T>
+FASTRNN_CPU_CLONES void lstm_backward_row(const T* ws, const T* c_prev, const T* dh,
+                                          const T* gy, T* dc, T* dgates, int64_t j0, int64_t j1,
+                                          int64_t H) {
+  if (gy) {
+    FASTRNN_SIMD
+    for (int64_t j = j0; j < j1; ++j) {
+      dc[j] = lstm_cell_backward(ws, c_prev[j], dh[j] + gy[j], dc[j], true, j, H, dgates);
+    }
+  } else {
+    FASTRNN_SIMD
+    for (int64_t j = j0; j < j1; ++j) {
+      dc[j] = lstm_cell_backward(ws, c_prev[j], dh[j], dc[j], true, j, H, dgates);
+    }
+  }
+}
+
 template <typename T>
 struct LstmForward {
   Dims d;
@@ -51,17 +85,7 @@ void lstm_forward(const LstmForward<T>& a, const Gemm& gemm, const For& parallel
         if (!a.w_hr_t) std::fill(out_b + j0, out_b + j1, T(0));
         return;
       }
-      // Separate loops for the padded and active cases keep selects and conditional loads
-      // out of this one, so it vectorises.
-      const T* pre_b = pre + b * 4 * H;
-      T* c_b = a.c_n + b * H;
-      FASTRNN_SIMD
-      for (int64_t j = j0; j < j1; ++j) {
-        T c, h;
-        lstm_cell_forward(pre_b, c_b[j], j, H, ws_b, &c, &h);
-        c_b[j] = c;
-        out_b[j] = h;
-      }
+      lstm_forward_row(pre + b * 4 * H, a.c_n + b * H, ws_b, out_b, j0, j1, H);
       if (!a.w_hr_t) std::copy(out_b + j0, out_b + j1, a.h_n + b * P + j0);
     });
     if (a.w_hr_t) {
@@ -126,22 +150,13 @@ void lstm_backward(const LstmBackward<T>& a, const Gemm& gemm, const For& parall
       }
       const T* ws_b = ws_t + b * 5 * H;
       const T* c_prev = t > 0 ? ws_b - B * 5 * H + 4 * H : a.c0 + b * H;
-      T* dc_b = a.dc0 + b * H;
       // The gradient reaching o * tanh(c): through the projection, or straight from h.
       if (a.w_hr) {
-        const T* dh_b = a.dhidden + b * H;
-        FASTRNN_SIMD
-        for (int64_t j = j0; j < j1; ++j) {
-          dc_b[j] = lstm_cell_backward(ws_b, c_prev[j], dh_b[j], dc_b[j], true, j, H, dg_b);
-        }
+        lstm_backward_row(ws_b, c_prev, a.dhidden + b * H, static_cast<const T*>(nullptr),
+                          a.dc0 + b * H, dg_b, j0, j1, H);
       } else {
-        const T* dh_b = a.dh0 + b * P;
-        const T* gy_b = gy_t + b * P;
-        FASTRNN_SIMD
-        for (int64_t j = j0; j < j1; ++j) {
-          dc_b[j] = lstm_cell_backward(ws_b, c_prev[j], dh_b[j] + gy_b[j], dc_b[j], true, j, H,
-                                       dg_b);
-        }
+        lstm_backward_row(ws_b, c_prev, a.dh0 + b * P, gy_t + b * P, a.dc0 + b * H, dg_b, j0, j1,
+                          H);
       }
     });
     gemm(B, P, 4 * H, dg_t, 4 * H, a.w_hh, P, a.dh_next, P, /*accumulate=*/false);
