@@ -295,7 +295,9 @@ VOCAB_PROVIDERS = {
 # ---------------------------------------------------------------------------- entry points
 
 def providers_for(kernel: str) -> List[str]:
-    return list(RNN_PROVIDERS) if kernel in ("lstm", "gru") else list(VOCAB_PROVIDERS[kernel])
+    """The kernel's providers, its baseline first (so every later row has its speedup)."""
+    names = list(RNN_PROVIDERS) if kernel in ("lstm", "gru") else list(VOCAB_PROVIDERS[kernel])
+    return [BASELINE[kernel]] + [n for n in names if n != BASELINE[kernel]]
 
 
 def why_unavailable(case: Case, provider: str, device) -> Optional[str]:

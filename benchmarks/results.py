@@ -47,17 +47,6 @@ def latest_run_per_device(rows: List[dict]) -> Dict[str, List[dict]]:
     return dict(by_device)
 
 
-def add_speedups(rows: List[dict], baseline: Dict[str, str]):
-    """Fill baseline and speedup_vs_baseline (baseline time / this time) in place, pairing
-    each row with the baseline provider's row of the same kernel, mode, shape and dtype."""
-    key = lambda r: (r["kernel"], r["mode"], r["shape"], r["dtype"])  # noqa: E731
-    base = {key(r): float(r["median_ms"]) for r in rows if r["provider"] == baseline[r["kernel"]]}
-    for row in rows:
-        row["baseline"] = baseline[row["kernel"]]
-        ref = base.get(key(row))
-        row["speedup_vs_baseline"] = f"{ref / float(row['median_ms']):.3f}" if ref else ""
-
-
 def _fmt(value: str, digits: int = 3) -> str:
     if value in ("", None):
         return ""

@@ -69,46 +69,65 @@ def run_one(case, provider, mode, device, budget_s) -> tuple:
             torch.cuda.empty_cache()
 
 
-def sweep(args, device) -> tuple:
+def sweep(args, device, csv_path: str) -> List[str]:
+    """Measure every case on `device`, appending each row to csv_path as soon as it is
+    measured (a run cut short keeps what it measured). Returns what was not measured, and why."""
     on_gpu = torch.device(device).type == "cuda"
     cases = (bench_cases.gpu_sweep if on_gpu else bench_cases.cpu_sweep)(args.kernels)
     run_id = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     common = {"run_id": run_id, "device": device_name(device), "versions": versions(),
               "date": run_id[:10], "sweep": "full" if on_gpu else "cpu-reduced"}
-    rows: List[dict] = []
     skipped: dict = {}
+    baseline_ms: dict = {}
     deadline = time.monotonic() + args.time_limit_s if args.time_limit_s else None
-    for case in cases:
-        if deadline is not None and time.monotonic() > deadline:
-            skipped.setdefault(f"{case.kernel} {case.shape} {case.dtype_name} and later cases: "
-                               f"the --time-limit-s of {args.time_limit_s:.0f} s was reached", None)
-            break
-        for provider in bench_cases.providers_for(case.kernel):
-            if args.providers and provider not in args.providers:
-                continue
-            reason = bench_cases.why_unavailable(case, provider, device)
-            if reason is not None:
-                skipped.setdefault(f"{case.kernel} / {provider}: {reason}", None)
-                continue
-            for mode in case.modes:
-                if args.modes and mode not in args.modes:
+    try:
+        for case in cases:
+            if deadline is not None and time.monotonic() > deadline:
+                skipped.setdefault(f"{case.kernel} {case.shape} {case.dtype_name} and later cases: "
+                                   f"the --time-limit-s of {args.time_limit_s:.0f} s was reached", None)
+                break
+            for provider in bench_cases.providers_for(case.kernel):  # the baseline comes first
+                if args.providers and provider not in args.providers:
                     continue
-                label = f"{case.kernel:8} {provider:15} {mode:17} {case.shape:18} {case.dtype_name:9}"
-                try:
-                    median, p20, p80 = run_one(case, provider, mode, device, args.budget_s)
-                except Exception as exc:  # one failing provider must not end the sweep
-                    message = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-                    skipped.setdefault(f"{case.kernel} / {provider} / {mode} / {case.shape} "
-                                       f"{case.dtype_name}: failed: {type(exc).__name__}: {message}", None)
-                    print(f"{label} FAILED {type(exc).__name__}: {message}", flush=True)
+                reason = bench_cases.why_unavailable(case, provider, device)
+                if reason is not None:
+                    skipped.setdefault(f"{case.kernel} / {provider}: {reason}", None)
                     continue
-                print(f"{label} {median:10.3f} ms  [{p20:.3f} - {p80:.3f}]", flush=True)
-                rows.append({**common, "kernel": case.kernel, "provider": provider, "mode": mode,
-                             "shape": case.shape, "dtype": case.dtype_name,
-                             "median_ms": f"{median:.4f}", "p20_ms": f"{p20:.4f}", "p80_ms": f"{p80:.4f}",
-                             **derived(case, mode, median)})
-    results.add_speedups(rows, bench_cases.BASELINE)
-    return rows, list(skipped)
+                for mode in case.modes:
+                    if args.modes and mode not in args.modes:
+                        continue
+                    row = measure_row(case, provider, mode, device, args.budget_s, skipped)
+                    if row is None:
+                        continue
+                    key = (case.kernel, mode, case.shape, case.dtype_name)
+                    baseline = bench_cases.BASELINE[case.kernel]
+                    if provider == baseline:
+                        baseline_ms[key] = float(row["median_ms"])
+                    row["baseline"] = baseline
+                    if key in baseline_ms:
+                        row["speedup_vs_baseline"] = f"{baseline_ms[key] / float(row['median_ms']):.3f}"
+                    results.append_rows(csv_path, [{**common, **row}])
+    except KeyboardInterrupt:  # e.g. the time limit of scripts/gpu_run.sh: keep what was measured
+        skipped.setdefault("the run was interrupted; later cases were not measured", None)
+    return list(skipped)
+
+
+def measure_row(case, provider, mode, device, budget_s, skipped: dict):
+    """One measurement as a CSV row (without the run's common columns), or None when it
+    failed; the failure is printed and added to `skipped`."""
+    label = f"{case.kernel:8} {provider:15} {mode:17} {case.shape:18} {case.dtype_name:9}"
+    try:
+        median, p20, p80 = run_one(case, provider, mode, device, budget_s)
+    except Exception as exc:  # one failing provider must not end the sweep
+        message = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        skipped.setdefault(f"{case.kernel} / {provider} / {mode} / {case.shape} {case.dtype_name}: "
+                           f"failed: {type(exc).__name__}: {message}", None)
+        print(f"{label} FAILED {type(exc).__name__}: {message}", flush=True)
+        return None
+    print(f"{label} {median:10.3f} ms  [{p20:.3f} - {p80:.3f}]", flush=True)
+    return {"kernel": case.kernel, "provider": provider, "mode": mode, "shape": case.shape,
+            "dtype": case.dtype_name, "median_ms": f"{median:.4f}", "p20_ms": f"{p20:.4f}",
+            "p80_ms": f"{p80:.4f}", **derived(case, mode, median)}
 
 
 def sweep_descriptions() -> dict:
@@ -172,10 +191,9 @@ def main(argv=None):
     if device == "cpu":
         torch.set_num_threads(args.threads)
     print(f"benchmarking on {device_name(device)}; {versions()}", flush=True)
-    rows, skipped = sweep(args, device)
+    skipped = sweep(args, device, os.path.join(args.out, "results.csv"))
     for line in skipped:
         print(f"not measured: {line}")
-    results.append_rows(os.path.join(args.out, "results.csv"), rows)
     with open(not_measured_path(args.out, device), "w") as f:  # what the latest run left out, and why
         f.write("".join(line + "\n" for line in skipped))
     render(args.out)

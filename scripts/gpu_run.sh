@@ -64,7 +64,9 @@ for s in $STAGES; do
       # file with this run's rows appended and results.md covers every device: copy the
       # folder back over benchmarks/results/ to commit them.
       cp benchmarks/results/results.csv benchmarks/results/not_measured_*.txt "$OUT/bench/" 2>/dev/null || true
-      stage bench "$BENCH_LIMIT_S" "$PYTHON -m benchmarks.run --out '$OUT/bench' --time-limit-s $((BENCH_LIMIT_S - 40)) $BENCH_ARGS" ;;
+      stage bench "$BENCH_LIMIT_S" "$PYTHON -m benchmarks.run --out '$OUT/bench' --time-limit-s $((BENCH_LIMIT_S - 40)) $BENCH_ARGS"
+      # Rows are written as they are measured; render again in case the run was killed (a hung kernel).
+      timeout 60 "$PYTHON" -m benchmarks.run --render-only --out "$OUT/bench" >> "$OUT/bench.log" 2>&1 ;;
     demo)
       stage demo "${DEMO_LIMIT_S:-240}" "PYTHONPATH='$PWD' $PYTHON examples/char_lm.py ${DEMO_ARGS:-}" ;;
     *) note "unknown stage $s"; status=2 ;;
