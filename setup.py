@@ -51,14 +51,12 @@ def extension_modules():
     sources = _sources("*.cpp")
     if use_cuda:
         sources += _sources("cuda/*.cu") + _sources("kernels/*.cu")
-        nvcc_flags = ["-O3", "-lineinfo"]
-        if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
-            nvcc_flags += ["-gencode=arch=compute_80,code=sm_80",
-                           "-gencode=arch=compute_90,code=sm_90"]
+        # A100 and H100/H200 unless the builder says otherwise (torch reads this variable
+        # and adds the -gencode flags; without it, it would build for every known arch).
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         ext = cpp_extension.CUDAExtension(
             "fastrnn._C", sources, include_dirs=include_dirs,
-            define_macros=[("FASTRNN_WITH_CUDA", "1")],
-            extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags})
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]})
     else:
         ext = cpp_extension.CppExtension("fastrnn._C", sources, include_dirs=include_dirs,
                                          extra_compile_args={"cxx": cxx_flags})

@@ -1,6 +1,6 @@
 // CUDA GRU layer: the input projection and weight gradients as cuBLAS GEMMs over all
-// steps; the forward recurrence in one persistent launch when W_hh fits on chip, else per
-// step (cuBLAS GEMM + fused gate kernel); backward per step.
+// steps; the forward and backward recurrences each in one persistent launch when W_hh fits
+// on chip, else per step (cuBLAS GEMM + fused gate kernel).
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
@@ -19,7 +19,7 @@ bool try_forward_persistent(const Dims& d, const Tensor& gates_x, const Tensor& 
                             const Tensor& w_hh, const OptTensor& b_hh, const OptTensor& lens,
                             Tensor& y, Tensor& h_n, Tensor& ws) {
   if (!persistent_enabled()) return false;
-  const auto plan = cuda::plan_persistent<T>(3, d, y.get_device());
+  const auto plan = cuda::plan_persistent<T>(3, /*backward=*/false, d, y.get_device());
   if (plan.blocks == 0) return false;
   Tensor h_buf = at::empty({2, d.B, d.H}, y.options());
   Tensor barrier = at::zeros({1}, y.options().dtype(at::kInt));
@@ -54,6 +54,28 @@ void forward_per_step(const Dims& d, const Tensor& gates_x, const Tensor& h0, co
                               stream);
   }
   check_launch(kForward);
+}
+
+template <typename T>
+bool try_backward_persistent(const Dims& d, const Tensor& grad_y, const Tensor& h0,
+                             const Tensor& y, const Tensor& w_hh, const OptTensor& lens,
+                             const Tensor& ws, Tensor& d_input, Tensor& d_hidden,
+                             Tensor& dh_state) {
+  if (!persistent_enabled()) return false;
+  const auto plan = cuda::plan_persistent<T>(3, /*backward=*/true, d, ws.get_device());
+  if (plan.blocks == 0) return false;
+  Tensor barrier = at::zeros({1}, ws.options().dtype(at::kInt));
+  const cudaError_t err = cuda::gru_backward_persistent<T>(
+      plan, d, grad_y.data_ptr<T>(), h0.data_ptr<T>(), y.data_ptr<T>(), w_hh.data_ptr<T>(),
+      ptr_or_null<int64_t>(lens), ws.data_ptr<T>(), d_input.data_ptr<T>(),
+      d_hidden.data_ptr<T>(), dh_state.data_ptr<T>(),
+      reinterpret_cast<unsigned int*>(barrier.data_ptr<int>()),
+      c10::cuda::getCurrentCUDAStream());
+  if (err != cudaSuccess) {
+    cudaGetLastError();  // the grid did not fit after all: clear it and run per step
+    return false;
+  }
+  return true;
 }
 
 std::tuple<Tensor, Tensor, Tensor> gru_forward_cuda(const Tensor& x, const Tensor& h0,
@@ -97,6 +119,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward_cuda(
   Tensor dh_prev = at::empty({d.B, d.H}, opts);
   AT_DISPATCH_FLOATING_TYPES(type, "ext_gru_backward_cuda", [&] {
     using T = scalar_t;
+    if (try_backward_persistent<T>(d, grad_y_a, h0_a, y_a, w_hh_a, lens, ws, d_input, d_hidden,
+                                   dh_state)) {
+      return;
+    }
     const int64_t* lens_ptr = ptr_or_null<int64_t>(lens);
     for (int64_t t = d.T - 1; t >= 0; --t) {
       const T* h_prev_t = t > 0 ? step_ptr<T>(y_a, t - 1) : h0_a.data_ptr<T>();

@@ -1,6 +1,6 @@
 // CUDA LSTM layer: the input projection and weight gradients as cuBLAS GEMMs over all
-// steps; the forward recurrence in one persistent launch when W_hh fits on chip (no
-// projection), else per step (cuBLAS GEMM + fused gate kernel); backward per step.
+// steps; the forward and backward recurrences each in one persistent launch when W_hh fits
+// on chip (no projection), else per step (cuBLAS GEMM + fused gate kernel).
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
@@ -19,7 +19,7 @@ bool try_forward_persistent(const Dims& d, const Tensor& gates, const Tensor& h0
                             const Tensor& c0, const Tensor& w_hh, const OptTensor& lens,
                             Tensor& y, Tensor& h_n, Tensor& c_n, Tensor& ws) {
   if (!persistent_enabled()) return false;
-  const auto plan = cuda::plan_persistent<T>(4, d, y.get_device());
+  const auto plan = cuda::plan_persistent<T>(4, /*backward=*/false, d, y.get_device());
   if (plan.blocks == 0) return false;
   Tensor h_buf = at::empty({2, d.B, d.H}, y.options());
   Tensor barrier = at::zeros({1}, y.options().dtype(at::kInt));
@@ -60,6 +60,26 @@ void forward_per_step(const Dims& d, Tensor& gates, const Tensor& h0, const Tens
     }
   }
   check_launch(kForward);
+}
+
+template <typename T>
+bool try_backward_persistent(const Dims& d, const Tensor& grad_y, const Tensor& c0,
+                             const Tensor& w_hh, const OptTensor& lens, const Tensor& ws,
+                             Tensor& dgates, Tensor& dh_state, Tensor& dc_state) {
+  if (!persistent_enabled()) return false;
+  const auto plan = cuda::plan_persistent<T>(4, /*backward=*/true, d, ws.get_device());
+  if (plan.blocks == 0) return false;
+  Tensor barrier = at::zeros({1}, ws.options().dtype(at::kInt));
+  const cudaError_t err = cuda::lstm_backward_persistent<T>(
+      plan, d, grad_y.data_ptr<T>(), c0.data_ptr<T>(), w_hh.data_ptr<T>(),
+      ptr_or_null<int64_t>(lens), ws.data_ptr<T>(), dgates.data_ptr<T>(), dh_state.data_ptr<T>(),
+      dc_state.data_ptr<T>(), reinterpret_cast<unsigned int*>(barrier.data_ptr<int>()),
+      c10::cuda::getCurrentCUDAStream());
+  if (err != cudaSuccess) {
+    cudaGetLastError();  // the grid did not fit after all: clear it and run per step
+    return false;
+  }
+  return true;
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward_cuda(
@@ -107,6 +127,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   Tensor dhidden = at::empty({d.B, d.H}, opts), dh_next = at::empty({d.B, d.P}, opts);
   AT_DISPATCH_FLOATING_TYPES(type, "ext_lstm_backward_cuda", [&] {
     using T = scalar_t;
+    if (!w_hr.has_value() && try_backward_persistent<T>(d, grad_y_a, c0_a, w_hh_a, lens, ws,
+                                                        dgates, dh_state, dc_state)) {
+      return;
+    }
     const int64_t* lens_ptr = ptr_or_null<int64_t>(lens);
     for (int64_t t = d.T - 1; t >= 0; --t) {
       const T* gy_t = step_ptr<T>(grad_y_a, t);

@@ -25,15 +25,19 @@ cudaError_t launch_cooperative(Kernel kernel, const PersistentPlan& plan, void**
 }
 
 template <typename T>
-const void* persistent_kernel(int gates) {
-  return gates == 4 ? reinterpret_cast<const void*>(&lstm_forward_persistent_kernel<T>)
-                    : reinterpret_cast<const void*>(&gru_forward_persistent_kernel<T>);
+const void* persistent_kernel(int gates, bool backward) {
+  if (gates == 4) {
+    return backward ? reinterpret_cast<const void*>(&lstm_backward_persistent_kernel<T>)
+                    : reinterpret_cast<const void*>(&lstm_forward_persistent_kernel<T>);
+  }
+  return backward ? reinterpret_cast<const void*>(&gru_backward_persistent_kernel<T>)
+                  : reinterpret_cast<const void*>(&gru_forward_persistent_kernel<T>);
 }
 
 }  // namespace
 
 template <typename T>
-PersistentPlan plan_persistent(int gates, const Dims& d, int device) {
+PersistentPlan plan_persistent(int gates, bool backward, const Dims& d, int device) {
   PersistentPlan plan;
   if (d.P != d.H) return plan;  // the projection runs per step
   cudaDeviceProp prop;
@@ -41,14 +45,15 @@ PersistentPlan plan_persistent(int gates, const Dims& d, int device) {
     return plan;
   }
   const size_t max_smem = prop.sharedMemPerBlockOptin;
-  const size_t row_bytes = size_t(gates) * d.H * sizeof(T);  // one unit's rows of W_hh
+  // One unit's rows (forward) or columns (backward) of W_hh.
+  const size_t row_bytes = size_t(gates) * d.H * sizeof(T);
   // Fewest units per block (most blocks) such that all blocks are co-resident; a block
   // per SM keeps the whole shared memory of an SM for its W_hh rows.
   const int64_t max_blocks = prop.multiProcessorCount;
   const int64_t units = (d.H + max_blocks - 1) / max_blocks;
   const size_t smem = units * row_bytes;
   if (smem > max_smem) return plan;
-  const void* kernel = persistent_kernel<T>(gates);
+  const void* kernel = persistent_kernel<T>(gates, backward);
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                            static_cast<int>(smem)) != cudaSuccess) {
     return plan;
@@ -87,6 +92,31 @@ cudaError_t gru_forward_persistent(const PersistentPlan& plan, const Dims& d, co
   void* args[] = {&dims, &units, &gates_x, &h0, &w_hh, &b_hh, &lengths, &y, &h_n, &ws,
                   &h_buf, &barrier};
   return launch_cooperative(&gru_forward_persistent_kernel<T>, plan, args, stream);
+}
+
+template <typename T>
+cudaError_t lstm_backward_persistent(const PersistentPlan& plan, const Dims& d, const T* grad_y,
+                                     const T* c0, const T* w_hh, const int64_t* lengths,
+                                     const T* ws, T* dgates, T* dh_state, T* dc_state,
+                                     unsigned int* barrier, cudaStream_t stream) {
+  Dims dims = d;
+  int units = plan.units;
+  void* args[] = {&dims, &units, &grad_y, &c0, &w_hh, &lengths, &ws, &dgates, &dh_state,
+                  &dc_state, &barrier};
+  return launch_cooperative(&lstm_backward_persistent_kernel<T>, plan, args, stream);
+}
+
+template <typename T>
+cudaError_t gru_backward_persistent(const PersistentPlan& plan, const Dims& d, const T* grad_y,
+                                    const T* h0, const T* y, const T* w_hh,
+                                    const int64_t* lengths, const T* ws, T* d_input,
+                                    T* d_hidden, T* dh_state, unsigned int* barrier,
+                                    cudaStream_t stream) {
+  Dims dims = d;
+  int units = plan.units;
+  void* args[] = {&dims, &units, &grad_y, &h0, &y, &w_hh, &lengths, &ws, &d_input, &d_hidden,
+                  &dh_state, &barrier};
+  return launch_cooperative(&gru_backward_persistent_kernel<T>, plan, args, stream);
 }
 
 template <typename T>
@@ -141,7 +171,14 @@ void gru_backward_step(const Dims& d, int64_t t, const T* ws_t, const T* h_prev_
 }
 
 #define FASTRNN_INSTANTIATE(T)                                                                  \
-  template PersistentPlan plan_persistent<T>(int, const Dims&, int);                            \
+  template PersistentPlan plan_persistent<T>(int, bool, const Dims&, int);                      \
+  template cudaError_t lstm_backward_persistent<T>(const PersistentPlan&, const Dims&, const T*, \
+                                                   const T*, const T*, const int64_t*, const T*, \
+                                                   T*, T*, T*, unsigned int*, cudaStream_t);     \
+  template cudaError_t gru_backward_persistent<T>(const PersistentPlan&, const Dims&, const T*,  \
+                                                  const T*, const T*, const T*, const int64_t*,  \
+                                                  const T*, T*, T*, T*, unsigned int*,           \
+                                                  cudaStream_t);                                 \
   template cudaError_t lstm_forward_persistent<T>(const PersistentPlan&, const Dims&, const T*, \
                                                   const T*, const T*, const T*, const int64_t*, \
                                                   T*, T*, T*, T*, T*, unsigned int*,            \

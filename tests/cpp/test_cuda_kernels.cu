@@ -1,6 +1,6 @@
 // Unit tests of the torch-free CUDA kernels, run by ctest where a GPU is present (exit
-// code 77, "skipped", without one). The persistent forward kernels are checked against the
-// CPU header recurrences, which test_cpu_kernels checks against a naive loop.
+// code 77, "skipped", without one). The persistent forward and backward kernels are checked
+// against the CPU header recurrences, which test_cpu_kernels checks against a naive loop.
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -73,7 +73,7 @@ void test_lstm_persistent(int64_t T, int64_t B, int64_t H, bool with_lengths) {
        c0 = random_vec(gen, B * H), w_hh = random_vec(gen, 4 * H * H);
   std::vector<int64_t> lengths;
   for (int64_t b = 0; b < B && with_lengths; ++b) lengths.push_back(1 + (b * 3) % T);
-  const auto plan = fastrnn::cuda::plan_persistent<float>(4, d, 0);
+  const auto plan = fastrnn::cuda::plan_persistent<float>(4, /*backward=*/false, d, 0);
   if (plan.blocks == 0) {
     std::printf("FAIL lstm persistent: no plan for H=%lld\n", static_cast<long long>(H));
     ++failures;
@@ -108,6 +108,26 @@ void test_lstm_persistent(int64_t T, int64_t B, int64_t H, bool with_lengths) {
   expect_close("lstm persistent h_n", to_host(g_hn, h_n.size()), h_n);
   expect_close("lstm persistent c_n", to_host(g_cn, c_n.size()), c_n);
   expect_close("lstm persistent workspace", to_host(g_ws, ws.size()), ws);
+
+  // Backward from the same workspace, against the CPU recurrence.
+  const auto bplan = fastrnn::cuda::plan_persistent<float>(4, /*backward=*/true, d, 0);
+  auto gy = random_vec(gen, T * B * H), ghT = random_vec(gen, B * H), gcT = random_vec(gen, B * H);
+  std::vector<float> dgates(T * B * 4 * H), dh0(B * H), dc0(B * H), dh_next(B * H);
+  fastrnn::LstmBackward<float> back{d, gy.data(), ghT.data(), gcT.data(), c0.data(), w_hh.data(),
+                                    nullptr, lengths.empty() ? nullptr : lengths.data(), ws.data(),
+                                    dgates.data(), dh0.data(), dc0.data(), nullptr, nullptr,
+                                    dh_next.data()};
+  fastrnn::lstm_backward(back, fastrnn::HeaderGemm<>(), fastrnn::SerialFor());
+  float *g_gy = to_device(gy), *g_dh = to_device(ghT), *g_dc = to_device(gcT), *g_dg;
+  CUDA_OK(cudaMalloc(&g_dg, sizeof(float) * dgates.size()));
+  CUDA_OK(cudaMemset(barrier, 0, sizeof(unsigned int)));
+  CUDA_OK(fastrnn::cuda::lstm_backward_persistent<float>(bplan, d, g_gy, g_c0, g_w, g_len, g_ws,
+                                                         g_dg, g_dh, g_dc, barrier, 0));
+  CUDA_OK(cudaDeviceSynchronize());
+  expect_close("lstm persistent dgates", to_host(g_dg, dgates.size()), dgates);
+  expect_close("lstm persistent dh0", to_host(g_dh, dh0.size()), dh0);
+  expect_close("lstm persistent dc0", to_host(g_dc, dc0.size()), dc0);
+  for (void* p : {(void*)g_gy, (void*)g_dh, (void*)g_dc, (void*)g_dg}) cudaFree(p);
   for (void* p : {(void*)g_y, (void*)g_hn, (void*)g_cn, (void*)g_ws, (void*)g_hbuf,
                   (void*)barrier, (void*)g_gates, (void*)g_h0, (void*)g_c0, (void*)g_w,
                   (void*)g_len}) {
@@ -122,7 +142,7 @@ void test_gru_persistent(int64_t T, int64_t B, int64_t H, bool with_lengths) {
        w_hh = random_vec(gen, 3 * H * H), b_hh = random_vec(gen, 3 * H);
   std::vector<int64_t> lengths;
   for (int64_t b = 0; b < B && with_lengths; ++b) lengths.push_back(1 + (b * 3) % T);
-  const auto plan = fastrnn::cuda::plan_persistent<float>(3, d, 0);
+  const auto plan = fastrnn::cuda::plan_persistent<float>(3, /*backward=*/false, d, 0);
   if (plan.blocks == 0) {
     std::printf("FAIL gru persistent: no plan for H=%lld\n", static_cast<long long>(H));
     ++failures;
@@ -152,6 +172,26 @@ void test_gru_persistent(int64_t T, int64_t B, int64_t H, bool with_lengths) {
   expect_close("gru persistent y", to_host(g_y, y.size()), y);
   expect_close("gru persistent h_n", to_host(g_hn, h_n.size()), h_n);
   expect_close("gru persistent workspace", to_host(g_ws, ws.size()), ws);
+
+  // Backward from the same workspace and outputs, against the CPU recurrence.
+  const auto bplan = fastrnn::cuda::plan_persistent<float>(3, /*backward=*/true, d, 0);
+  auto gy = random_vec(gen, T * B * H), ghT = random_vec(gen, B * H);
+  std::vector<float> d_input(T * B * 3 * H), d_hidden(T * B * 3 * H), dh0(B * H), dh_prev(B * H);
+  fastrnn::GruBackward<float> back{d, gy.data(), ghT.data(), h0.data(), y.data(), w_hh.data(),
+                                   lengths.empty() ? nullptr : lengths.data(), ws.data(),
+                                   d_input.data(), d_hidden.data(), dh0.data(), dh_prev.data()};
+  fastrnn::gru_backward(back, fastrnn::HeaderGemm<>(), fastrnn::SerialFor());
+  float *g_gy = to_device(gy), *g_dh = to_device(ghT), *g_di, *g_dhid;
+  CUDA_OK(cudaMalloc(&g_di, sizeof(float) * d_input.size()));
+  CUDA_OK(cudaMalloc(&g_dhid, sizeof(float) * d_hidden.size()));
+  CUDA_OK(cudaMemset(barrier, 0, sizeof(unsigned int)));
+  CUDA_OK(fastrnn::cuda::gru_backward_persistent<float>(bplan, d, g_gy, g_h0, g_y, g_w, g_len,
+                                                        g_ws, g_di, g_dhid, g_dh, barrier, 0));
+  CUDA_OK(cudaDeviceSynchronize());
+  expect_close("gru persistent d_input", to_host(g_di, d_input.size()), d_input);
+  expect_close("gru persistent d_hidden", to_host(g_dhid, d_hidden.size()), d_hidden);
+  expect_close("gru persistent dh0", to_host(g_dh, dh0.size()), dh0);
+  for (void* p : {(void*)g_gy, (void*)g_dh, (void*)g_di, (void*)g_dhid}) cudaFree(p);
   for (void* p : {(void*)g_y, (void*)g_hn, (void*)g_ws, (void*)g_hbuf, (void*)barrier,
                   (void*)g_xg, (void*)g_h0, (void*)g_w, (void*)g_b, (void*)g_len}) {
     if (p) cudaFree(p);

@@ -336,13 +336,17 @@ def test_cuda_gru_gradcheck(monkeypatch, persistent, lengths):
 @ext
 @cuda
 def test_cuda_persistent_and_per_step_agree_on_a_large_layer(monkeypatch):
-    """A layer the size of the benchmarks: the persistent kernel against the per-step path."""
-    args = [a.detach() if a is not None else None
-            for a in lstm_args(64, 16, 256, 512, dtype=torch.float32, device="cuda")]
+    """A layer the size of the benchmarks: the persistent kernels (forward and backward)
+    against the per-step path, outputs and every gradient."""
+    args = lstm_args(64, 16, 256, 512, dtype=torch.float32, device="cuda")
+    d_y = torch.randn(64, 16, 512, device="cuda")
     results = {}
     for persistent in ("1", "0"):
         monkeypatch.setenv("FASTRNN_CUDA_PERSISTENT", persistent)
-        results[persistent] = functional.lstm_layer(*args, backend="ext")
+        y, h, c = functional.lstm_layer(*args, backend="ext")
+        leaves = [a for a in args if a is not None]
+        grads = torch.autograd.grad((y * d_y).sum() + h.sum() + c.sum(), leaves)
+        results[persistent] = [y, h, c] + list(grads)
     for a, b in zip(results["1"], results["0"]):
         assert_rel_rms(a, b, bound=1e-5)
 

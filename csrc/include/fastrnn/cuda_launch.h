@@ -19,8 +19,9 @@ struct PersistentPlan {
   size_t smem = 0;      // bytes of W_hh rows per block
 };
 
+// gates: 4 (LSTM) or 3 (GRU); backward: plan the backward kernel instead of the forward.
 template <typename T>
-PersistentPlan plan_persistent(int gates, const Dims& d, int device);
+PersistentPlan plan_persistent(int gates, bool backward, const Dims& d, int device);
 
 // Launches every step of the forward in one cooperative kernel; `barrier` must point at a
 // zeroed unsigned int, `h_buf` at 2 * B * H elements of scratch.
@@ -35,6 +36,21 @@ cudaError_t gru_forward_persistent(const PersistentPlan& plan, const Dims& d, co
                                    const T* h0, const T* w_hh, const T* b_hh,
                                    const int64_t* lengths, T* y, T* h_n, T* ws, T* h_buf,
                                    unsigned int* barrier, cudaStream_t stream);
+
+// Backward through all steps in one cooperative kernel (no projection). dh_state / dc_state
+// hold the gradients of the final state on entry and those of the initial state on exit.
+template <typename T>
+cudaError_t lstm_backward_persistent(const PersistentPlan& plan, const Dims& d, const T* grad_y,
+                                     const T* c0, const T* w_hh, const int64_t* lengths,
+                                     const T* ws, T* dgates, T* dh_state, T* dc_state,
+                                     unsigned int* barrier, cudaStream_t stream);
+
+template <typename T>
+cudaError_t gru_backward_persistent(const PersistentPlan& plan, const Dims& d, const T* grad_y,
+                                    const T* h0, const T* y, const T* w_hh,
+                                    const int64_t* lengths, const T* ws, T* d_input,
+                                    T* d_hidden, T* dh_state, unsigned int* barrier,
+                                    cudaStream_t stream);
 
 // Per-step kernels; the caller runs the recurrent GEMMs in between (cuBLAS).
 template <typename T>

@@ -48,7 +48,7 @@ __global__ void gru_forward_persistent_kernel(Dims d, int units, const T* gates_
                                               const T* w_hh, const T* b_hh,
                                               const int64_t* lengths, T* y, T* h_n, T* ws,
                                               T* h_buf, unsigned int* barrier) {
-  extern __shared__ unsigned char smem_raw[];
+  extern __shared__ __align__(16) unsigned char smem_raw[];  // 16: room for double
   T* w = reinterpret_cast<T*>(smem_raw);
   const int64_t B = d.B, H = d.H;
   const int64_t j0 = blockIdx.x * int64_t(units);
@@ -97,6 +97,55 @@ __global__ void gru_forward_persistent_kernel(Dims d, int units, const T* gates_
   for (int64_t idx = threadIdx.x; idx < B * mine; idx += blockDim.x) {
     const int64_t b = idx / mine, j = j0 + idx % mine;
     h_n[b * H + j] = __ldcg(h_last + b * H + j);
+  }
+}
+
+// The whole backward recurrence in one launch; the structure of the LSTM's (block i owns
+// units [i U, (i+1) U) and the 3H x U columns of W_hh for them). y: the forward output,
+// h_{t-1} of active steps. dh_state holds grad_hT on entry and dh0 on exit.
+template <typename T>
+__global__ void gru_backward_persistent_kernel(Dims d, int units, const T* grad_y, const T* h0,
+                                               const T* y, const T* w_hh,
+                                               const int64_t* lengths, const T* ws, T* d_input,
+                                               T* d_hidden, T* dh_state, unsigned int* barrier) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];  // 16: room for double
+  T* w = reinterpret_cast<T*>(smem_raw);
+  const int64_t B = d.B, H = d.H;
+  const int64_t j0 = blockIdx.x * int64_t(units);
+  const int64_t mine = j0 + units <= H ? units : H - j0;
+  for (int64_t idx = threadIdx.x; idx < 3 * H * mine; idx += blockDim.x) {
+    const int64_t r = idx / mine, u = idx % mine;
+    w[r * units + u] = w_hh[r * H + j0 + u];
+  }
+  __syncthreads();
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  unsigned int round = 0;
+  for (int64_t t = d.T - 1; t >= 0; --t) {
+    for (int64_t idx = threadIdx.x; idx < B * mine; idx += blockDim.x) {
+      const int64_t b = idx / mine, j = j0 + idx % mine;
+      T* di_b = d_input + (t * B + b) * 3 * H;
+      T* dhid_b = d_hidden + (t * B + b) * 3 * H;
+      if (!active_at(lengths, b, t)) {
+        for (int k = 0; k < 3; ++k) di_b[k * H + j] = dhid_b[k * H + j] = T(0);
+        continue;
+      }
+      const T h_prev = t > 0 ? y[((t - 1) * B + b) * H + j] : h0[b * H + j];
+      const T dh = dh_state[b * H + j] + grad_y[(t * B + b) * H + j];
+      // The direct part dh * z now; phase 2 adds d_hidden_t W_hh.
+      dh_state[b * H + j] = gru_cell_backward(ws + (t * B + b) * 4 * H, h_prev, dh, true, j, H,
+                                              di_b, dhid_b);
+    }
+    grid_barrier(barrier, round++);
+    for (int64_t pair = warp; pair < B * mine; pair += warps) {
+      const int64_t b = pair / mine, u = pair % mine;
+      if (!active_at(lengths, b, t)) continue;  // the whole warp skips: dh stays
+      const T* dhid_b = d_hidden + (t * B + b) * 3 * H;
+      T acc = T(0);
+      for (int64_t r = lane; r < 3 * H; r += 32) acc += __ldcg(dhid_b + r) * w[r * units + u];
+      acc = warp_sum(acc);
+      if (lane == 0) dh_state[b * H + j0 + u] += acc;
+    }
+    __syncthreads();  // phase 1 of the next step reads what other warps wrote
   }
 }
 

@@ -95,7 +95,7 @@ __global__ void lstm_forward_persistent_kernel(Dims d, int units, const T* gates
                                                const T* c0, const T* w_hh,
                                                const int64_t* lengths, T* y, T* h_n, T* c_n,
                                                T* ws, T* h_buf, unsigned int* barrier) {
-  extern __shared__ unsigned char smem_raw[];
+  extern __shared__ __align__(16) unsigned char smem_raw[];  // 16: room for double
   T* w = reinterpret_cast<T*>(smem_raw);
   const int64_t B = d.B, H = d.H;
   const int64_t j0 = blockIdx.x * int64_t(units);
@@ -142,6 +142,56 @@ __global__ void lstm_forward_persistent_kernel(Dims d, int units, const T* gates
   for (int64_t idx = threadIdx.x; idx < B * mine; idx += blockDim.x) {
     const int64_t b = idx / mine, j = j0 + idx % mine;
     h_n[b * H + j] = __ldcg(h_last + b * H + j);
+  }
+}
+
+// The whole backward recurrence in one launch (no projection). Block i owns hidden units
+// [i U, (i+1) U) and keeps the columns of W_hh for them (4H x U) in shared memory. Per
+// step: the gate gradients of its units (phase 1), a grid barrier, then dh of its units
+// from the gate gradients of all units (phase 2). dh_state / dc_state hold grad_hT /
+// grad_cT on entry and dh0 / dc0 on exit.
+template <typename T>
+__global__ void lstm_backward_persistent_kernel(Dims d, int units, const T* grad_y, const T* c0,
+                                                const T* w_hh, const int64_t* lengths,
+                                                const T* ws, T* dgates, T* dh_state,
+                                                T* dc_state, unsigned int* barrier) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];  // 16: room for double
+  T* w = reinterpret_cast<T*>(smem_raw);
+  const int64_t B = d.B, H = d.H;
+  const int64_t j0 = blockIdx.x * int64_t(units);
+  const int64_t mine = j0 + units <= H ? units : H - j0;
+  for (int64_t idx = threadIdx.x; idx < 4 * H * mine; idx += blockDim.x) {
+    const int64_t r = idx / mine, u = idx % mine;
+    w[r * units + u] = w_hh[r * H + j0 + u];
+  }
+  __syncthreads();
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  unsigned int round = 0;
+  for (int64_t t = d.T - 1; t >= 0; --t) {
+    for (int64_t idx = threadIdx.x; idx < B * mine; idx += blockDim.x) {
+      const int64_t b = idx / mine, j = j0 + idx % mine;
+      T* dg_b = dgates + (t * B + b) * 4 * H;
+      if (!active_at(lengths, b, t)) {
+        for (int k = 0; k < 4; ++k) dg_b[k * H + j] = T(0);
+        continue;
+      }
+      const T* ws_b = ws + (t * B + b) * 5 * H;
+      const T c_prev = t > 0 ? ws_b[-B * 5 * H + 4 * H + j] : c0[b * H + j];
+      const T dh = dh_state[b * H + j] + grad_y[(t * B + b) * H + j];
+      dc_state[b * H + j] =
+          lstm_cell_backward(ws_b, c_prev, dh, dc_state[b * H + j], true, j, H, dg_b);
+    }
+    grid_barrier(barrier, round++);
+    for (int64_t pair = warp; pair < B * mine; pair += warps) {
+      const int64_t b = pair / mine, u = pair % mine;
+      if (!active_at(lengths, b, t)) continue;  // the whole warp skips: dh stays
+      const T* dg_b = dgates + (t * B + b) * 4 * H;
+      T acc = T(0);
+      for (int64_t r = lane; r < 4 * H; r += 32) acc += __ldcg(dg_b + r) * w[r * units + u];
+      acc = warp_sum(acc);
+      if (lane == 0) dh_state[b * H + j0 + u] = acc;
+    }
+    __syncthreads();  // phase 1 of the next step reads what other warps wrote
   }
 }
 

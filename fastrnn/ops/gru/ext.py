@@ -1,5 +1,8 @@
 """The GRU layer on the compiled extension fastrnn._C (csrc/gru.cpp, csrc/cuda/gru.cu).
 
+On CUDA the recurrences run as one persistent kernel each way when W_hh fits on chip,
+else per step; FASTRNN_CUDA_PERSISTENT=0 forces the per-step kernels.
+
 Provides the backend interface of fastrnn/ops/gru/op.py (`forward`, `backward`) on the
 C++ ops fastrnn::ext_gru_forward / fastrnn::ext_gru_backward, and registers their fake
 (meta) implementations and autograd formula so they trace under torch.compile and pass

@@ -1,5 +1,8 @@
 """The LSTM layer on the compiled extension fastrnn._C (csrc/lstm.cpp, csrc/cuda/lstm.cu).
 
+On CUDA the recurrences run as one persistent kernel each way when W_hh fits on chip
+(no projection), else per step; FASTRNN_CUDA_PERSISTENT=0 forces the per-step kernels.
+
 Provides the backend interface of fastrnn/ops/lstm/op.py (`forward`, `backward`) on the
 C++ ops fastrnn::ext_lstm_forward / fastrnn::ext_lstm_backward, and registers their fake
 (meta) implementations and autograd formula so they trace under torch.compile and pass
