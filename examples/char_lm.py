@@ -203,6 +203,9 @@ def parse_args(argv=None):
     p.add_argument("--prompt", default="def ")
     p.add_argument("--sample-length", type=int, default=200)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice; 1 keeps the comparison "
+                        "stable on a machine shared with other jobs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fastrnn-only", action="store_true", help="skip the torch.nn run")
     return p.parse_args(argv)
@@ -210,6 +213,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
     data = load_corpus(args.corpus, args.corpus_bytes)
@@ -220,7 +225,8 @@ def main(argv=None):
     source = args.corpus or f"Python {sys.version.split()[0]} standard library source"
     print(f"corpus: {source}, {len(data):,} bytes ({args.val_bytes:,} held out)")
     print(f"model: byte-level {args.cell.upper()}, embed {args.embed}, hidden {args.hidden}; "
-          f"batch {args.batch} x BPTT {args.bptt}, {args.steps} steps; device {device}, "
+          f"batch {args.batch} x BPTT {args.bptt}, {args.steps} steps; device {device} "
+          f"({torch.get_num_threads()} CPU threads), "
           f"torch {torch.__version__}, fastrnn backend {backends.choose(device.type, args.cell)!r}")
 
     torch.manual_seed(args.seed)
