@@ -226,7 +226,7 @@ def main(argv=None):
     print(f"corpus: {source}, {len(data):,} bytes ({args.val_bytes:,} held out)")
     print(f"model: byte-level {args.cell.upper()}, embed {args.embed}, hidden {args.hidden}; "
           f"batch {args.batch} x BPTT {args.bptt}, {args.steps} steps; device {device} "
-          f"({torch.get_num_threads()} CPU threads), "
+          f"(torch threads: {torch.get_num_threads()}), "
           f"torch {torch.__version__}, fastrnn backend {backends.choose(device.type, args.cell)!r}")
 
     torch.manual_seed(args.seed)
