@@ -3,11 +3,16 @@
 // (fastrnn/ops/lstm/ext.py, fastrnn/ops/gru/ext.py).
 //
 // The Python-defined ops fastrnn::lstm_layer etc. live in the same namespace as library
-// fragments, which coexist with this one TORCH_LIBRARY definition in either import order.
+// fragments, which coexist with this one TORCH_LIBRARY definition in either import order
+// (tests/ops/test_ext.py checks both).
 #include <Python.h>
 #include <torch/library.h>
 
+// set_python_module names where each op's fake (meta) implementation and autograd formula
+// live, so torch imports that module when it needs them (e.g. tracing an op called
+// straight through torch.ops.fastrnn).
 TORCH_LIBRARY(fastrnn, m) {
+  m.set_python_module("fastrnn.ops.lstm.ext");
   // Outputs: y (T, B, P), h_T (B, P), c_T (B, H), workspace (T, B, 5H): i, f, g, o, c.
   m.def("ext_lstm_forward(Tensor x, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, "
         "Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, Tensor? lengths) "
@@ -18,6 +23,10 @@ TORCH_LIBRARY(fastrnn, m) {
         "Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, "
         "Tensor y, Tensor workspace, Tensor? lengths) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_FRAGMENT(fastrnn, m) {
+  m.set_python_module("fastrnn.ops.gru.ext");
   // Outputs: y (T, B, H), h_T (B, H), workspace (T, B, 4H): r, z, n, h W_hn + b_hn.
   m.def("ext_gru_forward(Tensor x, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
         "Tensor? b_hh, Tensor? lengths) -> (Tensor, Tensor, Tensor)");

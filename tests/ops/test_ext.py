@@ -85,6 +85,21 @@ def test_extension_and_python_ops_share_the_namespace(first):
         "a = functional.lstm_layer(x, None, None, *w, backend='ext')\n"
         "b = functional.lstm_layer(x, None, None, *w, backend='reference')\n"
         "assert all(torch.allclose(p, q) for p, q in zip(a, b))\n"
+        # Where the fake implementation is not loaded yet, the error names its module.
+        "from torch._subclasses.fake_tensor import FakeTensorMode\n"
+        "def fake_call():\n"
+        "    with FakeTensorMode():\n"
+        "        return torch.ops.fastrnn.ext_gru_forward(torch.empty(3, 2, 4), torch.empty(2, 3),\n"
+        "            torch.empty(9, 4), torch.empty(9, 3), None, None, None)\n"
+        "try:\n"
+        "    fake_call()\n"
+        "except Exception:\n"
+        "    import traceback\n"
+        "    assert 'fastrnn.ops.gru.ext' in traceback.format_exc()\n"
+        "else:\n"
+        "    raise AssertionError('fake call ran without its implementation loaded')\n"
+        "import fastrnn.ops.gru.ext\n"
+        "assert fake_call()[2].shape == (3, 2, 12)\n"
         "print('ok')\n")
     assert out.strip() == "ok"
 

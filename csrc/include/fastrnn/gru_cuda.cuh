@@ -113,9 +113,11 @@ __global__ void gru_backward_persistent_kernel(Dims d, int units, const T* grad_
   const int64_t B = d.B, H = d.H;
   const int64_t j0 = blockIdx.x * int64_t(units);
   const int64_t mine = j0 + units <= H ? units : H - j0;
+  // Column u of the slice is contiguous in shared memory, so the lanes of a warp reading
+  // consecutive rows r hit consecutive banks.
   for (int64_t idx = threadIdx.x; idx < 3 * H * mine; idx += blockDim.x) {
     const int64_t r = idx / mine, u = idx % mine;
-    w[r * units + u] = w_hh[r * H + j0 + u];
+    w[u * 3 * H + r] = w_hh[r * H + j0 + u];
   }
   __syncthreads();
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
@@ -141,7 +143,7 @@ __global__ void gru_backward_persistent_kernel(Dims d, int units, const T* grad_
       if (!active_at(lengths, b, t)) continue;  // the whole warp skips: dh stays
       const T* dhid_b = d_hidden + (t * B + b) * 3 * H;
       T acc = T(0);
-      for (int64_t r = lane; r < 3 * H; r += 32) acc += __ldcg(dhid_b + r) * w[r * units + u];
+      for (int64_t r = lane; r < 3 * H; r += 32) acc += __ldcg(dhid_b + r) * w[u * 3 * H + r];
       acc = warp_sum(acc);
       if (lane == 0) dh_state[b * H + j0 + u] += acc;
     }

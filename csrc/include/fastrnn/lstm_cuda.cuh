@@ -160,9 +160,11 @@ __global__ void lstm_backward_persistent_kernel(Dims d, int units, const T* grad
   const int64_t B = d.B, H = d.H;
   const int64_t j0 = blockIdx.x * int64_t(units);
   const int64_t mine = j0 + units <= H ? units : H - j0;
+  // Column u of the slice is contiguous in shared memory, so the lanes of a warp reading
+  // consecutive rows r hit consecutive banks.
   for (int64_t idx = threadIdx.x; idx < 4 * H * mine; idx += blockDim.x) {
     const int64_t r = idx / mine, u = idx % mine;
-    w[r * units + u] = w_hh[r * H + j0 + u];
+    w[u * 4 * H + r] = w_hh[r * H + j0 + u];
   }
   __syncthreads();
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
@@ -187,7 +189,7 @@ __global__ void lstm_backward_persistent_kernel(Dims d, int units, const T* grad
       if (!active_at(lengths, b, t)) continue;  // the whole warp skips: dh stays
       const T* dg_b = dgates + (t * B + b) * 4 * H;
       T acc = T(0);
-      for (int64_t r = lane; r < 4 * H; r += 32) acc += __ldcg(dg_b + r) * w[r * units + u];
+      for (int64_t r = lane; r < 4 * H; r += 32) acc += __ldcg(dg_b + r) * w[u * 4 * H + r];
       acc = warp_sum(acc);
       if (lane == 0) dh_state[b * H + j0 + u] = acc;
     }
