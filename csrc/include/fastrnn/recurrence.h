@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "fastrnn/common.h"
+#include "fastrnn/gemm.h"
 
 namespace fastrnn {
 
@@ -36,17 +37,9 @@ struct HeaderGemm {
   For parallel_for;
   template <typename T>
   void operator()(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
-                  int64_t ldb, T* C, int64_t ldc, bool accumulate) const;
+                  int64_t ldb, T* C, int64_t ldc, bool accumulate) const {
+    gemm_nn(M, N, K, A, lda, B, ldb, C, ldc, accumulate, parallel_for);
+  }
 };
 
 }  // namespace fastrnn
-
-#include "fastrnn/gemm.h"
-
-template <typename For>
-template <typename T>
-void fastrnn::HeaderGemm<For>::operator()(int64_t M, int64_t N, int64_t K, const T* A,
-                                          int64_t lda, const T* B, int64_t ldb, T* C,
-                                          int64_t ldc, bool accumulate) const {
-  gemm_nn(M, N, K, A, lda, B, ldb, C, ldc, accumulate, parallel_for);
-}
