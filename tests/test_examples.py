@@ -21,6 +21,16 @@ def char_lm():
     return module
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The models are tiny: one thread is as fast, and immune to a busy machine's
+    oversubscription stalls."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def corpus(char_lm):
     return char_lm.load_corpus(None, 60_000)
