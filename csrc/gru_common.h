@@ -50,7 +50,8 @@ inline Dims check_gru_backward(const char* op, const Tensor& grad_y, const Tenso
 // x W_ih^T + b_ih for all steps at once: (T * B, 3H) in the accumulation dtype.
 inline Tensor gru_input_gates(const Dims& d, const Tensor& x, const Tensor& w_ih,
                               const OptTensor& b_ih, at::ScalarType type) {
-  return linear_all_steps(acc(x, type).view({d.T * d.B, -1}), acc(w_ih, type), acc(b_ih, type));
+  return linear_all_steps(acc(x, type).view({d.T * d.B, x.size(2)}), acc(w_ih, type),
+                          acc(b_ih, type));
 }
 
 // What is left of backward once the recurrence produced the gradients of the input-side
@@ -63,8 +64,8 @@ inline std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward_gemms(
   const Tensor gh = d_hidden.view({d.T * d.B, 3 * d.H});
   const Tensor h_prev = at::cat({acc(h0, type).unsqueeze(0), acc(y, type).narrow(0, 0, d.T - 1)});
   const auto out = x.scalar_type();
-  return {at::mm(gi, acc(w_ih, type)).view({d.T, d.B, -1}).to(out),
-          at::mm(gi.t(), acc(x, type).view({d.T * d.B, -1})).to(out),
+  return {at::mm(gi, acc(w_ih, type)).view({d.T, d.B, x.size(2)}).to(out),
+          at::mm(gi.t(), acc(x, type).view({d.T * d.B, x.size(2)})).to(out),
           at::mm(gh.t(), h_prev.view({d.T * d.B, d.H})).to(out),
           gi.sum(0).to(out),
           gh.sum(0).to(out)};

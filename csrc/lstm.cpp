@@ -53,8 +53,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
     const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr, const Tensor& y,
     const Tensor& workspace, const OptTensor& lengths) {
-  const Dims d = check_lstm_backward(kBackward, grad_y, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih,
-                                     b_hh, w_hr, y, workspace, lengths);
+  const Dims d = check_lstm_backward(kBackward, grad_y, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh,
+                                     b_ih, b_hh, w_hr, y, workspace, lengths);
   const auto type = acc_type(x);
   const auto opts = x.options().dtype(type);
   const Tensor grad_y_a = acc(grad_y, type), grad_hT_a = acc(grad_hT, type);

@@ -58,7 +58,7 @@ inline Tensor lstm_input_gates(const Dims& d, const Tensor& x, const Tensor& w_i
                                const OptTensor& b_ih, const OptTensor& b_hh, at::ScalarType type) {
   OptTensor bias;
   if (b_ih.has_value()) bias = acc(*b_ih, type) + acc(*b_hh, type);
-  return linear_all_steps(acc(x, type).view({d.T * d.B, -1}), acc(w_ih, type), bias);
+  return linear_all_steps(acc(x, type).view({d.T * d.B, x.size(2)}), acc(w_ih, type), bias);
 }
 
 // What is left of backward once the recurrence produced the gate gradients (T, B, 4H):
@@ -77,8 +77,8 @@ inline std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_gemms(
     const Tensor hidden_all = ws.narrow(2, 3 * d.H, d.H) * at::tanh(ws.narrow(2, 4 * d.H, d.H));
     dw_hr = at::mm(dy.view({d.T * d.B, d.P}).t(), hidden_all.reshape({d.T * d.B, d.H})).to(out);
   }
-  return {at::mm(flat, acc(w_ih, type)).view({d.T, d.B, -1}).to(out),
-          at::mm(flat.t(), acc(x, type).view({d.T * d.B, -1})).to(out),
+  return {at::mm(flat, acc(w_ih, type)).view({d.T, d.B, x.size(2)}).to(out),
+          at::mm(flat.t(), acc(x, type).view({d.T * d.B, x.size(2)})).to(out),
           at::mm(flat.t(), h_prev.view({d.T * d.B, d.P})).to(out),
           flat.sum(0).to(out),
           dw_hr};

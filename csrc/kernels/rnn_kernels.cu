@@ -12,7 +12,15 @@ namespace {
 constexpr int kStepThreads = 256;
 constexpr int kPersistentThreads = 256;
 
-int step_blocks(int64_t n) { return static_cast<int>((n + kStepThreads - 1) / kStepThreads); }
+// Launches an elementwise kernel over n elements (none for an empty batch, where a grid of
+// zero blocks would be a launch error).
+template <typename... Params, typename... Args>
+void launch_elementwise(void (*kernel)(Params...), int64_t n, cudaStream_t stream,
+                        Args... args) {
+  if (n == 0) return;
+  const int blocks = static_cast<int>((n + kStepThreads - 1) / kStepThreads);
+  kernel<<<blocks, kStepThreads, 0, stream>>>(args...);
+}
 
 template <typename Kernel>
 cudaError_t launch_cooperative(Kernel kernel, const PersistentPlan& plan, void** args,
@@ -39,7 +47,7 @@ const void* persistent_kernel(int gates, bool backward) {
 template <typename T>
 PersistentPlan plan_persistent(int gates, bool backward, const Dims& d, int device) {
   PersistentPlan plan;
-  if (d.P != d.H) return plan;  // the projection runs per step
+  if (d.P != d.H || d.B == 0) return plan;  // the projection (and an empty batch) run per step
   cudaDeviceProp prop;
   if (cudaGetDeviceProperties(&prop, device) != cudaSuccess || !prop.cooperativeLaunch) {
     return plan;
@@ -122,52 +130,50 @@ cudaError_t gru_backward_persistent(const PersistentPlan& plan, const Dims& d, c
 template <typename T>
 void lstm_forward_step(const Dims& d, int64_t t, const T* pre_t, T* c_n, T* h_n, T* out, T* ws_t,
                        const int64_t* lengths, bool proj, cudaStream_t stream) {
-  lstm_forward_step_kernel<T><<<step_blocks(d.B * d.H), kStepThreads, 0, stream>>>(
-      d, t, pre_t, c_n, h_n, out, ws_t, lengths, proj);
+  launch_elementwise(&lstm_forward_step_kernel<T>, d.B * d.H, stream,
+                     d, t, pre_t, c_n, h_n, out, ws_t, lengths, proj);
 }
 
 template <typename T>
 void lstm_projected_state(const Dims& d, int64_t t, T* y_t, T* h_n, const int64_t* lengths,
                           cudaStream_t stream) {
-  lstm_projected_state_kernel<T><<<step_blocks(d.B * d.P), kStepThreads, 0, stream>>>(
-      d, t, y_t, h_n, lengths);
+  launch_elementwise(&lstm_projected_state_kernel<T>, d.B * d.P, stream, d, t, y_t, h_n, lengths);
 }
 
 template <typename T>
 void lstm_projected_grad(const Dims& d, int64_t t, const T* dh_state, const T* gy_t, T* dy_t,
                          const int64_t* lengths, cudaStream_t stream) {
-  lstm_projected_grad_kernel<T><<<step_blocks(d.B * d.P), kStepThreads, 0, stream>>>(
-      d, t, dh_state, gy_t, dy_t, lengths);
+  launch_elementwise(&lstm_projected_grad_kernel<T>, d.B * d.P, stream,
+                     d, t, dh_state, gy_t, dy_t, lengths);
 }
 
 template <typename T>
 void lstm_backward_step(const Dims& d, int64_t t, const T* ws, const T* c0, const T* dh_state,
                         const T* gy_t, const T* dhidden, T* dc_state, T* dgates_t,
                         const int64_t* lengths, cudaStream_t stream) {
-  lstm_backward_step_kernel<T><<<step_blocks(d.B * d.H), kStepThreads, 0, stream>>>(
-      d, t, ws, c0, dh_state, gy_t, dhidden, dc_state, dgates_t, lengths);
+  launch_elementwise(&lstm_backward_step_kernel<T>, d.B * d.H, stream,
+                     d, t, ws, c0, dh_state, gy_t, dhidden, dc_state, dgates_t, lengths);
 }
 
 template <typename T>
 void select_active_rows(int64_t B, int64_t N, int64_t t, const T* next, T* state,
                         const int64_t* lengths, cudaStream_t stream) {
-  select_active_rows_kernel<T><<<step_blocks(B * N), kStepThreads, 0, stream>>>(
-      B, N, t, next, state, lengths);
+  launch_elementwise(&select_active_rows_kernel<T>, B * N, stream, B, N, t, next, state, lengths);
 }
 
 template <typename T>
 void gru_forward_step(const Dims& d, int64_t t, const T* xg_t, const T* hg, T* h_n, T* y_t,
                       T* ws_t, const int64_t* lengths, cudaStream_t stream) {
-  gru_forward_step_kernel<T><<<step_blocks(d.B * d.H), kStepThreads, 0, stream>>>(
-      d, t, xg_t, hg, h_n, y_t, ws_t, lengths);
+  launch_elementwise(&gru_forward_step_kernel<T>, d.B * d.H, stream,
+                     d, t, xg_t, hg, h_n, y_t, ws_t, lengths);
 }
 
 template <typename T>
 void gru_backward_step(const Dims& d, int64_t t, const T* ws_t, const T* h_prev_t,
                        const T* dh_state, const T* gy_t, T* d_input_t, T* d_hidden_t, T* dh_prev,
                        const int64_t* lengths, cudaStream_t stream) {
-  gru_backward_step_kernel<T><<<step_blocks(d.B * d.H), kStepThreads, 0, stream>>>(
-      d, t, ws_t, h_prev_t, dh_state, gy_t, d_input_t, d_hidden_t, dh_prev, lengths);
+  launch_elementwise(&gru_backward_step_kernel<T>, d.B * d.H, stream,
+                     d, t, ws_t, h_prev_t, dh_state, gy_t, d_input_t, d_hidden_t, dh_prev, lengths);
 }
 
 #define FASTRNN_INSTANTIATE(T)                                                                  \

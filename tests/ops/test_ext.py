@@ -248,6 +248,21 @@ def test_fp16_inputs_give_fp16_outputs():
 
 
 @ext
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_empty_batch(cell):
+    """B = 0 runs and gives empty outputs and gradients, as torch.nn does."""
+    args = lstm_args(B=0) if cell == "lstm" else gru_args(B=0)
+    layer = functional.lstm_layer if cell == "lstm" else functional.gru_layer
+    outs = layer(*args, backend="ext")
+    assert outs[0].shape == (5, 0, 6)
+    leaves = [a for a in args if a is not None]
+    grads = torch.autograd.grad(sum(o.sum() for o in outs), leaves)
+    assert grads[0].shape == args[0].shape
+    # No sequence, no gradient: the weight gradients are exactly zero.
+    assert all((g == 0).all() for g in grads)
+
+
+@ext
 def test_bad_input_is_a_clear_error():
     x, h0, c0, w_ih, w_hh, b_ih, b_hh, _ = [a.detach() if a is not None else None
                                             for a in lstm_args()]

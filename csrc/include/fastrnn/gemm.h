@@ -13,8 +13,9 @@ namespace fastrnn {
 
 // Columns [n0, n1) of C = A B (accumulate: C += A B). Leading dimensions are the row strides.
 template <typename T>
-FASTRNN_CPU_CLONES void gemm_nn_columns(int64_t M, int64_t K, int64_t n0, int64_t n1, const T* A, int64_t lda,
-                     const T* B, int64_t ldb, T* C, int64_t ldc, bool accumulate) {
+FASTRNN_CPU_CLONES void gemm_nn_columns(int64_t M, int64_t K, int64_t n0, int64_t n1, const T* A,
+                                        int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc,
+                                        bool accumulate) {
   constexpr int64_t kBlockN = 256;
   for (int64_t nb = n0; nb < n1; nb += kBlockN) {
     const int64_t ne = std::min(nb + kBlockN, n1);
