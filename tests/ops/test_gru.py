@@ -52,7 +52,8 @@ def _gru_args(T, B, I, H, device, dtype=torch.float32):
 def test_variable_lengths_match_reference(triton_device):
     T, B, I, H = 6, 4, 5, 12
     args = [a.requires_grad_() for a in _gru_args(T, B, I, H, triton_device)]
-    lengths = torch.tensor([3, 6, 1, 4], device=triton_device)
+    # The longest sequence ends before T: the kernels skip the last step entirely.
+    lengths = torch.tensor([3, 5, 1, 4], device=triton_device)
     ours = functional.gru_layer(*args, lengths=lengths, backend="triton")
     expected = reference.gru_layer(*[a.double() for a in args], lengths=lengths)
     cotangents = [torch.randn_like(o) for o in ours]
@@ -76,6 +77,24 @@ def test_every_output_written(triton_device, force_per_step):
     for t in (y, h_t, workspace):
         assert not t.isnan().any()
     expected = reference.gru_layer(*[a.double() for a in (x, h0, w_ih, w_hh, b_ih, b_hh)])
+    for name, a, e in zip(["y", "h_T"], (y, h_t), expected):
+        assert_close_fp32(a, e, name)
+
+
+
+@pytest.mark.interpreter
+def test_steps_past_the_longest_sequence_are_not_computed(triton_device):
+    """No compute on padding: the workspace of steps past every sequence's end is never
+    written (it stays NaN-poisoned), while outputs there read zero."""
+    T, B, I, H = 6, 2, 4, 20
+    x, h0, w_ih, w_hh, b_ih, b_hh = _gru_args(T, B, I, H, triton_device)
+    lengths = torch.tensor([3, 2], device=triton_device)
+    with poisoned_empty():
+        y, h_t, _, workspace = run_forward(GRU_CELL, x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths)
+    assert workspace[3:].isnan().all()
+    assert not workspace[:3].isnan().any()
+    assert (y[3:] == 0).all()
+    expected = reference.gru_layer(*[a.double() for a in (x, h0, w_ih, w_hh, b_ih, b_hh)], lengths=lengths)
     for name, a, e in zip(["y", "h_T"], (y, h_t), expected):
         assert_close_fp32(a, e, name)
 

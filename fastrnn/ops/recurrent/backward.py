@@ -145,12 +145,17 @@ def _bptt_kernel(grad_y_ptr, workspace_ptr, y_ptr, h0_ptr, c0_ptr, w_hh_ptr, len
     else:
         dh_local = tl.load(carry_ptr + state_offs, mask=mask, other=0.0)
 
-    for s in range(0, t_hi - t_lo + 1):
-        t = t_hi - s
-        if t < T - 1:
+    # Steps at or past the longest sequence of this batch block have nothing to do: their
+    # gate gradients stay zero (the launcher zeroes them) and the carried state passes
+    # through. Every program of the block skips the same steps, so barrier counts agree.
+    block_end = tl.max(length, axis=0).to(tl.int32)
+    t_first = tl.minimum(t_hi, block_end - 1)
+    for s in range(0, t_first - t_lo + 1):
+        t = t_first - s
+        if t + 1 < block_end:
             # Finish step t+1: every program must have written its gate gradients.
             if USE_BARRIER:
-                common.grid_barrier(barrier_ptr + pid_b, (T - 1 - t) * tl.num_programs(1),
+                common.grid_barrier(barrier_ptr + pid_b, (t_first - t) * tl.num_programs(1),
                                     error_ptr, MAX_SPINS)
             # int64 row offsets: t * B * G * H can pass 2^31.
             dg_next = dg_hidden_ptr + ((offs_b + (t + 1) * B).to(tl.int64) * GH)[:, None]
@@ -205,8 +210,11 @@ def _recurrence(cell, grad_y, grad_hT, grad_cT, h0, c0, w_hh, y, workspace, leng
     plan = common.plan_launch(B, H, reduction=H, gates=G, device=device,
                               force_per_step=force_per_step, element_size=w_hh.element_size())
 
-    dg_hidden = torch.empty(T, B, G * H, device=device, dtype=torch.float32)
-    dg_input = dg_hidden if is_lstm else torch.empty_like(dg_hidden)
+    # With lengths the kernel skips steps past a batch block's longest sequence, whose
+    # gate gradients must read zero in the GEMMs.
+    new_buffer = torch.empty if lengths is None else torch.zeros
+    dg_hidden = new_buffer(T, B, G * H, device=device, dtype=torch.float32)
+    dg_input = dg_hidden if is_lstm else new_buffer(T, B, G * H, device=device, dtype=torch.float32)
     dh_state = _state_buffer(grad_hT)
     # The LSTM carries dc_state; the GRU carries dh_local = dh * z of the last step.
     carry = _state_buffer(grad_cT) if is_lstm else torch.zeros_like(dh_state)

@@ -83,10 +83,15 @@ def recurrent_forward_kernel(
     h_state = tl.load(h_state_ptr + state_offsets, mask=tile_ok, other=0.0)
     if IS_LSTM:
         c_state = tl.load(c_state_ptr + state_offsets, mask=tile_ok, other=0.0)
+    t_stop = t_end
     if HAS_LENGTHS:
         length = tl.load(lengths_ptr + rows, mask=row_ok, other=0)
+        # Past the longest sequence of this batch block there is nothing to compute: its
+        # outputs stay zero (the launcher zeroes them) and its states stay as they are.
+        # Every program of the block stops at the same step, so the barrier counts agree.
+        t_stop = tl.minimum(t_end, tl.max(length, axis=0).to(tl.int32))
 
-    for t in range(t_begin, t_end):
+    for t in range(t_begin, t_stop):
         if PROGRAMS_H > 1:
             if t > t_begin:
                 # Every program of this batch block has written its slice of h_t.
@@ -152,7 +157,9 @@ def run_forward(cell: int, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, force_per
     G = GATES[cell]
     H = w_hh.shape[0] // G
     xproj = torch.nn.functional.linear(x, w_ih, b_ih).contiguous()
-    hbuf = x.new_empty(T + 1, B, H)
+    # With lengths, kernels skip the steps past a batch block's longest sequence, whose
+    # outputs must read zero.
+    hbuf = x.new_zeros(T + 1, B, H) if lengths is not None else x.new_empty(T + 1, B, H)
     hbuf[T] = h0
     h_state = h0.to(torch.float32).contiguous().clone()
     c_state = c0.to(torch.float32).contiguous().clone() if cell == LSTM else h_state
