@@ -41,20 +41,25 @@ def compile_kernel(kernel, signature, constexprs, arch: int, num_warps: int):
 
 
 def main(arch: int):
+    # Resident: W_hh tiles kept on chip (BLOCK_K = all of H); streamed: read in K chunks.
+    tiles = {True: {"BLOCK_H": 16, "BLOCK_K": 256}, False: {"BLOCK_H": 64, "BLOCK_K": 64}}
     for dtype in ("*fp16", "*bf16", "*fp32"):
         for is_lstm in (True, False):
-            constexprs = {"IS_LSTM": is_lstm, "HAS_BIAS": True, "HAS_LENGTHS": True, "BLOCK_B": 16,
-                          "BLOCK_H": 16, "BLOCK_K": 256, "PROGRAMS_H": 16, "MAX_SPINS": 1 << 26}
-            compiled = compile_kernel(recurrent_forward_kernel, forward_signature(dtype), constexprs,
-                                      arch, num_warps=4)
-            report(f"forward {'lstm' if is_lstm else 'gru'} {dtype[1:]} sm_{arch}", compiled)
-            constexprs = {"IS_LSTM": is_lstm, "GATES": 4 if is_lstm else 3,
-                          "WS_WIDTH": 5 if is_lstm else 4, "USE_BARRIER": True,
-                          "DOT_PRECISION": "ieee" if dtype == "*fp32" else "tf32", "BLOCK_B": 16,
-                          "BLOCK_H": 16, "BLOCK_K": 256, "MAX_SPINS": 1 << 26}
-            compiled = compile_kernel(_bptt_kernel, backward_signature(dtype), constexprs, arch,
-                                      num_warps=4)
-            report(f"backward {'lstm' if is_lstm else 'gru'} {dtype[1:]} sm_{arch}", compiled)
+            for resident in (True, False):
+                mode = f"{'lstm' if is_lstm else 'gru'} {dtype[1:]} {'resident' if resident else 'streamed'}"
+                constexprs = {"IS_LSTM": is_lstm, "HAS_BIAS": True, "HAS_LENGTHS": True, "BLOCK_B": 16,
+                              "RESIDENT": resident, "PROGRAMS_H": 16, "MAX_SPINS": 1 << 26,
+                              **tiles[resident]}
+                compiled = compile_kernel(recurrent_forward_kernel, forward_signature(dtype),
+                                          constexprs, arch, num_warps=4)
+                report(f"forward {mode} sm_{arch}", compiled)
+                constexprs = {"IS_LSTM": is_lstm, "GATES": 4 if is_lstm else 3,
+                              "WS_WIDTH": 5 if is_lstm else 4, "USE_BARRIER": True,
+                              "DOT_PRECISION": "ieee" if dtype == "*fp32" else "tf32", "BLOCK_B": 16,
+                              "RESIDENT": resident, "MAX_SPINS": 1 << 26, **tiles[resident]}
+                compiled = compile_kernel(_bptt_kernel, backward_signature(dtype), constexprs, arch,
+                                          num_warps=4)
+                report(f"backward {mode} sm_{arch}", compiled)
 
 
 def compile_row_kernels(arch: int):

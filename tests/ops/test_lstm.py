@@ -67,14 +67,14 @@ def test_variable_lengths_match_reference(triton_device):
 
 
 @pytest.mark.interpreter
-@pytest.mark.parametrize("force_per_step", [False, True])
-def test_every_output_written(triton_device, force_per_step):
+@pytest.mark.parametrize("force_per_step,force_streamed", [(False, False), (True, False), (False, True)])
+def test_every_output_written(triton_device, force_per_step, force_streamed):
     """NaN-poisoned buffers: every element of y, h_T, c_T and the workspace is written."""
-    T, B, I, H = 3, 2, 4, 20
+    T, B, I, H = 3, 2, 4, 20   # H=20: two K chunks of 16 when streamed
     x, h0, c0, w_ih, w_hh, b_ih, b_hh = _lstm_args(T, B, I, H, triton_device)
     with poisoned_empty():
         y, h_t, c_t, workspace = run_forward(LSTM_CELL, x, h0, c0, w_ih, w_hh, b_ih, b_hh, None,
-                                             force_per_step)
+                                             force_per_step, force_streamed)
     for t in (y, h_t, c_t, workspace):
         assert not t.isnan().any()
     expected = reference.lstm_layer(*[a.double() for a in (x, h0, c0, w_ih, w_hh, b_ih, b_hh)])

@@ -31,11 +31,13 @@ class Case:
     bias: bool = True
     contiguous: bool = True   # False: x is a transposed (batch-first) view
     per_step: bool = False    # force one launch per step
+    streamed: bool = False    # force W_hh streamed from L2 in K chunks (not kept on chip)
 
     def __str__(self):
         flags = [f"T{self.T}B{self.B}I{self.I}H{self.H}"]
         flags += ["lengths"] * (self.lengths is not None) + ["nobias"] * (not self.bias)
         flags += ["noncontig"] * (not self.contiguous) + ["perstep"] * self.per_step
+        flags += ["streamed"] * self.streamed
         return "-".join(flags)
 
 
@@ -52,6 +54,9 @@ INTERPRETER_CASES = [
     Case(T=3, B=2, I=4, H=8, bias=False, contiguous=False, per_step=True),
     # Two programs along the batch (BLOCK_B <= 64).
     Case(T=3, B=65, I=4, H=8, lengths=LENGTHS_65),
+    # W_hh streamed in K chunks of 16: H=37 takes three chunks, the last one partial.
+    Case(T=6, B=3, I=5, H=37, lengths=(4, 1, 5), streamed=True),
+    Case(T=4, B=2, I=5, H=37, per_step=True, streamed=True),
 ]
 FP16_INTERPRETER_CASES = [
     Case(T=5, B=3, I=5, H=20, lengths=(5, 1, 3)),
@@ -71,10 +76,11 @@ class LstmCell:
         return y, workspace
 
     @staticmethod
-    def kernel_backward(grads, x, states, weights, y, workspace, lengths, per_step):
+    def kernel_backward(grads, x, states, weights, y, workspace, lengths, per_step, streamed):
         w_ih, w_hh = weights[:2]
         return backward.lstm_backward(grads[0], grads[1], grads[2], x, *states, w_ih, w_hh, y,
-                                      workspace, lengths, force_per_step=per_step)
+                                      workspace, lengths, force_per_step=per_step,
+                                      force_streamed=streamed)
 
     @staticmethod
     def reference_backward(grads, x, states, weights, y, workspace, lengths):
@@ -101,10 +107,10 @@ class GruCell:
         return y, workspace
 
     @staticmethod
-    def kernel_backward(grads, x, states, weights, y, workspace, lengths, per_step):
+    def kernel_backward(grads, x, states, weights, y, workspace, lengths, per_step, streamed):
         w_ih, w_hh = weights[:2]
         return backward.gru_backward(grads[0], grads[1], x, states[0], w_ih, w_hh, y, workspace,
-                                     lengths, force_per_step=per_step)
+                                     lengths, force_per_step=per_step, force_streamed=streamed)
 
     @staticmethod
     def reference_backward(grads, x, states, weights, y, workspace, lengths):
@@ -170,7 +176,7 @@ def autograd_gradients(cell, module, problem: Problem, dtype):
     return cell.autograd_order(torch.autograd.grad(loss, leaves), bias=module.bias)
 
 
-def run_kernel(cell, problem: Problem, per_step: bool):
+def run_kernel(cell, problem: Problem, per_step: bool, streamed: bool = False):
     # The saved forward as the fused forward makes it: fp32 math, y rounded to the input
     # dtype. (A 16-bit reference forward would add its own rounding to the backward's.)
     up = lambda t: t.float() if t is not None else None  # noqa: E731
@@ -179,7 +185,7 @@ def run_kernel(cell, problem: Problem, per_step: bool):
     y = y.to(problem.x.dtype)
     with poisoned_empty():
         out = cell.kernel_backward(problem.grads, problem.x, problem.states, problem.weights, y,
-                                   workspace, problem.lengths, per_step)
+                                   workspace, problem.lengths, per_step, streamed)
     return out, y, workspace
 
 
@@ -194,7 +200,7 @@ def reference_fp64(cell, problem: Problem, y, workspace):
 
 def check_fp32(cell, case: Case, device):
     problem = make_problem(cell, case, torch.float32, device)
-    out, y, workspace = run_kernel(cell, problem, case.per_step)
+    out, y, workspace = run_kernel(cell, problem, case.per_step, case.streamed)
     for name, got, want in zip(cell.grad_names, out, reference_fp64(cell, problem, y, workspace)):
         assert got.dtype == torch.float32, name
         assert_close_fp32(got, want, name=f"{name} vs reference")
@@ -206,7 +212,7 @@ def check_fp32(cell, case: Case, device):
 
 def check_low_precision(cell, case: Case, dtype, device):
     problem = make_problem(cell, case, dtype, device)
-    out, _, _ = run_kernel(cell, problem, case.per_step)
+    out, _, _ = run_kernel(cell, problem, case.per_step, case.streamed)
     truth = autograd_gradients(cell, problem.module64, problem, torch.float64)
     module_low = cell.module(case.I, case.H, bias=case.bias, dtype=dtype, device=device)
     module_low.load_state_dict(problem.module64.state_dict())
@@ -248,7 +254,7 @@ def test_empty_batch(cell):
 CUDA_CASES = INTERPRETER_CASES + [
     Case(T=9, B=16, I=32, H=128),                              # fp32: 2 programs, barrier
     Case(T=9, B=16, I=32, H=128, lengths=tuple(range(9, 1, -1)) * 2),
-    Case(T=5, B=16, I=64, H=768),                              # fp32: per-step, 48 programs
+    Case(T=5, B=16, I=64, H=768),                              # fp32: streamed, 12 programs
     Case(T=24, B=5, I=24, H=96, lengths=(24, 1, 13, 7, 24)),   # fp32: 2 programs, barrier
 ]
 CUDA_LOW_PRECISION_CASES = [
@@ -257,6 +263,7 @@ CUDA_LOW_PRECISION_CASES = [
     Case(T=16, B=16, I=64, H=768),                             # 16-bit: persistent, 48 programs
     Case(T=16, B=16, I=64, H=768, lengths=tuple(range(16, 0, -1))),
     Case(T=16, B=16, I=64, H=768, per_step=True),
+    Case(T=8, B=16, I=64, H=2048, lengths=tuple(range(8, 0, -1)) * 2),   # streamed, barrier
 ]
 
 
@@ -282,6 +289,6 @@ def test_cuda_large_cases_use_the_barrier(cell, dtype):
     """The cases above meant for the barrier path really get a multi-program persistent plan."""
     H = 128 if dtype == torch.float32 else 768
     gates = common.GATES[common.LSTM if cell is LstmCell else common.GRU]
-    plan = common.plan_launch(16, H, H, gates, torch.device("cuda"),
+    plan = common.plan_launch(16, H, gates, torch.device("cuda"),
                               element_size=torch.tensor([], dtype=dtype).element_size())
     assert plan.persistent and plan.programs_h > 1, plan

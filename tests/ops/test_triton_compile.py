@@ -20,11 +20,11 @@ def compile_for(arch: int) -> str:
 
 def test_kernels_compile_for_hopper():
     out = compile_for(90)
-    assert out.count("compiled, barrier=yes") == 12, out
+    assert out.count("compiled, barrier=yes") == 24, out
     assert out.count("softmax") == 4 and out.count("sampling") == 4, out
 
 
 @pytest.mark.slow
 def test_kernels_compile_for_ampere():
     out = compile_for(80)
-    assert out.count("compiled, barrier=yes") == 12, out
+    assert out.count("compiled, barrier=yes") == 24, out

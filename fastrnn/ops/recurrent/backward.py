@@ -53,6 +53,28 @@ def _gate_product(dg_row, gate, H, offs_k, mask_k, w, DOT_PRECISION: tl.constexp
 
 
 @triton.jit
+def _streamed_recurrent_product(dg_next, w_hh_ptr, H, offs_h, mask_b, IS_LSTM: tl.constexpr,
+                                DOT_PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
+                                BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+    """dgates[t+1, rows, :] @ W_hh[:, slice] with W_hh read from L2 in K chunks, for hidden
+    sizes whose slices do not fit in registers."""
+    acc = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
+    for k0 in range(0, H, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mask_k = mask_b[:, None] & (offs_k < H)[None, :]
+        acc += _gate_product(dg_next, 0, H, offs_k, mask_k, _load_gate_tile(w_hh_ptr, 0, H, offs_k, offs_h),
+                             DOT_PRECISION)
+        acc += _gate_product(dg_next, 1, H, offs_k, mask_k, _load_gate_tile(w_hh_ptr, 1, H, offs_k, offs_h),
+                             DOT_PRECISION)
+        acc += _gate_product(dg_next, 2, H, offs_k, mask_k, _load_gate_tile(w_hh_ptr, 2, H, offs_k, offs_h),
+                             DOT_PRECISION)
+        if IS_LSTM:
+            acc += _gate_product(dg_next, 3, H, offs_k, mask_k,
+                                 _load_gate_tile(w_hh_ptr, 3, H, offs_k, offs_h), DOT_PRECISION)
+    return acc
+
+
+@triton.jit
 def _lstm_step_backward(dh, dc_state, ws_row, prev_ws_row, c0_ptr, state_offs, has_prev, mask,
                         offs_h, H, dg_ptrs_row, active):
     """Pointwise LSTM backward of one step; stores d(i, f, g, o) pre-activations and returns
@@ -110,7 +132,7 @@ def _bptt_kernel(grad_y_ptr, workspace_ptr, y_ptr, h0_ptr, c0_ptr, w_hh_ptr, len
                  dg_hidden_ptr, dg_input_ptr, dh_state_ptr, carry_ptr,
                  barrier_ptr, error_ptr, t_hi, t_lo, T, B, H,
                  IS_LSTM: tl.constexpr, GATES: tl.constexpr, WS_WIDTH: tl.constexpr,
-                 USE_BARRIER: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                 USE_BARRIER: tl.constexpr, DOT_PRECISION: tl.constexpr, RESIDENT: tl.constexpr,
                  BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
                  MAX_SPINS: tl.constexpr):
     """Runs iterations t = t_hi .. t_lo (descending) of the BPTT loop described above.
@@ -131,12 +153,13 @@ def _bptt_kernel(grad_y_ptr, workspace_ptr, y_ptr, h0_ptr, c0_ptr, w_hh_ptr, len
     mask_k = mask_b[:, None] & (offs_k < H)[None, :]
     state_offs = offs_b[:, None] * H + offs_h[None, :]
 
-    # W_hh[:, slice], one tile per gate: resident for the whole launch.
-    w0 = _load_gate_tile(w_hh_ptr, 0, H, offs_k, offs_h)
-    w1 = _load_gate_tile(w_hh_ptr, 1, H, offs_k, offs_h)
-    w2 = _load_gate_tile(w_hh_ptr, 2, H, offs_k, offs_h)
-    if IS_LSTM:
-        w3 = _load_gate_tile(w_hh_ptr, 3, H, offs_k, offs_h)
+    if RESIDENT:
+        # W_hh[:, slice], one tile per gate: on chip for the whole launch.
+        w0 = _load_gate_tile(w_hh_ptr, 0, H, offs_k, offs_h)
+        w1 = _load_gate_tile(w_hh_ptr, 1, H, offs_k, offs_h)
+        w2 = _load_gate_tile(w_hh_ptr, 2, H, offs_k, offs_h)
+        if IS_LSTM:
+            w3 = _load_gate_tile(w_hh_ptr, 3, H, offs_k, offs_h)
     length = tl.load(lengths_ptr + offs_b, mask=mask_b, other=0)
     dh_state = tl.load(dh_state_ptr + state_offs, mask=mask, other=0.0)
     if IS_LSTM:
@@ -159,11 +182,15 @@ def _bptt_kernel(grad_y_ptr, workspace_ptr, y_ptr, h0_ptr, c0_ptr, w_hh_ptr, len
                                     error_ptr, MAX_SPINS)
             # int64 row offsets: t * B * G * H can pass 2^31.
             dg_next = dg_hidden_ptr + ((offs_b + (t + 1) * B).to(tl.int64) * GH)[:, None]
-            rec = _gate_product(dg_next, 0, H, offs_k, mask_k, w0, DOT_PRECISION)
-            rec += _gate_product(dg_next, 1, H, offs_k, mask_k, w1, DOT_PRECISION)
-            rec += _gate_product(dg_next, 2, H, offs_k, mask_k, w2, DOT_PRECISION)
-            if IS_LSTM:
-                rec += _gate_product(dg_next, 3, H, offs_k, mask_k, w3, DOT_PRECISION)
+            if RESIDENT:
+                rec = _gate_product(dg_next, 0, H, offs_k, mask_k, w0, DOT_PRECISION)
+                rec += _gate_product(dg_next, 1, H, offs_k, mask_k, w1, DOT_PRECISION)
+                rec += _gate_product(dg_next, 2, H, offs_k, mask_k, w2, DOT_PRECISION)
+                if IS_LSTM:
+                    rec += _gate_product(dg_next, 3, H, offs_k, mask_k, w3, DOT_PRECISION)
+            else:
+                rec = _streamed_recurrent_product(dg_next, w_hh_ptr, H, offs_h, mask_b, IS_LSTM,
+                                                  DOT_PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
             dh_state = tl.where(((t + 1) < length)[:, None], rec + dh_local, dh_state)
         if t >= 0:
             # Process step t.
@@ -198,7 +225,7 @@ def _state_buffer(t: torch.Tensor) -> torch.Tensor:
 
 
 def _recurrence(cell, grad_y, grad_hT, grad_cT, h0, c0, w_hh, y, workspace, lengths,
-                force_per_step=False):
+                force_per_step=False, force_streamed=False):
     """Runs the BPTT kernel. Returns (dgates_hidden, dgates_input, dh0, dc0) in fp32, where
     dgates_input is dgates_hidden for the LSTM and dc0 is None for the GRU."""
     T, B, H = y.shape
@@ -206,9 +233,8 @@ def _recurrence(cell, grad_y, grad_hT, grad_cT, h0, c0, w_hh, y, workspace, leng
     is_lstm = cell == common.LSTM
     device = y.device
     # Per gate tile the recurrent product reduces over H rows: the resident weights are
-    # G tiles of (BLOCK_K, BLOCK_H), which is how plan_launch counts for reduction=H.
-    plan = common.plan_launch(B, H, reduction=H, gates=G, device=device,
-                              force_per_step=force_per_step, element_size=w_hh.element_size())
+    # G tiles of (BLOCK_K, BLOCK_H), as plan_launch counts them.
+    plan = common.plan_launch(B, H, G, device, w_hh.element_size(), force_per_step, force_streamed)
 
     # With lengths the kernel skips steps past a batch block's longest sequence, whose
     # gate gradients must read zero in the GEMMs.
@@ -230,7 +256,7 @@ def _recurrence(cell, grad_y, grad_hT, grad_cT, h0, c0, w_hh, y, workspace, leng
             (c0 if is_lstm else h0).contiguous(), w_hh, lengths.contiguous(),
             dg_hidden, dg_input, dh_state, carry, barrier, error)
     meta = dict(IS_LSTM=is_lstm, GATES=G, WS_WIDTH=common.WORKSPACE_WIDTH[cell],
-                USE_BARRIER=use_barrier,
+                USE_BARRIER=use_barrier, RESIDENT=plan.resident,
                 DOT_PRECISION="ieee" if w_hh.dtype == torch.float32 else "tf32",
                 BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k,
                 MAX_SPINS=common.MAX_BARRIER_SPINS, num_warps=plan.num_warps)
@@ -259,21 +285,22 @@ def _gemm_gradients(dg_input, dg_hidden, x, h0, w_ih, w_hh, y):
 
 
 def lstm_backward(grad_y, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, y, workspace, lengths,
-                  force_per_step=False):
+                  force_per_step=False, force_streamed=False):
     """Gradients of an LSTM layer (no projection) from its forward output and workspace:
     (dx, dh0, dc0, dw_ih, dw_hh, dbias), as reference.lstm_layer_backward."""
     dgates, _, dh0, dc0 = _recurrence(common.LSTM, grad_y, grad_hT, grad_cT, h0, c0, w_hh, y,
-                                      workspace, lengths, force_per_step)
+                                      workspace, lengths, force_per_step, force_streamed)
     dx, dw_ih, dw_hh = _gemm_gradients(dgates, dgates, x, h0, w_ih, w_hh, y)
     dbias = dgates.reshape(-1, dgates.shape[-1]).sum(0).to(w_hh.dtype)
     return dx, dh0.to(h0.dtype), dc0.to(c0.dtype), dw_ih, dw_hh, dbias
 
 
-def gru_backward(grad_y, grad_hT, x, h0, w_ih, w_hh, y, workspace, lengths, force_per_step=False):
+def gru_backward(grad_y, grad_hT, x, h0, w_ih, w_hh, y, workspace, lengths, force_per_step=False,
+                 force_streamed=False):
     """Gradients of a GRU layer from its forward output and workspace:
     (dx, dh0, dw_ih, dw_hh, db_ih, db_hh), as reference.gru_layer_backward."""
     dg_hidden, dg_input, dh0, _ = _recurrence(common.GRU, grad_y, grad_hT, None, h0, None, w_hh, y,
-                                              workspace, lengths, force_per_step)
+                                              workspace, lengths, force_per_step, force_streamed)
     dx, dw_ih, dw_hh = _gemm_gradients(dg_input, dg_hidden, x, h0, w_ih, w_hh, y)
     db_ih = dg_input.reshape(-1, dg_input.shape[-1]).sum(0).to(w_hh.dtype)
     db_hh = dg_hidden.reshape(-1, dg_hidden.shape[-1]).sum(0).to(w_hh.dtype)

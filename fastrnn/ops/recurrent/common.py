@@ -8,6 +8,8 @@ programs, they exchange h_t (forward) or the gate gradients (backward) through g
 memory and meet at a grid barrier once per step. The barrier needs every program of a
 batch block resident at once, so a persistent launch never has more programs than SMs;
 otherwise the launcher runs one step per launch (the launch boundary is the barrier).
+When even the smallest slice of W_hh is too large to keep in registers, the kernels stream
+it from L2 in K chunks every step instead (W_hh of a few thousand units fits in L2).
 Under the Triton interpreter programs run one after another, so a barrier would spin
 forever: there the plan always uses a single program along the hidden dimension.
 """
@@ -56,9 +58,10 @@ def grid_barrier(counter_ptr, target, error_ptr, MAX_SPINS: tl.constexpr):
 class LaunchPlan:
     block_b: int        # batch rows per program
     block_h: int        # hidden units per program (all gates of them)
-    block_k: int        # padded reduction length of the recurrent matmul
+    block_k: int        # reduction tile: all of H when resident, a chunk when streamed
     programs_b: int
     programs_h: int
+    resident: bool      # W_hh slice loaded once per launch (else streamed from L2 each step)
     persistent: bool    # all steps in one launch (else one launch per step)
     num_warps: int
 
@@ -75,25 +78,40 @@ def _pow2_at_least_16(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
 
-def plan_launch(batch: int, hidden: int, reduction: int, gates: int, device: torch.device,
-                force_per_step: bool = False, element_size: int = 2) -> LaunchPlan:
-    """Choose tiles and grid for `batch` rows, `hidden` units of `gates` gates each, and a
-    recurrent matmul of length `reduction` (hidden for the forward, gates*hidden backward)."""
-    block_k = _pow2_at_least_16(reduction)
+# Tiles of the streamed mode, for hidden sizes whose W_hh slices do not fit in registers:
+# each step reads W_hh from L2 (it fits there up to H of a few thousand) in K chunks.
+STREAM_BLOCK_K = 64
+STREAM_BLOCK_H = 64
+
+
+def plan_launch(batch: int, hidden: int, gates: int, device: torch.device,
+                element_size: int = 2, force_per_step: bool = False,
+                force_streamed: bool = False) -> LaunchPlan:
+    """Choose tiles and grid for `batch` rows and `hidden` units of `gates` gates each; the
+    recurrent products reduce over `hidden` per gate (forward: h W_hh^T, backward:
+    dgates W_hh, one gate block at a time)."""
     block_b = min(_pow2_at_least_16(batch), 64)
     programs_b = triton.cdiv(batch, block_b)
+    full_k = _pow2_at_least_16(hidden)
     if interpreting() or device.type != "cuda":
-        block_h = _pow2_at_least_16(hidden)
-        return LaunchPlan(block_b, block_h, block_k, programs_b, 1, not force_per_step, 4)
+        block_k = 16 if force_streamed else full_k
+        return LaunchPlan(block_b, full_k, block_k, programs_b, 1, not force_streamed,
+                          not force_per_step, 4)
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     max_weights = MAX_RESIDENT_WEIGHT_BYTES // element_size
-    block_h = _pow2_at_least_16(hidden)
-    while block_h > 16 and gates * block_h * block_k > max_weights:
+    block_h = full_k
+    while block_h > 16 and gates * block_h * full_k > max_weights:
         block_h //= 2
+    resident = gates * block_h * full_k <= max_weights and not force_streamed
+    if resident:
+        block_k = full_k
+        # More warps, more registers for the resident tile: 4 warps spill past ~64 KiB.
+        num_warps = 8 if gates * block_h * block_k * element_size > 64 * 1024 else 4
+    else:
+        block_h, block_k = min(STREAM_BLOCK_H, full_k), STREAM_BLOCK_K
+        num_warps = 8 if gates * block_b * block_h > 8192 else 4
     programs_h = triton.cdiv(hidden, block_h)
-    fits = gates * block_h * block_k <= max_weights and programs_h * programs_b <= sms
-    persistent = fits and not force_per_step
-    # More warps, more registers for the resident tile: 4 warps spill past ~64 KiB of it.
-    num_warps = 8 if gates * block_h * block_k * element_size > 64 * 1024 else 4
-    return LaunchPlan(block_b, block_h, block_k, programs_b, programs_h, persistent, num_warps)
-
+    # The grid barrier needs every program resident at once: at most one per SM.
+    persistent = programs_h * programs_b <= sms and not force_per_step
+    return LaunchPlan(block_b, block_h, block_k, programs_b, programs_h, resident, persistent,
+                      num_warps)

@@ -2,7 +2,8 @@
 
 The input projection x W_ih^T + b_ih of all steps is one GEMM before the kernel. The
 kernel then runs the recurrence (see common.py for the persistent design): per step, each
-program multiplies h_{t-1} by its resident slice of W_hh, applies the cell's gate math in
+program multiplies h_{t-1} by its slice of W_hh (resident on chip, or streamed from L2 in
+K chunks for hidden sizes too large to keep), applies the cell's gate math in
 fp32, writes its slice of h_t (the output, which is also how programs exchange h) and the
 activations backward needs.
 
@@ -49,12 +50,37 @@ def load_bias(b_ptr, gate, units, H, unit_ok, HAS_BIAS: tl.constexpr):
 
 
 @triton.jit
+def streamed_gate_products(h_rows_ptr, w_ptr, units, unit_ok, row_ok, H, IS_LSTM: tl.constexpr,
+                           BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+    """h_prev W_hh^T for every gate of this program's units, reading W_hh in K chunks from
+    L2 (for hidden sizes whose slices do not fit in registers). h_rows_ptr points at the
+    (BLOCK_B, H) rows of h_prev. Returns four (BLOCK_B, BLOCK_H) fp32 products (the GRU's
+    fourth is zero)."""
+    acc0 = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+    acc1 = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+    acc3 = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+    for k0 in range(0, H, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < H
+        h = tl.load(h_rows_ptr + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0,
+                    cache_modifier=".cg")
+        acc0 += tl.dot(h, load_weight_tile(w_ptr, 0, units, ks, H, H, unit_ok, k_ok), input_precision="ieee")
+        acc1 += tl.dot(h, load_weight_tile(w_ptr, 1, units, ks, H, H, unit_ok, k_ok), input_precision="ieee")
+        acc2 += tl.dot(h, load_weight_tile(w_ptr, 2, units, ks, H, H, unit_ok, k_ok), input_precision="ieee")
+        if IS_LSTM:
+            acc3 += tl.dot(h, load_weight_tile(w_ptr, 3, units, ks, H, H, unit_ok, k_ok),
+                           input_precision="ieee")
+    return acc0, acc1, acc2, acc3
+
+
+@triton.jit
 def recurrent_forward_kernel(
         xproj_ptr, w_hh_ptr, b_hh_ptr, lengths_ptr, hbuf_ptr, h_state_ptr, c_state_ptr, ws_ptr,
         counter_ptr, error_ptr, T, B, H, t_begin, t_end,
         IS_LSTM: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LENGTHS: tl.constexpr,
         BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
-        PROGRAMS_H: tl.constexpr, MAX_SPINS: tl.constexpr):
+        RESIDENT: tl.constexpr, PROGRAMS_H: tl.constexpr, MAX_SPINS: tl.constexpr):
     G: tl.constexpr = 4 if IS_LSTM else 3
     W: tl.constexpr = 5 if IS_LSTM else 4
     pid_b = tl.program_id(0)
@@ -68,15 +94,17 @@ def recurrent_forward_kernel(
     tile_ok = row_ok[:, None] & unit_ok[None, :]
     rows64 = rows.to(tl.int64)
 
-    # This program's slice of W_hh stays in registers for every step of the launch.
-    w0 = load_weight_tile(w_hh_ptr, 0, units, ks, H, H, unit_ok, k_ok)
-    w1 = load_weight_tile(w_hh_ptr, 1, units, ks, H, H, unit_ok, k_ok)
-    w2 = load_weight_tile(w_hh_ptr, 2, units, ks, H, H, unit_ok, k_ok)
+    if RESIDENT:
+        # This program's slice of W_hh stays on chip for every step of the launch.
+        w0 = load_weight_tile(w_hh_ptr, 0, units, ks, H, H, unit_ok, k_ok)
+        w1 = load_weight_tile(w_hh_ptr, 1, units, ks, H, H, unit_ok, k_ok)
+        w2 = load_weight_tile(w_hh_ptr, 2, units, ks, H, H, unit_ok, k_ok)
+        if IS_LSTM:
+            w3 = load_weight_tile(w_hh_ptr, 3, units, ks, H, H, unit_ok, k_ok)
     b0 = load_bias(b_hh_ptr, 0, units, H, unit_ok, HAS_BIAS)
     b1 = load_bias(b_hh_ptr, 1, units, H, unit_ok, HAS_BIAS)
     b2 = load_bias(b_hh_ptr, 2, units, H, unit_ok, HAS_BIAS)
     if IS_LSTM:
-        w3 = load_weight_tile(w_hh_ptr, 3, units, ks, H, H, unit_ok, k_ok)
         b3 = load_bias(b_hh_ptr, 3, units, H, unit_ok, HAS_BIAS)
 
     state_offsets = rows64[:, None] * H + units[None, :]
@@ -97,20 +125,30 @@ def recurrent_forward_kernel(
                 # Every program of this batch block has written its slice of h_t.
                 grid_barrier(counter_ptr + pid_b, (t - t_begin) * PROGRAMS_H, error_ptr, MAX_SPINS)
         # t * B stays far below 2^31; the products with H are formed in int64 via rows64.
-        # .cg: read h from L2, where the other programs' stores land, never a stale L1 line.
         prev = (t + T) % (T + 1)
-        h_prev = tl.load(hbuf_ptr + (prev * B + rows64[:, None]) * H + ks[None, :],
-                         mask=row_ok[:, None] & k_ok[None, :], other=0.0, cache_modifier=".cg")
+        h_rows = hbuf_ptr + (prev * B + rows64[:, None]) * H
+        if RESIDENT:
+            # .cg: read h from L2, where the other programs' stores land, never a stale L1 line.
+            h_prev = tl.load(h_rows + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0,
+                             cache_modifier=".cg")
+            hg0 = tl.dot(h_prev, w0, input_precision="ieee")
+            hg1 = tl.dot(h_prev, w1, input_precision="ieee")
+            hg2 = tl.dot(h_prev, w2, input_precision="ieee")
+            if IS_LSTM:
+                hg3 = tl.dot(h_prev, w3, input_precision="ieee")
+        else:
+            hg0, hg1, hg2, hg3 = streamed_gate_products(h_rows, w_hh_ptr, units, unit_ok, row_ok, H,
+                                                        IS_LSTM, BLOCK_B, BLOCK_H, BLOCK_K)
+        hg0 += b0
+        hg1 += b1
+        hg2 += b2
         x_base = (t * B + rows64[:, None]) * (G * H)
-        hg0 = tl.dot(h_prev, w0, input_precision="ieee") + b0
-        hg1 = tl.dot(h_prev, w1, input_precision="ieee") + b1
-        hg2 = tl.dot(h_prev, w2, input_precision="ieee") + b2
         xg0 = load_gate_input(xproj_ptr, 0, x_base, units, H, tile_ok)
         xg1 = load_gate_input(xproj_ptr, 1, x_base, units, H, tile_ok)
         xg2 = load_gate_input(xproj_ptr, 2, x_base, units, H, tile_ok)
         ws_base = ws_ptr + (t * B + rows64[:, None]) * (W * H) + units[None, :]
         if IS_LSTM:
-            hg3 = tl.dot(h_prev, w3, input_precision="ieee") + b3
+            hg3 += b3
             xg3 = load_gate_input(xproj_ptr, 3, x_base, units, H, tile_ok)
             i = tl.sigmoid(xg0 + hg0)
             f = tl.sigmoid(xg1 + hg1)
@@ -150,7 +188,8 @@ def recurrent_forward_kernel(
         tl.store(c_state_ptr + state_offsets, c_state, mask=tile_ok)
 
 
-def run_forward(cell: int, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, force_per_step=False):
+def run_forward(cell: int, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, force_per_step=False,
+                force_streamed=False):
     """The recurrence for `cell` (LSTM or GRU). Returns y (T, B, H), h_T, c_T (None for GRU)
     and the workspace (T, B, W*H) fp32."""
     T, B = x.shape[0], x.shape[1]
@@ -164,7 +203,7 @@ def run_forward(cell: int, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, force_per
     h_state = h0.to(torch.float32).contiguous().clone()
     c_state = c0.to(torch.float32).contiguous().clone() if cell == LSTM else h_state
     workspace = x.new_empty(T, B, WORKSPACE_WIDTH[cell] * H, dtype=torch.float32)
-    plan = plan_launch(B, H, H, G, x.device, force_per_step, x.element_size())
+    plan = plan_launch(B, H, G, x.device, x.element_size(), force_per_step, force_streamed)
     if B > 0:
         counter = torch.zeros(plan.programs_b, dtype=torch.int32, device=x.device)
         error = torch.zeros(1, dtype=torch.int32, device=x.device)
@@ -177,7 +216,7 @@ def run_forward(cell: int, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, force_per
                 counter, error, T, B, H, t_begin, t_end,
                 IS_LSTM=cell == LSTM, HAS_BIAS=b_hh is not None, HAS_LENGTHS=lengths is not None,
                 BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k,
-                PROGRAMS_H=plan.programs_h, MAX_SPINS=MAX_BARRIER_SPINS, num_warps=plan.num_warps)
+                RESIDENT=plan.resident, PROGRAMS_H=plan.programs_h, MAX_SPINS=MAX_BARRIER_SPINS, num_warps=plan.num_warps)
         if plan.programs_h > 1 and plan.persistent and error.item() != 0:
             raise RuntimeError("fastrnn: the recurrent kernel's grid barrier timed out (programs were "
                                "not all resident); set FASTRNN_BACKEND=ext or reference")
