@@ -1,7 +1,8 @@
 """The Triton GRU layer against torch.nn.GRU: outputs and every gradient.
 
-On a CPU-only machine these run the kernels under the Triton interpreter (tiny shapes);
-the cuda-marked ones run the compiled kernels against cuDNN.
+The unmarked tests run on the GPU when there is one (compiled kernels), else under the
+Triton interpreter on CPU (tiny shapes); the cuda-marked ones need the GPU and compare
+larger shapes with cuDNN.
 """
 import pytest
 import torch
@@ -22,20 +23,17 @@ SHAPES = [  # T, B, I, H: T=1, odd T, H not a power of two, batch 1
 ]
 
 
-@pytest.mark.interpreter
 @pytest.mark.parametrize("T,B,I,H", SHAPES)
 def test_matches_nn_gru_fp32(triton_device, T, B, I, H):
     check_parity(GRU, T, B, I, H, triton_device)
 
 
-@pytest.mark.interpreter
 @pytest.mark.parametrize("with_states,bias,contiguous", [(False, True, True), (True, False, False)])
 def test_matches_nn_gru_options(triton_device, with_states, bias, contiguous):
     check_parity(GRU, 5, 2, 6, 12, triton_device, bias=bias, with_states=with_states,
                  contiguous=contiguous)
 
 
-@pytest.mark.interpreter
 def test_matches_nn_gru_fp16(triton_device):
     check_parity(GRU, 6, 2, 8, 16, triton_device, dtype=torch.float16)
 
@@ -48,7 +46,6 @@ def _gru_args(T, B, I, H, device, dtype=torch.float32):
             torch.randn(3 * H, device=device, dtype=dtype), torch.randn(3 * H, device=device, dtype=dtype)]
 
 
-@pytest.mark.interpreter
 def test_variable_lengths_match_reference(triton_device):
     T, B, I, H = 6, 4, 5, 12
     args = [a.requires_grad_() for a in _gru_args(T, B, I, H, triton_device)]
@@ -65,7 +62,6 @@ def test_variable_lengths_match_reference(triton_device):
         assert_close_fp32(a, e, "d_" + name)
 
 
-@pytest.mark.interpreter
 @pytest.mark.parametrize("force_per_step,force_streamed", [(False, False), (True, False), (False, True)])
 def test_every_output_written(triton_device, force_per_step, force_streamed):
     """NaN-poisoned buffers: every element of y, h_T and the workspace is written."""
@@ -82,7 +78,6 @@ def test_every_output_written(triton_device, force_per_step, force_streamed):
 
 
 
-@pytest.mark.interpreter
 def test_steps_past_the_longest_sequence_are_not_computed(triton_device):
     """No compute on padding: the workspace of steps past every sequence's end is never
     written (it stays NaN-poisoned), while outputs there read zero."""
@@ -99,14 +94,12 @@ def test_steps_past_the_longest_sequence_are_not_computed(triton_device):
         assert_close_fp32(a, e, name)
 
 
-@pytest.mark.interpreter
 def test_opcheck(triton_device):
     args = [a.requires_grad_() for a in _gru_args(2, 2, 3, 5, triton_device)] + [None, "triton"]
     result = torch.library.opcheck(gru_layer_op, args)
     assert all(v == "SUCCESS" for v in result.values()), result
 
 
-@pytest.mark.interpreter
 def test_torch_compile_fullgraph(triton_device):
     x, h0, w_ih, w_hh, b_ih, b_hh = [a.requires_grad_() for a in _gru_args(3, 2, 4, 6, triton_device)]
 

@@ -1,7 +1,8 @@
 """The Triton LSTM layer against torch.nn.LSTM: outputs and every gradient.
 
-On a CPU-only machine these run the kernels under the Triton interpreter (tiny shapes);
-the cuda-marked ones run the compiled kernels against cuDNN.
+The unmarked tests run on the GPU when there is one (compiled kernels), else under the
+Triton interpreter on CPU (tiny shapes); the cuda-marked ones need the GPU and compare
+larger shapes with cuDNN.
 """
 import pytest
 import torch
@@ -22,20 +23,17 @@ SHAPES = [  # T, B, I, H: T=1, odd T, H not a power of two, batch 1
 ]
 
 
-@pytest.mark.interpreter
 @pytest.mark.parametrize("T,B,I,H", SHAPES)
 def test_matches_nn_lstm_fp32(triton_device, T, B, I, H):
     check_parity(LSTM, T, B, I, H, triton_device)
 
 
-@pytest.mark.interpreter
 @pytest.mark.parametrize("with_states,bias,contiguous", [(False, True, True), (True, False, False)])
 def test_matches_nn_lstm_options(triton_device, with_states, bias, contiguous):
     check_parity(LSTM, 5, 2, 6, 12, triton_device, bias=bias, with_states=with_states,
                  contiguous=contiguous)
 
 
-@pytest.mark.interpreter
 def test_matches_nn_lstm_fp16(triton_device):
     check_parity(LSTM, 6, 2, 8, 16, triton_device, dtype=torch.float16)
 
@@ -49,7 +47,6 @@ def _lstm_args(T, B, I, H, device, dtype=torch.float32):
             torch.randn(4 * H, device=device, dtype=dtype), torch.randn(4 * H, device=device, dtype=dtype)]
 
 
-@pytest.mark.interpreter
 def test_variable_lengths_match_reference(triton_device):
     T, B, I, H = 6, 4, 5, 12
     args = [a.requires_grad_() for a in _lstm_args(T, B, I, H, triton_device)]
@@ -66,7 +63,6 @@ def test_variable_lengths_match_reference(triton_device):
         assert_close_fp32(a, e, "d_" + name)
 
 
-@pytest.mark.interpreter
 @pytest.mark.parametrize("force_per_step,force_streamed", [(False, False), (True, False), (False, True)])
 def test_every_output_written(triton_device, force_per_step, force_streamed):
     """NaN-poisoned buffers: every element of y, h_T, c_T and the workspace is written."""
@@ -83,7 +79,6 @@ def test_every_output_written(triton_device, force_per_step, force_streamed):
 
 
 
-@pytest.mark.interpreter
 def test_steps_past_the_longest_sequence_are_not_computed(triton_device):
     """No compute on padding: the workspace of steps past every sequence's end is never
     written (it stays NaN-poisoned), while outputs there read zero."""
@@ -100,7 +95,6 @@ def test_steps_past_the_longest_sequence_are_not_computed(triton_device):
         assert_close_fp32(a, e, name)
 
 
-@pytest.mark.interpreter
 def test_opcheck(triton_device):
     args = _lstm_args(2, 2, 3, 5, triton_device) + [None, None, "triton"]
     args[:7] = [a.requires_grad_() for a in args[:7]]
@@ -108,7 +102,6 @@ def test_opcheck(triton_device):
     assert all(v == "SUCCESS" for v in result.values()), result
 
 
-@pytest.mark.interpreter
 def test_torch_compile_fullgraph(triton_device):
     x, h0, c0, w_ih, w_hh, b_ih, b_hh = [a.requires_grad_() for a in _lstm_args(3, 2, 4, 6, triton_device)]
 
@@ -123,7 +116,6 @@ def test_torch_compile_fullgraph(triton_device):
         torch.testing.assert_close(a, e)
 
 
-@pytest.mark.interpreter
 def test_projection_is_a_clear_error_when_forced(triton_device):
     x, h0, c0, w_ih, _, _, _ = _lstm_args(2, 2, 3, 6, triton_device)
     w_hh = torch.randn(24, 2, device=triton_device)
