@@ -150,7 +150,7 @@ def _mass_candidates(probs: Tensor, t: Tensor, bound: Optional[Tensor]):
         lowest = (bucket.clamp_min(0).to(torch.int32) << 23).view(torch.float32)
         t = torch.where(bound.isnan(), t, torch.minimum(t, lowest))
     mask = probs >= t[:, None]
-    count = mask.sum(-1)
+    count = torch.count_nonzero(mask, dim=-1)   # (a bool sum would copy the mask to int64)
     too_many = count > CANDIDATES_MAX
     if bool(too_many.any()):
         mask[too_many] = False
