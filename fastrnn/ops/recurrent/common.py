@@ -3,13 +3,14 @@
 A recurrent kernel runs a range of time steps in one launch. Its grid is
 (programs along batch, programs along hidden); each program owns BLOCK_B batch rows and
 BLOCK_H hidden units (all gates of those units), loads its slice of W_hh once and keeps it
-in registers across the steps of the launch. When the hidden size is split across
+on chip (Triton places the dot operand in shared memory or registers) across the steps of
+the launch. When the hidden size is split across
 programs, they exchange h_t (forward) or the gate gradients (backward) through global
 memory and meet at a grid barrier once per step. The barrier needs every program of a
 batch block resident at once, so a persistent launch never has more programs than SMs;
 otherwise the launcher runs one step per launch (the launch boundary is the barrier).
-When even the smallest slice of W_hh is too large to keep in registers, the kernels stream
-it from L2 in K chunks every step instead (W_hh of a few thousand units fits in L2).
+When even the smallest slice of W_hh is too large to keep on chip, the kernels stream it
+from L2 in K chunks every step instead (W_hh of a few thousand units fits in L2).
 Under the Triton interpreter programs run one after another, so a barrier would spin
 forever: there the plan always uses a single program along the hidden dimension.
 """
@@ -29,9 +30,9 @@ WORKSPACE_WIDTH = {LSTM: 5, GRU: 4}
 # A barrier wait gives up after this many polls and raises the error flag instead of
 # hanging the GPU (a correct wait takes a few hundred polls at most).
 MAX_BARRIER_SPINS = 1 << 26
-# Bytes of W_hh one program keeps in registers across steps (half of an SM's 256 KiB
-# register file); beyond this the tile spills, so the plan splits the hidden dimension
-# further or runs one step per launch.
+# Bytes of W_hh one program keeps on chip across steps (a sm_80/sm_90 block has up to
+# 227 KiB of shared memory, and the h tile needs room too); past this the plan splits the
+# hidden dimension further, then streams W_hh from L2 instead.
 MAX_RESIDENT_WEIGHT_BYTES = 128 * 1024
 
 
