@@ -7,9 +7,11 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "fastrnn/common.h"
 #include "fastrnn/lstm_cell.h"
+#include "fastrnn/packed_gemm.h"
 #include "fastrnn/recurrence.h"
 
 namespace fastrnn {
@@ -64,9 +66,78 @@ struct LstmForward {
   T* hidden;                 // (B, H) scratch for o * tanh(c) before projection (w_hr_t only)
 };
 
+// Panels of kLanes<T> hidden units: each holds the units' four gate columns (i, f, g, o).
+template <typename T>
+bool lstm_packed_ok(const Dims& d, const void* w_hr) {
+  return w_hr == nullptr && d.H % kLanes<T> == 0;
+}
+
+// Forward without projection, H a multiple of the vector width: W_hh packed once into
+// panels of kLanes<T> units x 4 gates; per step, each panel's recurrent product and then
+// the gate math of its units, split over panels. h is double-buffered as panels read the
+// whole previous h.
+template <typename T, typename For>
+void lstm_forward_packed(const LstmForward<T>& a, const For& parallel_for) {
+  const int64_t B = a.d.B, H = a.d.H, P = a.d.P, K = P;
+  constexpr int64_t L = kLanes<T>;
+  const int64_t panels = H / L, W = 4 * L;
+  std::vector<T> packed(static_cast<size_t>(4 * H * K));
+  for (int64_t p = 0; p < panels; ++p) {
+    T* dst = packed.data() + p * K * W;
+    for (int64_t k = 0; k < K; ++k) {
+      for (int64_t g = 0; g < 4; ++g) {
+        std::memcpy(dst + k * W + g * L, a.w_hh_t + k * 4 * H + g * H + p * L, sizeof(T) * L);
+      }
+    }
+  }
+  std::vector<T> hbuf(static_cast<size_t>(2 * B * P));
+  std::vector<T> scratch(static_cast<size_t>(B * 4 * H));
+  std::memcpy(hbuf.data(), a.h0, sizeof(T) * B * P);
+  std::memcpy(a.c_n, a.c0, sizeof(T) * B * H);
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 17) / std::max<int64_t>(1, B * K * W));
+  for (int64_t t = 0; t < a.d.T; ++t) {
+    T* pre = a.gates + t * B * 4 * H;
+    T* y_t = a.y + t * B * P;
+    T* ws_t = a.workspace + t * B * 5 * H;
+    const T* h_prev = hbuf.data() + (t & 1) * B * P;
+    T* h_next = hbuf.data() + ((t + 1) & 1) * B * P;
+    parallel_for(0, panels, grain, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        T* out = scratch.data() + p * B * W;
+        packed_gemm4(B, h_prev, P, K, packed.data() + p * K * W, out);
+        const int64_t j0 = p * L, j1 = j0 + L;
+        for (int64_t b = 0; b < B; ++b) {
+          T* ws_b = ws_t + b * 5 * H;
+          T* y_b = y_t + b * P;
+          if (!step_active(a.lengths, b, t)) {
+            for (int k = 0; k < 5; ++k) std::fill(ws_b + k * H + j0, ws_b + k * H + j1, T(0));
+            std::fill(y_b + j0, y_b + j1, T(0));
+            std::copy(h_prev + b * P + j0, h_prev + b * P + j1, h_next + b * P + j0);
+            continue;
+          }
+          T* pre_b = pre + b * 4 * H;
+          const T* o = out + b * W;
+          for (int64_t g = 0; g < 4; ++g) {
+            T* q = pre_b + g * H + j0;
+            FASTRNN_SIMD
+            for (int64_t l = 0; l < L; ++l) q[l] += o[g * L + l];
+          }
+          lstm_forward_row(pre_b, a.c_n + b * H, ws_b, y_b, j0, j1, H);
+          std::copy(y_b + j0, y_b + j1, h_next + b * P + j0);
+        }
+      }
+    });
+  }
+  std::memcpy(a.h_n, hbuf.data() + (a.d.T & 1) * B * P, sizeof(T) * B * P);
+}
+
 template <typename T, typename Gemm, typename For>
 void lstm_forward(const LstmForward<T>& a, const Gemm& gemm, const For& parallel_for) {
   const int64_t B = a.d.B, H = a.d.H, P = a.d.P;
+  if (lstm_packed_ok<T>(a.d, a.w_hr_t)) {
+    lstm_forward_packed(a, parallel_for);
+    return;
+  }
   std::memcpy(a.h_n, a.h0, sizeof(T) * B * P);
   std::memcpy(a.c_n, a.c0, sizeof(T) * B * H);
   for (int64_t t = 0; t < a.d.T; ++t) {

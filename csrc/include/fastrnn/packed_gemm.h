@@ -1,0 +1,85 @@
+// A register-tiled GEMM on a weight matrix packed once per call into column panels, for the
+// per-step recurrent products of the CPU recurrences. A panel holds kVecs vectors of
+// kLanes<T> values (64 bytes each) per row of K, contiguous over K, so one step streams
+// every panel once while the rows of the left operand are broadcast. The callers split
+// the work over panels and finish each panel's outputs (the gate math) right after it, while
+// they are in L1. Written with GCC/Clang vector extensions: the AVX-512 clone of the caller
+// gets one zmm register per vector, other clones split it (correct, slower).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "fastrnn/common.h"
+
+namespace fastrnn {
+
+template <typename T>
+constexpr int64_t kLanes = 64 / static_cast<int64_t>(sizeof(T));
+
+// Unaligned 64-byte vector of T (spelled out per type: compilers drop vector_size on a
+// dependent type).
+template <typename T>
+struct Vec64Of;
+template <>
+struct Vec64Of<float> {
+  typedef float type __attribute__((vector_size(64), aligned(4)));
+};
+template <>
+struct Vec64Of<double> {
+  typedef double type __attribute__((vector_size(64), aligned(8)));
+};
+template <typename T>
+using Vec64 = typename Vec64Of<T>::type;
+static_assert(sizeof(Vec64<float>) == 64 && sizeof(Vec64<double>) == 64, "64-byte vectors");
+
+// Rows per register tile: kRows x kVecs accumulators (16 with 4 vectors).
+constexpr int64_t kPackedRows = 4;
+
+// out[r][0 : NV * L] = A[r][0:K] @ panel (K, NV * L) for MR rows of A (row stride lda).
+template <typename T, int MR, int NV>
+__attribute__((always_inline)) inline void packed_tile(const T* A, int64_t lda, int64_t K,
+                                                       const T* panel, T* out) {
+  using V = Vec64<T>;
+  constexpr int64_t L = kLanes<T>;
+  V acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = V{};
+  for (int64_t k = 0; k < K; ++k) {
+    const T* p = panel + k * NV * L;
+    V b[NV];
+    for (int v = 0; v < NV; ++v) b[v] = *reinterpret_cast<const V*>(p + v * L);
+    for (int r = 0; r < MR; ++r) {
+      const T a = A[r * lda + k];
+      for (int v = 0; v < NV; ++v) acc[r][v] += a * b[v];
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) *reinterpret_cast<V*>(out + r * NV * L + v * L) = acc[r][v];
+}
+
+// out (M, NV * L) = A (M, K) @ panel, in tiles of kPackedRows rows.
+template <typename T, int NV>
+__attribute__((always_inline)) inline void packed_rows(int64_t M, const T* A, int64_t lda,
+                                                       int64_t K, const T* panel, T* out) {
+  constexpr int64_t W = NV * kLanes<T>;
+  int64_t m = 0;
+  for (; m + kPackedRows <= M; m += kPackedRows) {
+    packed_tile<T, kPackedRows, NV>(A + m * lda, lda, K, panel, out + m * W);
+  }
+  switch (M - m) {
+    case 3: packed_tile<T, 3, NV>(A + m * lda, lda, K, panel, out + m * W); break;
+    case 2: packed_tile<T, 2, NV>(A + m * lda, lda, K, panel, out + m * W); break;
+    case 1: packed_tile<T, 1, NV>(A + m * lda, lda, K, panel, out + m * W); break;
+    default: break;
+  }
+}
+
+// Computes out (M, 4 * L) = A (M, K) @ panel with four vectors per panel row.
+template <typename T>
+FASTRNN_CPU_CLONES void packed_gemm4(int64_t M, const T* A, int64_t lda, int64_t K,
+                                     const T* panel, T* out) {
+  packed_rows<T, 4>(M, A, lda, K, panel, out);
+}
+
+}  // namespace fastrnn
