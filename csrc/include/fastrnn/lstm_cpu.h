@@ -193,9 +193,69 @@ struct LstmBackward {
   T* dh_next;                // (B, P) scratch: dgates_t W_hh
 };
 
+// Backward without projection, H a multiple of 4 vector widths: W_hh (4H, H) packed once
+// into column panels of 4 * kLanes<T> units. Step t's gradient reaching h of unit j is
+// dgates_{t+1} W_hh[:, j] (K = 4H), and it feeds only unit j's gate math at step t, so per
+// step each panel computes its units' dh and then their backward gate math, split over
+// panels (dgates_{t+1} is complete before step t starts).
+template <typename T, typename For>
+void lstm_backward_packed(const LstmBackward<T>& a, const For& parallel_for) {
+  const int64_t B = a.d.B, H = a.d.H, P = a.d.P, K = 4 * H;
+  constexpr int64_t W = 4 * kLanes<T>;
+  const int64_t panels = P / W;
+  std::vector<T> packed(static_cast<size_t>(K * P));
+  for (int64_t p = 0; p < panels; ++p) {
+    T* dst = packed.data() + p * K * W;
+    for (int64_t k = 0; k < K; ++k) std::memcpy(dst + k * W, a.w_hh + k * P + p * W, sizeof(T) * W);
+  }
+  std::vector<T> scratch(static_cast<size_t>(B * P));
+  std::memcpy(a.dh0, a.grad_hn, sizeof(T) * B * P);
+  std::memcpy(a.dc0, a.grad_cn, sizeof(T) * B * H);
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 17) / std::max<int64_t>(1, B * K * W));
+  // dh of the panel's units from dgates of step `next` (rows still active there).
+  auto dh_from = [&](int64_t next, int64_t p) {
+    T* out = scratch.data() + p * B * W;
+    packed_gemm4(B, a.dgates + next * B * 4 * H, 4 * H, K, packed.data() + p * K * W, out);
+    for (int64_t b = 0; b < B; ++b) {
+      if (step_active(a.lengths, b, next)) {
+        std::memcpy(a.dh0 + b * P + p * W, out + b * W, sizeof(T) * W);
+      }
+    }
+  };
+  for (int64_t t = a.d.T - 1; t >= 0; --t) {
+    const T* gy_t = a.grad_y + t * B * P;
+    const T* ws_t = a.workspace + t * B * 5 * H;
+    T* dg_t = a.dgates + t * B * 4 * H;
+    parallel_for(0, panels, grain, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        if (t + 1 < a.d.T) dh_from(t + 1, p);
+        const int64_t j0 = p * W, j1 = j0 + W;
+        for (int64_t b = 0; b < B; ++b) {
+          T* dg_b = dg_t + b * 4 * H;
+          if (!step_active(a.lengths, b, t)) {
+            for (int k = 0; k < 4; ++k) std::fill(dg_b + k * H + j0, dg_b + k * H + j1, T(0));
+            continue;
+          }
+          const T* ws_b = ws_t + b * 5 * H;
+          const T* c_prev = t > 0 ? ws_b - B * 5 * H + 4 * H : a.c0 + b * H;
+          lstm_backward_row(ws_b, c_prev, a.dh0 + b * P, gy_t + b * P, a.dc0 + b * H, dg_b, j0,
+                            j1, H);
+        }
+      }
+    });
+  }
+  parallel_for(0, panels, grain, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) dh_from(0, p);
+  });
+}
+
 template <typename T, typename Gemm, typename For>
 void lstm_backward(const LstmBackward<T>& a, const Gemm& gemm, const For& parallel_for) {
   const int64_t B = a.d.B, H = a.d.H, P = a.d.P;
+  if (a.w_hr == nullptr && H % (4 * kLanes<T>) == 0) {
+    lstm_backward_packed(a, parallel_for);
+    return;
+  }
   std::memcpy(a.dh0, a.grad_hn, sizeof(T) * B * P);
   std::memcpy(a.dc0, a.grad_cn, sizeof(T) * B * H);
   for (int64_t t = a.d.T - 1; t >= 0; --t) {
