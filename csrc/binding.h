@@ -62,6 +62,7 @@ struct AtenFor {
   void operator()(int64_t begin, int64_t end, int64_t grain, const F& fn) const {
     at::parallel_for(begin, end, grain, fn);
   }
+  int num_threads() const { return at::get_num_threads(); }
 };
 
 // The per-step recurrent GEMM: the header kernel for small products, where a BLAS call's

@@ -84,6 +84,7 @@ struct SerialFor {
   void operator()(int64_t begin, int64_t end, int64_t /*grain*/, const F& fn) const {
     if (begin < end) fn(begin, end);
   }
+  int num_threads() const { return 1; }
 };
 
 }  // namespace fastrnn

@@ -94,14 +94,16 @@ void lstm_forward_packed(const LstmForward<T>& a, const For& parallel_for) {
   std::vector<T> scratch(static_cast<size_t>(B * 4 * H));
   std::memcpy(hbuf.data(), a.h0, sizeof(T) * B * P);
   std::memcpy(a.c_n, a.c0, sizeof(T) * B * H);
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 17) / std::max<int64_t>(1, B * K * W));
+  const int team = team_size(parallel_for, B * K * 4 * H, panels);
+  run_team(team, [&](int tid, int n, SpinBarrier& barrier) {
+  const int64_t p0 = panels * tid / n, p1 = panels * (tid + 1) / n;
   for (int64_t t = 0; t < a.d.T; ++t) {
     T* pre = a.gates + t * B * 4 * H;
     T* y_t = a.y + t * B * P;
     T* ws_t = a.workspace + t * B * 5 * H;
     const T* h_prev = hbuf.data() + (t & 1) * B * P;
     T* h_next = hbuf.data() + ((t + 1) & 1) * B * P;
-    parallel_for(0, panels, grain, [&](int64_t p0, int64_t p1) {
+    {
       for (int64_t p = p0; p < p1; ++p) {
         T* out = scratch.data() + p * B * W;
         packed_gemm4(B, h_prev, P, K, packed.data() + p * K * W, out);
@@ -126,8 +128,10 @@ void lstm_forward_packed(const LstmForward<T>& a, const For& parallel_for) {
           std::copy(y_b + j0, y_b + j1, h_next + b * P + j0);
         }
       }
-    });
+    }
+    barrier.wait();
   }
+  });
   std::memcpy(a.h_n, hbuf.data() + (a.d.T & 1) * B * P, sizeof(T) * B * P);
 }
 
@@ -211,7 +215,6 @@ void lstm_backward_packed(const LstmBackward<T>& a, const For& parallel_for) {
   std::vector<T> scratch(static_cast<size_t>(B * P));
   std::memcpy(a.dh0, a.grad_hn, sizeof(T) * B * P);
   std::memcpy(a.dc0, a.grad_cn, sizeof(T) * B * H);
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 17) / std::max<int64_t>(1, B * K * W));
   // dh of the panel's units from dgates of step `next` (rows still active there).
   auto dh_from = [&](int64_t next, int64_t p) {
     T* out = scratch.data() + p * B * W;
@@ -222,11 +225,14 @@ void lstm_backward_packed(const LstmBackward<T>& a, const For& parallel_for) {
       }
     }
   };
+  const int team = team_size(parallel_for, B * K * P, panels);
+  run_team(team, [&](int tid, int n, SpinBarrier& barrier) {
+  const int64_t p0 = panels * tid / n, p1 = panels * (tid + 1) / n;
   for (int64_t t = a.d.T - 1; t >= 0; --t) {
     const T* gy_t = a.grad_y + t * B * P;
     const T* ws_t = a.workspace + t * B * 5 * H;
     T* dg_t = a.dgates + t * B * 4 * H;
-    parallel_for(0, panels, grain, [&](int64_t p0, int64_t p1) {
+    {
       for (int64_t p = p0; p < p1; ++p) {
         if (t + 1 < a.d.T) dh_from(t + 1, p);
         const int64_t j0 = p * W, j1 = j0 + W;
@@ -242,10 +248,10 @@ void lstm_backward_packed(const LstmBackward<T>& a, const For& parallel_for) {
                             j1, H);
         }
       }
-    });
+    }
+    barrier.wait();
   }
-  parallel_for(0, panels, grain, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) dh_from(0, p);
+  for (int64_t p = p0; p < p1; ++p) dh_from(0, p);
   });
 }
 

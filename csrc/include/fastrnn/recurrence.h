@@ -2,7 +2,11 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <thread>
+#include <type_traits>
+#include <vector>
 
 #include "fastrnn/common.h"
 #include "fastrnn/gemm.h"
@@ -23,6 +27,66 @@ void for_each_row_piece(const For& parallel_for, int64_t B, int64_t H, const F& 
       idx += j1 - j0;
     }
   });
+}
+
+// A barrier for a team of threads that meets once per time step: spins briefly (a step is
+// microseconds), then yields the core.
+class SpinBarrier {
+ public:
+  explicit SpinBarrier(int n) : n_(n) {}
+  void wait() {
+    if (n_ <= 1) return;
+    const int gen = gen_.load(std::memory_order_acquire);
+    if (count_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
+      count_.store(0, std::memory_order_relaxed);
+      gen_.store(gen + 1, std::memory_order_release);
+      return;
+    }
+    for (int spins = 0; gen_.load(std::memory_order_acquire) == gen; ++spins) {
+      if (spins > 2000) std::this_thread::yield();
+#if defined(__x86_64__) && defined(__GNUC__)
+      else __builtin_ia32_pause();
+#endif
+    }
+  }
+
+ private:
+  int n_;
+  std::atomic<int> count_{0};
+  std::atomic<int> gen_{0};
+};
+
+// Runs fn(tid, n, barrier) on n threads (the caller is thread 0) and joins them: one team
+// for the whole recurrence, the threads meeting at the barrier once per step, instead of a
+// parallel region per step. (The extension is built without -fopenmp, where
+// at::parallel_for runs serially.)
+template <typename F>
+void run_team(int n, const F& fn) {
+  SpinBarrier barrier(n);
+  std::vector<std::thread> threads;
+  for (int tid = 1; tid < n; ++tid) threads.emplace_back([&, tid] { fn(tid, n, barrier); });
+  fn(0, n, barrier);
+  for (auto& th : threads) th.join();
+}
+
+// The thread count a `For` callable offers: its num_threads() where it has one, else 1.
+template <typename For>
+auto for_threads(const For& f, int) -> decltype(static_cast<int>(f.num_threads())) {
+  return static_cast<int>(f.num_threads());
+}
+template <typename For>
+int for_threads(const For&, long) {
+  return 1;
+}
+
+// Threads for a per-step loop of `work` multiply-adds over `items` independent items: one
+// per ~256K multiply-adds of a step (a smaller share does not pay for the barrier and the
+// wake-ups), at most one per item.
+template <typename For>
+int team_size(const For& f, int64_t work, int64_t items) {
+  const int64_t by_work = std::max<int64_t>(1, work / (int64_t(1) << 18));
+  return static_cast<int>(std::max<int64_t>(
+      1, std::min<int64_t>({static_cast<int64_t>(for_threads(f, 0)), by_work, items})));
 }
 
 // Whether sequence b runs step t (every sequence does without lengths).
