@@ -20,7 +20,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward_cpu(
   const Dims d = check_lstm(kForward, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths);
   const auto type = acc_type(x);
   const auto opts = x.options().dtype(type);
-  Tensor gates = lstm_input_gates(d, x, w_ih, b_ih, b_hh, type);
+  Tensor gates;
+  if (lstm_packed_ok<float>(d, w_hr.has_value() ? &w_hr : nullptr) &&
+      lstm_packed_ok<double>(d, w_hr.has_value() ? &w_hr : nullptr)) {
+    // Input projection and bias on the packed kernel (MKL's GEMM plus the bias broadcast
+    // is slower at these shapes).
+    gates = at::empty({d.T * d.B, 4 * d.H}, opts);
+    const Tensor x_a = acc(x, type), w_ih_a = acc(w_ih, type);
+    OptTensor bias;
+    if (b_ih.has_value()) bias = acc(*b_ih, type) + acc(*b_hh, type);
+    AT_DISPATCH_FLOATING_TYPES(type, "ext_lstm_input", [&] {
+      lstm_input_packed<scalar_t>(d.T * d.B, x.size(2), d.H, x_a.data_ptr<scalar_t>(),
+                                  w_ih_a.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(bias),
+                                  gates.data_ptr<scalar_t>(), AtenFor());
+    });
+  } else {
+    gates = lstm_input_gates(d, x, w_ih, b_ih, b_hh, type);
+  }
   const Tensor h0_a = acc(h0, type), c0_a = acc(c0, type);
   const Tensor w_hh_t = acc(w_hh, type).t().contiguous();
   const OptTensor w_hr_t = w_hr.has_value() ? OptTensor(acc(*w_hr, type).t().contiguous())
