@@ -62,12 +62,13 @@ inline Tensor lstm_input_gates(const Dims& d, const Tensor& x, const Tensor& w_i
 }
 
 // What is left of backward once the recurrence produced the gate gradients (T, B, 4H):
-// dx, dW_ih, dW_hh, dbias and dW_hr (empty without projection), each a GEMM or a sum over
-// all steps at once, in the input dtype. dy: gradient reaching the projected h (T, B, P).
+// dx (undefined when !want_dx: the caller computes it), dW_ih, dW_hh, dbias and dW_hr
+// (empty without projection), each a GEMM or a sum over all steps at once, in the input
+// dtype. dy: gradient reaching the projected h (T, B, P).
 inline std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_gemms(
     const Dims& d, const Tensor& dgates, const Tensor& dy, const Tensor& ws, const Tensor& x,
     const Tensor& h0, const Tensor& w_ih, const OptTensor& w_hr, const Tensor& y,
-    at::ScalarType type) {
+    at::ScalarType type, bool want_dx = true) {
   const Tensor flat = dgates.view({d.T * d.B, 4 * d.H});
   const Tensor h_prev = at::cat({acc(h0, type).unsqueeze(0), acc(y, type).narrow(0, 0, d.T - 1)});
   const auto out = x.scalar_type();
@@ -77,7 +78,7 @@ inline std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_gemms(
     const Tensor hidden_all = ws.narrow(2, 3 * d.H, d.H) * at::tanh(ws.narrow(2, 4 * d.H, d.H));
     dw_hr = at::mm(dy.view({d.T * d.B, d.P}).t(), hidden_all.reshape({d.T * d.B, d.H})).to(out);
   }
-  return {at::mm(flat, acc(w_ih, type)).view({d.T, d.B, x.size(2)}).to(out),
+  return {want_dx ? at::mm(flat, acc(w_ih, type)).view({d.T, d.B, x.size(2)}).to(out) : Tensor(),
           at::mm(flat.t(), acc(x, type).view({d.T * d.B, x.size(2)})).to(out),
           at::mm(flat.t(), h_prev.view({d.T * d.B, d.P})).to(out),
           flat.sum(0).to(out),

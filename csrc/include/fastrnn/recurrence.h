@@ -10,6 +10,7 @@
 
 #include "fastrnn/common.h"
 #include "fastrnn/gemm.h"
+#include "fastrnn/packed_gemm.h"
 
 namespace fastrnn {
 
@@ -87,6 +88,37 @@ int team_size(const For& f, int64_t work, int64_t items) {
   const int64_t by_work = std::max<int64_t>(1, work / (int64_t(1) << 18));
   return static_cast<int>(std::max<int64_t>(
       1, std::min<int64_t>({static_cast<int64_t>(for_threads(f, 0)), by_work, items})));
+}
+
+// C (M, N) = A (M, K) @ B (K, N), all row-major and contiguous, N a multiple of
+// 4 * kLanes<T>: B packed into column panels, rows in blocks that stay in L2 with a panel,
+// the blocks split over a thread team. For the large products over all steps.
+template <typename T, typename For>
+void packed_matmul(int64_t M, int64_t N, int64_t K, const T* A, const T* B, T* C,
+                   const For& parallel_for) {
+  constexpr int64_t W = 4 * kLanes<T>, kRowBlock = 32;
+  const int64_t panels = N / W;
+  std::vector<T> packed(static_cast<size_t>(K * N));
+  for (int64_t p = 0; p < panels; ++p) {
+    T* dst = packed.data() + p * K * W;
+    for (int64_t k = 0; k < K; ++k) {
+      for (int64_t c = 0; c < W; ++c) dst[k * W + c] = B[k * N + p * W + c];
+    }
+  }
+  const int64_t blocks = (M + kRowBlock - 1) / kRowBlock;
+  const int team = team_size(parallel_for, M * N * K, blocks);
+  run_team(team, [&](int tid, int n, SpinBarrier&) {
+    std::vector<T> out(static_cast<size_t>(kRowBlock * W));
+    for (int64_t blk = blocks * tid / n; blk < blocks * (tid + 1) / n; ++blk) {
+      const int64_t r0 = blk * kRowBlock, rows = std::min(kRowBlock, M - r0);
+      for (int64_t p = 0; p < panels; ++p) {
+        packed_gemm4(rows, A + r0 * K, K, K, packed.data() + p * K * W, out.data());
+        for (int64_t r = 0; r < rows; ++r) {
+          std::copy(out.data() + r * W, out.data() + (r + 1) * W, C + (r0 + r) * N + p * W);
+        }
+      }
+    }
+  });
 }
 
 // Whether sequence b runs step t (every sequence does without lengths).
