@@ -12,7 +12,7 @@ from fastrnn import backends, functional
 from fastrnn.ops.gru import reference as gru_reference
 from fastrnn.ops.lstm import reference as lstm_reference
 from fastrnn.testing import assert_close_fp32, assert_rel_rms, assert_within_baseline
-from tests.ops.layer_cases import GRU, LSTM, check_parity
+from tests.ops.layer_cases import GRU, LSTM, check_parity, labels, outputs_and_grads, random_inputs
 
 ext = pytest.mark.ext
 cuda = pytest.mark.cuda
@@ -388,3 +388,74 @@ def test_cuda_opcheck():
     args = lstm_args(device="cuda") + [torch.tensor([5, 2, 3], device="cuda")]
     result = torch.library.opcheck(lstm_ext.forward_op, args)
     assert all(v == "SUCCESS" for v in result.values()), result
+
+
+# The CPU LSTM's packed kernels: W_hh in panels of 16 units (fp32; 8 for fp64) forward and
+# 64 (fp32; 32 for fp64) backward, a thread team over the panels, and the packed input
+# projection for products of at least 2^26 multiply-adds.
+@ext
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("T, B, I, H", [(6, 3, 8, 64), (5, 1, 16, 128)], ids=["H64", "B1-H128"])
+def test_lstm_packed_paths_match_nn_fp32(threads, T, B, I, H):
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        check_parity(LSTM, T, B, I, H, "cpu", backend="ext")
+    finally:
+        torch.set_num_threads(old)
+
+
+@ext
+@pytest.mark.parametrize("threads", [1, 2])
+def test_lstm_packed_projection_within_pytorch_fp32_error(threads):
+    """T=64, B=32, I=H=256: the input projection takes the packed kernel. Weight gradients
+    sum 2048 products, past where fp32 meets 1e-5 (torch.nn's own fp32 error is ~2e-5), so
+    the rule is the one for long sequences: at most 2x PyTorch's own fp32 error."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        module = LSTM.make(256, 256)
+        module64 = LSTM.make(256, 256, dtype=torch.float64)
+        module64.load_state_dict(module.state_dict())
+        x, states = random_inputs(LSTM, 64, 32, 256, 256, torch.float32, "cpu")
+        ours = outputs_and_grads(lambda m, xx, ss: LSTM.run_fastrnn(m, xx, ss, backend="ext"),
+                                 module, x, states)
+        baseline = outputs_and_grads(LSTM.run_torch, module, x, states)
+        truth = outputs_and_grads(LSTM.run_torch, module64, x.double(), [s.double() for s in states])
+        for name, a, b, e in zip(labels(LSTM, module, states), ours, baseline, truth):
+            assert_within_baseline(a, b, e, name)
+    finally:
+        torch.set_num_threads(old)
+
+
+@ext
+@pytest.mark.parametrize("lengths", [None, [3, 1, 2]])
+def test_lstm_packed_paths_gradcheck(lengths):
+    lengths = torch.tensor(lengths) if lengths is not None else None
+
+    def fn(*a):
+        return functional.lstm_layer(*a, lengths=lengths, backend="ext")
+
+    assert torch.autograd.gradcheck(fn, lstm_args(T=3, B=3, I=2, H=32))
+
+
+@ext
+def test_lstm_packed_paths_lengths_match_reference():
+    # Weights at nn.LSTM's initial scale: unit-variance ones saturate the gates, and then
+    # even the plain fp32 reference is ~5e-5 off its fp64 self.
+    module = LSTM.make(8, 64)
+    x, (h0, c0) = random_inputs(LSTM, 6, 3, 8, 64, torch.float32, "cpu")
+    args = [t.requires_grad_() for t in (x, h0, c0)] + [
+        getattr(module, n) for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")]
+    lengths = torch.tensor([6, 2, 4])
+    ours = functional.lstm_layer(*args, lengths=lengths, backend="ext")
+    expected = lstm_reference.lstm_layer(*[a.double() if a is not None else None for a in args],
+                                         lengths=lengths)
+    cotangents = [torch.randn_like(o) for o in ours]
+    leaves = [a for a in args if a is not None]
+    grads = torch.autograd.grad(ours, leaves, cotangents)
+    expected_grads = torch.autograd.grad(expected, leaves, [c.double() for c in cotangents])
+    for name, a, e in zip(["y", "h_T", "c_T"], ours, expected):
+        assert_close_fp32(a, e, name)
+    for i, (a, e) in enumerate(zip(grads, expected_grads)):
+        assert_close_fp32(a, e, f"grad {i}")

@@ -96,6 +96,9 @@ def _setup_context(ctx, inputs, output):
     ctx.backend = backend
     ctx.has = (b_ih is not None, b_hh is not None, w_hr is not None)
     ctx.mark_non_differentiable(workspace)
+    # Unused output gradients arrive as None (handled in backward), so autograd does not
+    # fill a zero gradient as large as the workspace on every call.
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, y, workspace)
 
 
