@@ -12,7 +12,7 @@ when the extension was not built.
 import torch
 
 from fastrnn import backends
-from fastrnn.ops.gru.op import GATES, workspace_dtype
+from fastrnn.ops.gru.op import GATES, input_gradients, setup_context, workspace_dtype
 
 if backends.ext_module() is None:
     raise ImportError("fastrnn.ops.gru.ext needs the compiled extension fastrnn._C "
@@ -44,26 +44,9 @@ def _backward_fake(grad_y, grad_hT, x, h0, w_ih, w_hh, b_ih, b_hh, y, workspace,
             x.new_empty(w_hh.shape), x.new_empty(G), x.new_empty(G))
 
 
-def _setup_context(ctx, inputs, output):
-    x, h0, w_ih, w_hh, b_ih, b_hh, lengths = inputs
-    y, _, workspace = output
-    ctx.has_bias = (b_ih is not None, b_hh is not None)
-    ctx.mark_non_differentiable(workspace)
-    # Unused output gradients arrive as None (handled in backward), so autograd does not
-    # fill a zero gradient as large as the workspace on every call.
-    ctx.set_materialize_grads(False)
-    ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, y, workspace)
-
-
 def _backward(ctx, grad_y, grad_hT, _grad_workspace):
-    x, h0, w_ih, w_hh, b_ih, b_hh, lengths, y, workspace = ctx.saved_tensors
-    grad_y = torch.zeros_like(y) if grad_y is None else grad_y
-    grad_hT = torch.zeros_like(h0) if grad_hT is None else grad_hT
-    dx, dh0, dw_ih, dw_hh, db_ih, db_hh = backward_op(grad_y, grad_hT, x, h0, w_ih, w_hh, b_ih,
-                                                      b_hh, y, workspace, lengths)
-    has_b_ih, has_b_hh = ctx.has_bias
-    return (dx, dh0, dw_ih, dw_hh, db_ih if has_b_ih else None, db_hh if has_b_hh else None, None)
+    return input_gradients(ctx, backward_op, grad_y, grad_hT)
 
 
 torch.library.register_autograd("fastrnn::ext_gru_forward", _backward,
-                                setup_context=_setup_context)
+                                setup_context=setup_context)

@@ -81,10 +81,12 @@ def _(grad_y, grad_hT, x, h0, w_ih, w_hh, b_ih, b_hh, y, workspace, lengths, bac
             w_hh.new_empty(w_hh.shape), w_hh.new_empty(G), w_hh.new_empty(G))
 
 
-def _setup_context(ctx, inputs, output):
-    x, h0, w_ih, w_hh, b_ih, b_hh, lengths, backend = inputs
+def setup_context(ctx, inputs, output):
+    """Autograd context of a GRU layer op: this module's (whose last input is the backend
+    name) and the extension's fastrnn::ext_gru_forward (same inputs, no backend)."""
+    x, h0, w_ih, w_hh, b_ih, b_hh, lengths = inputs[:7]
     y, _, workspace = output
-    ctx.backend = backend
+    ctx.backend = inputs[7] if len(inputs) > 7 else None
     ctx.has_bias = (b_ih is not None, b_hh is not None)
     ctx.mark_non_differentiable(workspace)
     # Unused output gradients arrive as None (handled in backward), so autograd does not
@@ -93,16 +95,22 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, y, workspace)
 
 
-def _backward(ctx, grad_y, grad_hT, _grad_workspace):
+def input_gradients(ctx, run_backward, grad_y, grad_hT):
+    """Gradients of (x, h0, w_ih, w_hh, b_ih, b_hh, lengths) from a backward op with this
+    module's backward interface (run_backward takes its arguments)."""
     x, h0, w_ih, w_hh, b_ih, b_hh, lengths, y, workspace = ctx.saved_tensors
-    grad_y = torch.zeros_like(y) if grad_y is None else grad_y
-    grad_hT = torch.zeros_like(h0) if grad_hT is None else grad_hT
-    dx, dh0, dw_ih, dw_hh, db_ih, db_hh = gru_layer_backward_op(
-        grad_y.contiguous(), grad_hT.contiguous(), x, h0, w_ih, w_hh, b_ih, b_hh, y, workspace,
-        lengths, ctx.backend)
+    grad_y = torch.zeros_like(y) if grad_y is None else grad_y.contiguous()
+    grad_hT = torch.zeros_like(h0) if grad_hT is None else grad_hT.contiguous()
+    dx, dh0, dw_ih, dw_hh, db_ih, db_hh = run_backward(grad_y, grad_hT, x, h0, w_ih, w_hh, b_ih,
+                                                       b_hh, y, workspace, lengths)
     has_b_ih, has_b_hh = ctx.has_bias
-    return (dx, dh0, dw_ih, dw_hh, db_ih if has_b_ih else None, db_hh if has_b_hh else None,
-            None, None)
+    return (dx, dh0, dw_ih, dw_hh, db_ih if has_b_ih else None, db_hh if has_b_hh else None, None)
 
 
-gru_layer_op.register_autograd(_backward, setup_context=_setup_context)
+def _backward(ctx, grad_y, grad_hT, _grad_workspace):
+    def run_backward(*args):
+        return gru_layer_backward_op(*args, ctx.backend)
+    return input_gradients(ctx, run_backward, grad_y, grad_hT) + (None,)
+
+
+gru_layer_op.register_autograd(_backward, setup_context=setup_context)

@@ -12,7 +12,7 @@ when the extension was not built.
 import torch
 
 from fastrnn import backends
-from fastrnn.ops.lstm.op import GATES, workspace_dtype
+from fastrnn.ops.lstm.op import GATES, input_gradients, setup_context, workspace_dtype
 
 if backends.ext_module() is None:
     raise ImportError("fastrnn.ops.lstm.ext needs the compiled extension fastrnn._C "
@@ -48,28 +48,9 @@ def _backward_fake(grad_y, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh, 
             x.new_empty(w_ih.shape), x.new_empty(w_hh.shape), x.new_empty(w_hh.shape[0]), dw_hr)
 
 
-def _setup_context(ctx, inputs, output):
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths = inputs
-    y, _, _, workspace = output
-    ctx.has = (b_ih is not None, b_hh is not None, w_hr is not None)
-    ctx.mark_non_differentiable(workspace)
-    # Unused output gradients arrive as None (handled in backward), so autograd does not
-    # fill a zero gradient as large as the workspace on every call.
-    ctx.set_materialize_grads(False)
-    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, y, workspace)
-
-
 def _backward(ctx, grad_y, grad_hT, grad_cT, _grad_workspace):
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, y, workspace = ctx.saved_tensors
-    grad_y = torch.zeros_like(y) if grad_y is None else grad_y
-    grad_hT = torch.zeros_like(h0) if grad_hT is None else grad_hT
-    grad_cT = torch.zeros_like(c0) if grad_cT is None else grad_cT
-    dx, dh0, dc0, dw_ih, dw_hh, dbias, dw_hr = backward_op(
-        grad_y, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, workspace, lengths)
-    has_b_ih, has_b_hh, has_w_hr = ctx.has
-    return (dx, dh0, dc0, dw_ih, dw_hh, dbias if has_b_ih else None, dbias if has_b_hh else None,
-            dw_hr if has_w_hr else None, None)
+    return input_gradients(ctx, backward_op, grad_y, grad_hT, grad_cT)
 
 
 torch.library.register_autograd("fastrnn::ext_lstm_forward", _backward,
-                                setup_context=_setup_context)
+                                setup_context=setup_context)

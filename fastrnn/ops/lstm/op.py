@@ -90,10 +90,12 @@ def _(grad_y, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, work
             dw_hr)
 
 
-def _setup_context(ctx, inputs, output):
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, backend = inputs
+def setup_context(ctx, inputs, output):
+    """Autograd context of an LSTM layer op: this module's (whose last input is the backend
+    name) and the extension's fastrnn::ext_lstm_forward (same inputs, no backend)."""
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths = inputs[:9]
     y, _, _, workspace = output
-    ctx.backend = backend
+    ctx.backend = inputs[9] if len(inputs) > 9 else None
     ctx.has = (b_ih is not None, b_hh is not None, w_hr is not None)
     ctx.mark_non_differentiable(workspace)
     # Unused output gradients arrive as None (handled in backward), so autograd does not
@@ -102,17 +104,24 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, y, workspace)
 
 
-def _backward(ctx, grad_y, grad_hT, grad_cT, _grad_workspace):
+def input_gradients(ctx, run_backward, grad_y, grad_hT, grad_cT):
+    """Gradients of (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths) from a backward op
+    with this module's backward interface (run_backward takes its arguments)."""
     x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, y, workspace = ctx.saved_tensors
-    grad_y = torch.zeros_like(y) if grad_y is None else grad_y
-    grad_hT = torch.zeros_like(h0) if grad_hT is None else grad_hT
-    grad_cT = torch.zeros_like(c0) if grad_cT is None else grad_cT
-    dx, dh0, dc0, dw_ih, dw_hh, dbias, dw_hr = lstm_layer_backward_op(
-        grad_y.contiguous(), grad_hT.contiguous(), grad_cT.contiguous(), x, h0, c0, w_ih, w_hh,
-        b_ih, b_hh, w_hr, y, workspace, lengths, ctx.backend)
+    grad_y = torch.zeros_like(y) if grad_y is None else grad_y.contiguous()
+    grad_hT = torch.zeros_like(h0) if grad_hT is None else grad_hT.contiguous()
+    grad_cT = torch.zeros_like(c0) if grad_cT is None else grad_cT.contiguous()
+    dx, dh0, dc0, dw_ih, dw_hh, dbias, dw_hr = run_backward(
+        grad_y, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, workspace, lengths)
     has_b_ih, has_b_hh, has_w_hr = ctx.has
     return (dx, dh0, dc0, dw_ih, dw_hh, dbias if has_b_ih else None, dbias if has_b_hh else None,
-            dw_hr if has_w_hr else None, None, None)
+            dw_hr if has_w_hr else None, None)
 
 
-lstm_layer_op.register_autograd(_backward, setup_context=_setup_context)
+def _backward(ctx, grad_y, grad_hT, grad_cT, _grad_workspace):
+    def run_backward(*args):
+        return lstm_layer_backward_op(*args, ctx.backend)
+    return input_gradients(ctx, run_backward, grad_y, grad_hT, grad_cT) + (None,)
+
+
+lstm_layer_op.register_autograd(_backward, setup_context=setup_context)
