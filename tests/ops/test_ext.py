@@ -390,17 +390,20 @@ def test_cuda_opcheck():
     assert all(v == "SUCCESS" for v in result.values()), result
 
 
-# The CPU LSTM's packed kernels: W_hh in panels of 16 units (fp32; 8 for fp64) forward and
-# 64 (fp32; 32 for fp64) backward, a thread team over the panels, and the packed input
-# projection for products of at least 2^26 multiply-adds.
+# The CPU packed kernels of both cells: W_hh in panels of 16 units (fp32; 8 for fp64)
+# forward and 64 (fp32; 32 for fp64) backward, a thread team over the panels (two threads
+# from B=1, H=128 on), and for the LSTM the packed input projection for products of at
+# least 2^26 multiply-adds.
 @ext
+@pytest.mark.parametrize("cell", [LSTM, GRU], ids=["lstm", "gru"])
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("T, B, I, H", [(6, 3, 8, 64), (5, 1, 16, 128)], ids=["H64", "B1-H128"])
-def test_lstm_packed_paths_match_nn_fp32(threads, T, B, I, H):
+@pytest.mark.parametrize("T, B, I, H", [(6, 3, 8, 64), (5, 1, 16, 128), (4, 5, 8, 48)],
+                         ids=["H64", "B1-H128", "H48-forward-only"])
+def test_packed_paths_match_nn_fp32(cell, threads, T, B, I, H):
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        check_parity(LSTM, T, B, I, H, "cpu", backend="ext")
+        check_parity(cell, T, B, I, H, "cpu", backend="ext")
     finally:
         torch.set_num_threads(old)
 
@@ -437,6 +440,35 @@ def test_lstm_packed_paths_gradcheck(lengths):
         return functional.lstm_layer(*a, lengths=lengths, backend="ext")
 
     assert torch.autograd.gradcheck(fn, lstm_args(T=3, B=3, I=2, H=32))
+
+
+@ext
+@pytest.mark.parametrize("lengths", [None, [3, 1, 2]])
+def test_gru_packed_paths_gradcheck(lengths):
+    lengths = torch.tensor(lengths) if lengths is not None else None
+
+    def fn(*a):
+        return functional.gru_layer(*a, lengths=lengths, backend="ext")
+
+    assert torch.autograd.gradcheck(fn, gru_args(T=3, B=3, I=2, H=32))
+
+
+@ext
+def test_gru_packed_paths_lengths_match_reference():
+    module = GRU.make(8, 64)
+    x, [h0] = random_inputs(GRU, 6, 3, 8, 64, torch.float32, "cpu")
+    args = [t.requires_grad_() for t in (x, h0)] + [
+        getattr(module, n) for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")]
+    lengths = torch.tensor([6, 2, 4])
+    ours = functional.gru_layer(*args, lengths=lengths, backend="ext")
+    expected = gru_reference.gru_layer(*[a.double() for a in args], lengths=lengths)
+    cotangents = [torch.randn_like(o) for o in ours]
+    grads = torch.autograd.grad(ours, args, cotangents)
+    expected_grads = torch.autograd.grad(expected, args, [c.double() for c in cotangents])
+    for name, a, e in zip(["y", "h_T"], ours, expected):
+        assert_close_fp32(a, e, name)
+    for i, (a, e) in enumerate(zip(grads, expected_grads)):
+        assert_close_fp32(a, e, f"grad {i}")
 
 
 @ext

@@ -50,6 +50,50 @@ FASTRNN_CPU_CLONES void lstm_backward_row(const T* ws, const T* c_prev, const T*
   }
 }
 
+// The forward gate math of one panel's kLanes<T> units [j0, j0 + L) for every row, right
+// after the panel's recurrent product `out` (B, 4L): pre-activations are the step's input
+// gates plus `out`; writes the workspace, c, y and the next h. A clone of its own, so the
+// whole epilogue runs with the widest vectors.
+template <typename T>
+FASTRNN_CPU_CLONES void lstm_forward_panel(int64_t B, const T* out, const T* pre, T* ws_t, T* c,
+                                           T* y_t, const T* h_prev, T* h_next,
+                                           const int64_t* lengths, int64_t t, int64_t j0,
+                                           int64_t H, int64_t P) {
+  constexpr int64_t L = kLanes<T>, W = 4 * L;
+  for (int64_t b = 0; b < B; ++b) {
+    T* ws_b = ws_t + b * 5 * H + j0;
+    T* y_b = y_t + b * P + j0;
+    T* h_b = h_next + b * P + j0;
+    if (!step_active(lengths, b, t)) {
+      // A finished sequence: its state stays, its output is zero.
+      for (int k = 0; k < 5; ++k) std::fill(ws_b + k * H, ws_b + k * H + L, T(0));
+      std::fill(y_b, y_b + L, T(0));
+      std::copy(h_prev + b * P + j0, h_prev + b * P + j0 + L, h_b);
+      continue;
+    }
+    const T* pre_b = pre + b * 4 * H + j0;
+    const T* o_b = out + b * W;
+    T* c_b = c + b * H + j0;
+    FASTRNN_SIMD
+    for (int64_t l = 0; l < L; ++l) {
+      const T i = sigmoid(pre_b[l] + o_b[l]);
+      const T f = sigmoid(pre_b[H + l] + o_b[L + l]);
+      const T g = tanh_act(pre_b[2 * H + l] + o_b[2 * L + l]);
+      const T o = sigmoid(pre_b[3 * H + l] + o_b[3 * L + l]);
+      const T c_new = f * c_b[l] + i * g;
+      const T h = o * tanh_act(c_new);
+      ws_b[l] = i;
+      ws_b[H + l] = f;
+      ws_b[2 * H + l] = g;
+      ws_b[3 * H + l] = o;
+      ws_b[4 * H + l] = c_new;
+      c_b[l] = c_new;
+      y_b[l] = h;
+      h_b[l] = h;
+    }
+  }
+}
+
 template <typename T>
 struct LstmForward {
   Dims d;
@@ -81,15 +125,7 @@ void lstm_forward_packed(const LstmForward<T>& a, const For& parallel_for) {
   const int64_t B = a.d.B, H = a.d.H, P = a.d.P, K = P;
   constexpr int64_t L = kLanes<T>;
   const int64_t panels = H / L, W = 4 * L;
-  std::vector<T> packed(static_cast<size_t>(4 * H * K));
-  for (int64_t p = 0; p < panels; ++p) {
-    T* dst = packed.data() + p * K * W;
-    for (int64_t k = 0; k < K; ++k) {
-      for (int64_t g = 0; g < 4; ++g) {
-        std::memcpy(dst + k * W + g * L, a.w_hh_t + k * 4 * H + g * H + p * L, sizeof(T) * L);
-      }
-    }
-  }
+  const std::vector<T> packed = pack_gate_panels(a.w_hh_t, K, H, 4);
   std::vector<T> hbuf(static_cast<size_t>(2 * B * P));
   std::vector<T> scratch(static_cast<size_t>(B * 4 * H));
   std::memcpy(hbuf.data(), a.h0, sizeof(T) * B * P);
@@ -107,26 +143,8 @@ void lstm_forward_packed(const LstmForward<T>& a, const For& parallel_for) {
       for (int64_t p = p0; p < p1; ++p) {
         T* out = scratch.data() + p * B * W;
         packed_gemm4(B, h_prev, P, K, packed.data() + p * K * W, out);
-        const int64_t j0 = p * L, j1 = j0 + L;
-        for (int64_t b = 0; b < B; ++b) {
-          T* ws_b = ws_t + b * 5 * H;
-          T* y_b = y_t + b * P;
-          if (!step_active(a.lengths, b, t)) {
-            for (int k = 0; k < 5; ++k) std::fill(ws_b + k * H + j0, ws_b + k * H + j1, T(0));
-            std::fill(y_b + j0, y_b + j1, T(0));
-            std::copy(h_prev + b * P + j0, h_prev + b * P + j1, h_next + b * P + j0);
-            continue;
-          }
-          T* pre_b = pre + b * 4 * H;
-          const T* o = out + b * W;
-          for (int64_t g = 0; g < 4; ++g) {
-            T* q = pre_b + g * H + j0;
-            FASTRNN_SIMD
-            for (int64_t l = 0; l < L; ++l) q[l] += o[g * L + l];
-          }
-          lstm_forward_row(pre_b, a.c_n + b * H, ws_b, y_b, j0, j1, H);
-          std::copy(y_b + j0, y_b + j1, h_next + b * P + j0);
-        }
+        lstm_forward_panel(B, out, pre, ws_t, a.c_n, y_t, h_prev, h_next, a.lengths, t,
+                           p * L, H, P);
       }
     }
     barrier.wait();
@@ -253,11 +271,7 @@ void lstm_backward_packed(const LstmBackward<T>& a, const For& parallel_for) {
   const int64_t B = a.d.B, H = a.d.H, P = a.d.P, K = 4 * H;
   constexpr int64_t W = 4 * kLanes<T>;
   const int64_t panels = P / W;
-  std::vector<T> packed(static_cast<size_t>(K * P));
-  for (int64_t p = 0; p < panels; ++p) {
-    T* dst = packed.data() + p * K * W;
-    for (int64_t k = 0; k < K; ++k) std::memcpy(dst + k * W, a.w_hh + k * P + p * W, sizeof(T) * W);
-  }
+  const std::vector<T> packed = pack_column_panels(a.w_hh, K, P, W);
   std::vector<T> scratch(static_cast<size_t>(B * P));
   std::memcpy(a.dh0, a.grad_hn, sizeof(T) * B * P);
   std::memcpy(a.dc0, a.grad_cn, sizeof(T) * B * H);

@@ -75,6 +75,13 @@ __attribute__((always_inline)) inline void packed_rows(int64_t M, const T* A, in
   }
 }
 
+// Computes out (M, 3 * L) = A (M, K) @ panel with three vectors per panel row (GRU gates).
+template <typename T>
+FASTRNN_CPU_CLONES void packed_gemm3(int64_t M, const T* A, int64_t lda, int64_t K,
+                                     const T* panel, T* out) {
+  packed_rows<T, 3>(M, A, lda, K, panel, out);
+}
+
 // Computes out (M, 4 * L) = A (M, K) @ panel with four vectors per panel row.
 template <typename T>
 FASTRNN_CPU_CLONES void packed_gemm4(int64_t M, const T* A, int64_t lda, int64_t K,

@@ -8,6 +8,10 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
 #include "fastrnn/common.h"
 #include "fastrnn/gemm.h"
 #include "fastrnn/packed_gemm.h"
@@ -35,6 +39,7 @@ void for_each_row_piece(const For& parallel_for, int64_t B, int64_t H, const F& 
 class SpinBarrier {
  public:
   explicit SpinBarrier(int n) : n_(n) {}
+  void set_size(int n) { n_ = n; }
   void wait() {
     if (n_ <= 1) return;
     const int gen = gen_.load(std::memory_order_acquire);
@@ -44,7 +49,7 @@ class SpinBarrier {
       return;
     }
     for (int spins = 0; gen_.load(std::memory_order_acquire) == gen; ++spins) {
-      if (spins > 2000) std::this_thread::yield();
+      if (spins > 20000) std::this_thread::yield();
 #if defined(__x86_64__) && defined(__GNUC__)
       else __builtin_ia32_pause();
 #endif
@@ -57,17 +62,32 @@ class SpinBarrier {
   std::atomic<int> gen_{0};
 };
 
-// Runs fn(tid, n, barrier) on n threads (the caller is thread 0) and joins them: one team
+// Runs fn(tid, n, barrier) on a team of up to n threads (the caller is thread 0): one team
 // for the whole recurrence, the threads meeting at the barrier once per step, instead of a
-// parallel region per step. (The extension is built without -fopenmp, where
-// at::parallel_for runs serially.)
+// parallel region per step. With OpenMP (the torch extension) the team comes from the same
+// pool as torch's and MKL's threads, which are warm and would otherwise spin beside ours;
+// a nested call gets fewer threads, so fn is told the team's real size.
 template <typename F>
 void run_team(int n, const F& fn) {
   SpinBarrier barrier(n);
+  if (n <= 1) {
+    fn(0, 1, barrier);
+    return;
+  }
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(n)
+  {
+#pragma omp single
+    barrier.set_size(omp_get_num_threads());
+    // (the end of `single` is a barrier: every thread sees the size before using it)
+    fn(omp_get_thread_num(), omp_get_num_threads(), barrier);
+  }
+#else
   std::vector<std::thread> threads;
   for (int tid = 1; tid < n; ++tid) threads.emplace_back([&, tid] { fn(tid, n, barrier); });
   fn(0, n, barrier);
   for (auto& th : threads) th.join();
+#endif
 }
 
 // The thread count a `For` callable offers: its num_threads() where it has one, else 1.
@@ -85,9 +105,40 @@ int for_threads(const For&, long) {
 // wake-ups), at most one per item.
 template <typename For>
 int team_size(const For& f, int64_t work, int64_t items) {
-  const int64_t by_work = std::max<int64_t>(1, work / (int64_t(1) << 18));
+  const int64_t by_work = std::max<int64_t>(1, work / (int64_t(1) << 14));
   return static_cast<int>(std::max<int64_t>(
       1, std::min<int64_t>({static_cast<int64_t>(for_threads(f, 0)), by_work, items})));
+}
+
+// Packs w_t (K, G * H), the transposed weights of G gates, into panels of kLanes<T> units:
+// panel p holds, per row k, the units' G gate columns side by side (K x G * kLanes<T>), so a
+// panel's product gives every gate of its units at once. H must be a multiple of kLanes<T>.
+template <typename T>
+std::vector<T> pack_gate_panels(const T* w_t, int64_t K, int64_t H, int64_t G) {
+  constexpr int64_t L = kLanes<T>;
+  const int64_t W = G * L;
+  std::vector<T> packed(static_cast<size_t>(K * G * H));
+  for (int64_t p = 0; p < H / L; ++p) {
+    T* dst = packed.data() + p * K * W;
+    for (int64_t k = 0; k < K; ++k) {
+      for (int64_t g = 0; g < G; ++g) {
+        std::copy(w_t + k * G * H + g * H + p * L, w_t + k * G * H + g * H + (p + 1) * L,
+                  dst + k * W + g * L);
+      }
+    }
+  }
+  return packed;
+}
+
+// Packs B (K, N) into column panels of W columns (K x W each, contiguous). N % W == 0.
+template <typename T>
+std::vector<T> pack_column_panels(const T* B, int64_t K, int64_t N, int64_t W) {
+  std::vector<T> packed(static_cast<size_t>(K * N));
+  for (int64_t p = 0; p < N / W; ++p) {
+    T* dst = packed.data() + p * K * W;
+    for (int64_t k = 0; k < K; ++k) std::copy(B + k * N + p * W, B + k * N + (p + 1) * W, dst + k * W);
+  }
+  return packed;
 }
 
 // C (M, N) = A (M, K) @ B (K, N), all row-major and contiguous, N a multiple of
@@ -98,13 +149,7 @@ void packed_matmul(int64_t M, int64_t N, int64_t K, const T* A, const T* B, T* C
                    const For& parallel_for) {
   constexpr int64_t W = 4 * kLanes<T>, kRowBlock = 32;
   const int64_t panels = N / W;
-  std::vector<T> packed(static_cast<size_t>(K * N));
-  for (int64_t p = 0; p < panels; ++p) {
-    T* dst = packed.data() + p * K * W;
-    for (int64_t k = 0; k < K; ++k) {
-      for (int64_t c = 0; c < W; ++c) dst[k * W + c] = B[k * N + p * W + c];
-    }
-  }
+  const std::vector<T> packed = pack_column_panels(B, K, N, W);
   const int64_t blocks = (M + kRowBlock - 1) / kRowBlock;
   const int team = team_size(parallel_for, M * N * K, blocks);
   run_team(team, [&](int tid, int n, SpinBarrier&) {
