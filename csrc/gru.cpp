@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include "binding.h"
+#include "cpu_all_steps.h"
 #include "gru_common.h"
 #include "fastrnn/gru_cpu.h"
 
@@ -20,7 +21,8 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward_cpu(const Tensor& x, const Tensor
   const Dims d = check_gru(kForward, x, h0, w_ih, w_hh, b_ih, b_hh, lengths);
   const auto type = acc_type(x);
   const auto opts = x.options().dtype(type);
-  const Tensor gates_x = gru_input_gates(d, x, w_ih, b_ih, type);
+  const Tensor gates_x = input_gates_all_steps(acc(x, type).view({d.T * d.B, x.size(2)}),
+                                               acc(w_ih, type), acc(b_ih, type), 3);
   const Tensor h0_a = acc(h0, type);
   const Tensor w_hh_t = acc(w_hh, type).t().contiguous();
   const OptTensor b_hh_a = acc(b_hh, type);
@@ -74,9 +76,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward_cpu(
                             dh_prev.data_ptr<scalar_t>()};
     gru_backward(a, AtenGemm(), AtenFor());
   });
-  auto [dx, dw_ih, dw_hh, db_ih, db_hh] =
-      gru_backward_gemms(d, d_input, d_hidden, x, h0, w_ih, y, type);
-  return {dx, dh0.to(x.scalar_type()), dw_ih, dw_hh, db_ih, db_hh};
+  auto [unused, dw_ih, dw_hh, db_ih, db_hh] =
+      gru_backward_gemms(d, d_input, d_hidden, x, h0, w_ih, y, type, /*want_dx=*/false);
+  const Tensor dx = matmul_all_steps(d_input.view({d.T * d.B, 3 * d.H}), acc(w_ih, type));
+  const auto out = x.scalar_type();
+  return {dx.view({d.T, d.B, x.size(2)}).to(out), dh0.to(out), dw_ih, dw_hh, db_ih, db_hh};
 }
 
 }  // namespace

@@ -55,16 +55,18 @@ inline Tensor gru_input_gates(const Dims& d, const Tensor& x, const Tensor& w_ih
 }
 
 // What is left of backward once the recurrence produced the gradients of the input-side
-// and hidden-side pre-activations (T, B, 3H each): dx, dW_ih, dW_hh, db_ih, db_hh, each a
-// GEMM or a sum over all steps at once, in the input dtype.
+// and hidden-side pre-activations (T, B, 3H each): dx (undefined when !want_dx: the caller
+// computes it), dW_ih, dW_hh, db_ih, db_hh, each a GEMM or a sum over all steps at once, in
+// the input dtype.
 inline std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward_gemms(
     const Dims& d, const Tensor& d_input, const Tensor& d_hidden, const Tensor& x,
-    const Tensor& h0, const Tensor& w_ih, const Tensor& y, at::ScalarType type) {
+    const Tensor& h0, const Tensor& w_ih, const Tensor& y, at::ScalarType type,
+    bool want_dx = true) {
   const Tensor gi = d_input.view({d.T * d.B, 3 * d.H});
   const Tensor gh = d_hidden.view({d.T * d.B, 3 * d.H});
   const Tensor h_prev = at::cat({acc(h0, type).unsqueeze(0), acc(y, type).narrow(0, 0, d.T - 1)});
   const auto out = x.scalar_type();
-  return {at::mm(gi, acc(w_ih, type)).view({d.T, d.B, x.size(2)}).to(out),
+  return {want_dx ? at::mm(gi, acc(w_ih, type)).view({d.T, d.B, x.size(2)}).to(out) : Tensor(),
           at::mm(gi.t(), acc(x, type).view({d.T * d.B, x.size(2)})).to(out),
           at::mm(gh.t(), h_prev.view({d.T * d.B, d.H})).to(out),
           gi.sum(0).to(out),

@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include "binding.h"
+#include "cpu_all_steps.h"
 #include "lstm_common.h"
 #include "fastrnn/lstm_cpu.h"
 
@@ -20,26 +21,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward_cpu(
   const Dims d = check_lstm(kForward, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths);
   const auto type = acc_type(x);
   const auto opts = x.options().dtype(type);
-  Tensor gates;
-  // Large input projections (here >= 2^26 multiply-adds) run on the packed kernel, bias
-  // included: faster than MKL's GEMM plus the bias broadcast there (T=128, B=32, I=H=512:
-  // ~10 ms of ~215); for small ones (T=256, B=1, I=H=128) MKL is as fast and the packing
-  // and thread start are not worth it.
-  if (lstm_packed_ok<float>(d, w_hr.has_value() ? &w_hr : nullptr) &&
-      lstm_packed_ok<double>(d, w_hr.has_value() ? &w_hr : nullptr) &&
-      d.T * d.B * x.size(2) * 4 * d.H >= (int64_t(1) << 26)) {
-    gates = at::empty({d.T * d.B, 4 * d.H}, opts);
-    const Tensor x_a = acc(x, type), w_ih_a = acc(w_ih, type);
-    OptTensor bias;
-    if (b_ih.has_value()) bias = acc(*b_ih, type) + acc(*b_hh, type);
-    AT_DISPATCH_FLOATING_TYPES(type, "ext_lstm_input", [&] {
-      lstm_input_packed<scalar_t>(d.T * d.B, x.size(2), d.H, x_a.data_ptr<scalar_t>(),
-                                  w_ih_a.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(bias),
-                                  gates.data_ptr<scalar_t>(), AtenFor());
-    });
-  } else {
-    gates = lstm_input_gates(d, x, w_ih, b_ih, b_hh, type);
-  }
+  OptTensor bias;
+  if (b_ih.has_value()) bias = acc(*b_ih, type) + acc(*b_hh, type);
+  const Tensor gates =
+      input_gates_all_steps(acc(x, type).view({d.T * d.B, x.size(2)}), acc(w_ih, type), bias, 4);
   const Tensor h0_a = acc(h0, type), c0_a = acc(c0, type);
   const Tensor w_hh_t = acc(w_hh, type).t().contiguous();
   const OptTensor w_hr_t = w_hr.has_value() ? OptTensor(acc(*w_hr, type).t().contiguous())
@@ -103,23 +88,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
                              dh_next.data_ptr<scalar_t>()};
     lstm_backward(a, AtenGemm(), AtenFor());
   });
-  // Large dx = dgates W_ih on the packed kernel (faster than MKL there), as the forward's
-  // input projection.
-  const int64_t I = x.size(2);
-  const bool packed_dx = I % 64 == 0 && d.T * d.B * I * 4 * d.H >= (int64_t(1) << 26);
-  auto [dx, dw_ih, dw_hh, dbias, dw_hr] =
-      lstm_backward_gemms(d, dgates, dy, ws, x, h0, w_ih, w_hr, y, type, !packed_dx);
-  if (packed_dx) {
-    Tensor dx_a = at::empty({d.T, d.B, I}, opts);
-    const Tensor w_ih_a = acc(w_ih, type);
-    AT_DISPATCH_FLOATING_TYPES(type, "ext_lstm_dx", [&] {
-      packed_matmul<scalar_t>(d.T * d.B, I, 4 * d.H, dgates.data_ptr<scalar_t>(),
-                              w_ih_a.data_ptr<scalar_t>(), dx_a.data_ptr<scalar_t>(), AtenFor());
-    });
-    dx = dx_a.to(x.scalar_type());
-  }
+  auto [unused, dw_ih, dw_hh, dbias, dw_hr] =
+      lstm_backward_gemms(d, dgates, dy, ws, x, h0, w_ih, w_hr, y, type, /*want_dx=*/false);
+  const Tensor dx = matmul_all_steps(dgates.view({d.T * d.B, 4 * d.H}), acc(w_ih, type));
   const auto out = x.scalar_type();
-  return {dx, dh0.to(out), dc0.to(out), dw_ih, dw_hh, dbias, dw_hr};
+  return {dx.view({d.T, d.B, x.size(2)}).to(out), dh0.to(out), dc0.to(out), dw_ih, dw_hh, dbias,
+          dw_hr};
 }
 
 }  // namespace

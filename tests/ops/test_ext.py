@@ -409,23 +409,24 @@ def test_packed_paths_match_nn_fp32(cell, threads, T, B, I, H):
 
 
 @ext
+@pytest.mark.parametrize("cell", [LSTM, GRU], ids=["lstm", "gru"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_lstm_packed_projection_within_pytorch_fp32_error(threads):
-    """T=64, B=32, I=H=256: the input projection takes the packed kernel. Weight gradients
-    sum 2048 products, past where fp32 meets 1e-5 (torch.nn's own fp32 error is ~2e-5), so
-    the rule is the one for long sequences: at most 2x PyTorch's own fp32 error."""
+def test_packed_projection_within_pytorch_fp32_error(cell, threads):
+    """T=64, B=32, I=H=256: the input projection and dx take the packed kernel. Weight
+    gradients sum 2048 products, past where fp32 meets 1e-5 (torch.nn's own fp32 error is
+    ~2e-5), so the rule is the one for long sequences: at most 2x PyTorch's own fp32 error."""
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        module = LSTM.make(256, 256)
-        module64 = LSTM.make(256, 256, dtype=torch.float64)
+        module = cell.make(256, 256)
+        module64 = cell.make(256, 256, dtype=torch.float64)
         module64.load_state_dict(module.state_dict())
-        x, states = random_inputs(LSTM, 64, 32, 256, 256, torch.float32, "cpu")
-        ours = outputs_and_grads(lambda m, xx, ss: LSTM.run_fastrnn(m, xx, ss, backend="ext"),
+        x, states = random_inputs(cell, 64, 32, 256, 256, torch.float32, "cpu")
+        ours = outputs_and_grads(lambda m, xx, ss: cell.run_fastrnn(m, xx, ss, backend="ext"),
                                  module, x, states)
-        baseline = outputs_and_grads(LSTM.run_torch, module, x, states)
-        truth = outputs_and_grads(LSTM.run_torch, module64, x.double(), [s.double() for s in states])
-        for name, a, b, e in zip(labels(LSTM, module, states), ours, baseline, truth):
+        baseline = outputs_and_grads(cell.run_torch, module, x, states)
+        truth = outputs_and_grads(cell.run_torch, module64, x.double(), [s.double() for s in states])
+        for name, a, b, e in zip(labels(cell, module, states), ours, baseline, truth):
             assert_within_baseline(a, b, e, name)
     finally:
         torch.set_num_threads(old)

@@ -153,52 +153,6 @@ void lstm_forward_packed(const LstmForward<T>& a, const For& parallel_for) {
   std::memcpy(a.h_n, hbuf.data() + (a.d.T & 1) * B * P, sizeof(T) * B * P);
 }
 
-// The input projection for the packed forward, gates (N, 4H) = x (N, I) W_ih^T + bias, on
-// the same packed kernel: W_ih packed into panels of kLanes<T> units x 4 gates, rows in
-// blocks that stay in L2 with one panel, split over a thread team. bias (4H) may be null.
-template <typename T, typename For>
-void lstm_input_packed(int64_t N, int64_t I, int64_t H, const T* x, const T* w_ih,
-                       const T* bias, T* gates, const For& parallel_for) {
-  constexpr int64_t L = kLanes<T>, W = 4 * L, kRowBlock = 64;
-  const int64_t panels = H / L;
-  std::vector<T> packed(static_cast<size_t>(4 * H * I));
-  for (int64_t p = 0; p < panels; ++p) {
-    T* dst = packed.data() + p * I * W;
-    for (int64_t g = 0; g < 4; ++g) {
-      for (int64_t l = 0; l < L; ++l) {
-        const T* src = w_ih + (g * H + p * L + l) * I;
-        for (int64_t k = 0; k < I; ++k) dst[k * W + g * L + l] = src[k];
-      }
-    }
-  }
-  const int64_t blocks = (N + kRowBlock - 1) / kRowBlock;
-  const int team = team_size(parallel_for, N * I * 4 * H, blocks);
-  run_team(team, [&](int tid, int n, SpinBarrier&) {
-    std::vector<T> out(static_cast<size_t>(kRowBlock * W));
-    for (int64_t blk = blocks * tid / n; blk < blocks * (tid + 1) / n; ++blk) {
-      const int64_t r0 = blk * kRowBlock, rows = std::min(kRowBlock, N - r0);
-      for (int64_t p = 0; p < panels; ++p) {
-        packed_gemm4(rows, x + r0 * I, I, I, packed.data() + p * I * W, out.data());
-        for (int64_t r = 0; r < rows; ++r) {
-          T* row = gates + (r0 + r) * 4 * H + p * L;
-          const T* o = out.data() + r * W;
-          for (int64_t g = 0; g < 4; ++g) {
-            const T* bg = bias ? bias + g * H + p * L : nullptr;
-            T* q = row + g * H;
-            if (bg) {
-              FASTRNN_SIMD
-              for (int64_t l = 0; l < L; ++l) q[l] = o[g * L + l] + bg[l];
-            } else {
-              FASTRNN_SIMD
-              for (int64_t l = 0; l < L; ++l) q[l] = o[g * L + l];
-            }
-          }
-        }
-      }
-    }
-  });
-}
-
 template <typename T, typename Gemm, typename For>
 void lstm_forward(const LstmForward<T>& a, const Gemm& gemm, const For& parallel_for) {
   const int64_t B = a.d.B, H = a.d.H, P = a.d.P;

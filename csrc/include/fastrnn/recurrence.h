@@ -166,6 +166,65 @@ void packed_matmul(int64_t M, int64_t N, int64_t K, const T* A, const T* B, T* C
   });
 }
 
+// Copies a block of `rows` outputs of one gate panel, out (rows, G * L), into their places
+// in gates (rows, G * H) at units [j0, j0 + L), adding the bias (G * H) when given.
+template <typename T>
+FASTRNN_CPU_CLONES void store_gate_panel(int64_t rows, int64_t G, const T* out, const T* bias,
+                                         T* gates, int64_t j0, int64_t H) {
+  constexpr int64_t L = kLanes<T>;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t g = 0; g < G; ++g) {
+      const T* o = out + (r * G + g) * L;
+      T* q = gates + r * G * H + g * H + j0;
+      if (bias) {
+        const T* bg = bias + g * H + j0;
+        FASTRNN_SIMD
+        for (int64_t l = 0; l < L; ++l) q[l] = o[l] + bg[l];
+      } else {
+        std::copy(o, o + L, q);
+      }
+    }
+  }
+}
+
+// The input projection of G gates (3 or 4), gates (N, G * H) = x (N, I) W_ih^T + bias, on
+// the packed kernel: W_ih (G * H, I) packed into panels of kLanes<T> units x G gates, rows
+// in blocks that stay in L2 with one panel, split over a thread team. bias (G * H) may be
+// null; H must be a multiple of kLanes<T>.
+template <typename T, typename For>
+void input_gates_packed(int64_t N, int64_t I, int64_t H, int64_t G, const T* x, const T* w_ih,
+                        const T* bias, T* gates, const For& parallel_for) {
+  constexpr int64_t L = kLanes<T>, kRowBlock = 64;
+  const int64_t panels = H / L, W = G * L;
+  std::vector<T> packed(static_cast<size_t>(G * H * I));
+  for (int64_t p = 0; p < panels; ++p) {
+    T* dst = packed.data() + p * I * W;
+    for (int64_t g = 0; g < G; ++g) {
+      for (int64_t l = 0; l < L; ++l) {
+        const T* src = w_ih + (g * H + p * L + l) * I;
+        for (int64_t k = 0; k < I; ++k) dst[k * W + g * L + l] = src[k];
+      }
+    }
+  }
+  const int64_t blocks = (N + kRowBlock - 1) / kRowBlock;
+  const int team = team_size(parallel_for, N * I * G * H, blocks);
+  run_team(team, [&](int tid, int n, SpinBarrier&) {
+    std::vector<T> out(static_cast<size_t>(kRowBlock * W));
+    for (int64_t blk = blocks * tid / n; blk < blocks * (tid + 1) / n; ++blk) {
+      const int64_t r0 = blk * kRowBlock, rows = std::min(kRowBlock, N - r0);
+      for (int64_t p = 0; p < panels; ++p) {
+        const T* panel = packed.data() + p * I * W;
+        if (G == 4) {
+          packed_gemm4(rows, x + r0 * I, I, I, panel, out.data());
+        } else {
+          packed_gemm3(rows, x + r0 * I, I, I, panel, out.data());
+        }
+        store_gate_panel(rows, G, out.data(), bias, gates + r0 * G * H, p * L, H);
+      }
+    }
+  });
+}
+
 // Whether sequence b runs step t (every sequence does without lengths).
 inline bool step_active(const int64_t* lengths, int64_t b, int64_t t) {
   return lengths == nullptr || t < lengths[b];

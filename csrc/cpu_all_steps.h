@@ -1,0 +1,52 @@
+// The CPU bindings' products over all steps (input projection, dx): the packed kernel of
+// csrc/include/fastrnn/recurrence.h for large ones, BLAS otherwise. CPU only: the CUDA
+// bindings share lstm_common.h / gru_common.h but not this.
+#pragma once
+
+#include <ATen/Dispatch.h>
+
+#include "binding.h"
+#include "fastrnn/recurrence.h"
+
+namespace fastrnn::binding {
+
+// Products over all steps of at least this many multiply-adds run on the packed kernel
+// (csrc/include/fastrnn/recurrence.h): faster than MKL's GEMM there (T=128, B=32, I=H=512
+// fp32: ~54 vs ~42 GMAC/s on one core, bias added in the same pass); below it, MKL is as
+// fast and packing the weights and starting a team do not pay (T=256, B=1, I=H=128).
+constexpr int64_t kPackedAllStepsMinWork = int64_t(1) << 26;
+
+// x W^T + bias for all rows at once, x (N, I) and W (G * H, I) contiguous in the
+// accumulation dtype: the packed kernel when H % 16 (fp32; 8 fp64) == 0 and the product
+// is large, else BLAS.
+inline Tensor input_gates_all_steps(const Tensor& x2d, const Tensor& w, const OptTensor& bias,
+                                    int64_t G) {
+  const int64_t N = x2d.size(0), I = x2d.size(1), H = w.size(0) / G;
+  const int64_t lanes = 64 / static_cast<int64_t>(x2d.element_size());
+  if (H % lanes != 0 || N * I * G * H < kPackedAllStepsMinWork) {
+    return linear_all_steps(x2d, w, bias);
+  }
+  Tensor gates = at::empty({N, G * H}, x2d.options());
+  AT_DISPATCH_FLOATING_TYPES(x2d.scalar_type(), "input_gates_packed", [&] {
+    input_gates_packed<scalar_t>(N, I, H, G, x2d.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
+                                 bias.has_value() ? bias->data_ptr<scalar_t>() : nullptr,
+                                 gates.data_ptr<scalar_t>(), AtenFor());
+  });
+  return gates;
+}
+
+// a (M, K) @ b (K, N), both contiguous in the accumulation dtype: the packed kernel when
+// N % 64 (fp32; 32 fp64) == 0 and the product is large, else BLAS. For dx = dgates W_ih.
+inline Tensor matmul_all_steps(const Tensor& a, const Tensor& b) {
+  const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
+  const int64_t width = 4 * 64 / static_cast<int64_t>(a.element_size());
+  if (N % width != 0 || M * N * K < kPackedAllStepsMinWork) return at::mm(a, b);
+  Tensor c = at::empty({M, N}, a.options());
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "packed_matmul", [&] {
+    packed_matmul<scalar_t>(M, N, K, a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(),
+                            c.data_ptr<scalar_t>(), AtenFor());
+  });
+  return c;
+}
+
+}  // namespace fastrnn::binding
