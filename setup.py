@@ -45,7 +45,8 @@ def extension_modules():
         raise RuntimeError("fastrnn: FASTRNN_USE_CUDA=1 but this torch has no CUDA support")
     include_dirs = [os.path.join(ROOT, CSRC, "include"), os.path.join(ROOT, CSRC)]
     # -g0: no debug info, which halves the compile time on small CI machines.
-    # -fopenmp-simd honours the kernels' `omp simd` loops without linking OpenMP, and
+    # -fopenmp: the kernels' thread teams and at::parallel_for run on torch's OpenMP pool (the
+    # extension links the libgomp that torch loaded), and `omp simd` loops vectorise;
     # -fno-trapping-math lets the compiler turn the gate math's selects into vector blends.
     cxx_flags = ["-O3", "-g0", "-fopenmp", "-fno-trapping-math"]
     sources = _sources("*.cpp")

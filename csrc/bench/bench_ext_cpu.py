@@ -1,13 +1,25 @@
-"""Times the extension's CPU LSTM/GRU layer against torch.nn.LSTM / nn.GRU in one run.
+"""Times the extension's CPU LSTM/GRU layer against torch.nn.LSTM / nn.GRU in one run, at
+the shapes of the extension's speed targets, and writes the figures as Markdown.
 
-    python csrc/bench/bench_ext_cpu.py [--repeats N]
+    python csrc/bench/bench_ext_cpu.py [--threads 1,2] [--repeats N] [--out FILE]
 
 Reports the best (minimum) forward and forward+backward time of each over interleaved
 repeats, and their ratio (ext / nn; below 1 is faster). Same threads, same inputs, random
-(never zero) data. The minimum and the interleaving keep the comparison fair on a machine
-shared with other work, where a median mostly measures the neighbours.
+(never zero) data; x, the weights and biases require grad (no h0: zeros). The minimum and
+the interleaving keep the comparison fair on a machine shared with other work, where a
+median mostly measures the neighbours.
+
+To judge a target against the hardware, each row also gives the rate nn reaches in
+multiply-adds per second (a layer's forward is T*B*G*H*(I+H) multiply-adds with G = 4
+gates for the LSTM and 3 for the GRU; backward twice that: dx, dW_ih, dh, dW_hh) and the
+rate a target ratio would need, beside the rate of a large square torch.mm on the same
+threads.
 """
 import argparse
+import datetime
+import os
+import platform
+import subprocess
 import time
 
 import torch
@@ -15,6 +27,8 @@ import torch
 from fastrnn import functional
 
 SHAPES = [(32, 128, 512, 512), (1, 256, 128, 128)]   # (B, T, I, H)
+# The extension's speed targets (ext time / nn time, forward+backward).
+TARGETS = {("lstm", 32): 0.8, ("lstm", 1): 0.5, ("gru", 32): 0.8, ("gru", 1): 0.1}
 
 
 def best_times(fns, repeats):
@@ -54,22 +68,90 @@ def runners(kind, B, T, I, H):
             "forward+backward": (train(ext_forward), train(nn_forward))}
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+def multiply_adds(kind, B, T, I, H, mode):
+    forward = T * B * (4 if kind == "lstm" else 3) * H * (I + H)
+    return forward if mode == "forward" else 3 * forward
+
+
+def mm_rate(n=2048, repeats=5):
+    """Multiply-adds per second of an n x n x n torch.mm (MKL) on the current threads."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    best = best_times([lambda: a @ b], repeats)[0]
+    return n ** 3 / best
+
+
+def measure(threads, repeats):
+    torch.set_num_threads(threads)
+    rows = []
     for kind in ("lstm", "gru"):
         for B, T, I, H in SHAPES:
             for mode, (ext_fn, nn_fn) in runners(kind, B, T, I, H).items():
                 grad_mode = torch.enable_grad() if "backward" in mode else torch.no_grad()
                 with grad_mode:
-                    t_ext, t_nn = best_times([ext_fn, nn_fn], args.repeats)
-                print(f"{kind} B={B} T={T} I={I} H={H} {mode:17s} ext {t_ext * 1e3:8.2f} ms  "
-                      f"nn {t_nn * 1e3:8.2f} ms  ratio {t_ext / t_nn:.2f}")
+                    t_ext, t_nn = best_times([ext_fn, nn_fn], repeats)
+                macs = multiply_adds(kind, B, T, I, H, mode)
+                target = TARGETS[(kind, B)] if mode == "forward+backward" else None
+                rows.append(dict(kind=kind, B=B, T=T, I=I, H=H, mode=mode, threads=threads,
+                                 ext_ms=t_ext * 1e3, nn_ms=t_nn * 1e3, ratio=t_ext / t_nn,
+                                 nn_gmacs=macs / t_nn / 1e9, target=target,
+                                 needed_gmacs=macs / (target * t_nn) / 1e9 if target else None))
+                print(f"{threads} thr {kind} B={B} T={T} I={I} H={H} {mode:17s} "
+                      f"ext {t_ext * 1e3:8.2f} ms  nn {t_nn * 1e3:8.2f} ms  ratio {t_ext / t_nn:.2f}")
+    return rows, mm_rate() / 1e9
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def markdown(results, repeats):
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True).stdout.strip() or "unknown"
+    except OSError:
+        commit = "unknown"
+    lines = [
+        "# Extension (CPU) against torch.nn at the speed-target shapes",
+        "",
+        f"Written by `python csrc/bench/bench_ext_cpu.py` on {datetime.date.today()}: "
+        f"{cpu_name()} ({os.cpu_count()} cores), torch {torch.__version__}, commit "
+        f"{commit}, fp32, best of {repeats} interleaved repeats. Ratio = ext time / nn time "
+        "(below 1: the extension is faster). GMAC/s = multiply-adds per second.",
+        "",
+        "| threads | layer | B, T, I, H | mode | nn ms | ext ms | ratio | target | nn GMAC/s "
+        "| GMAC/s the target needs | torch.mm 2048^3 GMAC/s |",
+        "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for rows, mm in results:
+        for r in rows:
+            target = f"<= {r['target']}" if r["target"] else ""
+            needed = f"{r['needed_gmacs']:.1f}" if r["needed_gmacs"] else ""
+            lines.append(f"| {r['threads']} | {r['kind']} | {r['B']}, {r['T']}, {r['I']}, {r['H']} | "
+                         f"{r['mode']} | {r['nn_ms']:.2f} | {r['ext_ms']:.2f} | {r['ratio']:.2f} | "
+                         f"{target} | {r['nn_gmacs']:.1f} | {needed} | {mm:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", default=str(torch.get_num_threads()),
+                        help="comma-separated thread counts (torch.set_num_threads)")
+    parser.add_argument("--out", default=None, help="Markdown file for the figures")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}")
+    results = [measure(int(n), args.repeats) for n in args.threads.split(",")]
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(markdown(results, args.repeats))
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
