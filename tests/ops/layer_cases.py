@@ -100,3 +100,18 @@ def check_parity(cell: Cell, T, B, I, H, device, dtype=torch.float32, bias=True,
     baseline = outputs_and_grads(cell.run_torch, module, x, states)
     for name, a, b, e in zip(names, ours, baseline, reference):
         assert_within_baseline(a, b, e, name)
+
+
+def assert_lengths_match_reference(run, reference, args, lengths, output_names):
+    """Outputs of run(*args, lengths=lengths) and gradients of every tensor in `args` (None
+    allowed) against reference() on the same values in float64, at the fp32 tolerance."""
+    ours = run(*args, lengths=lengths)
+    expected = reference(*[a.double() if a is not None else None for a in args], lengths=lengths)
+    cotangents = [torch.randn_like(o) for o in ours]
+    leaves = [a for a in args if a is not None]
+    grads = torch.autograd.grad(ours, leaves, cotangents)
+    expected_grads = torch.autograd.grad(expected, leaves, [c.double() for c in cotangents])
+    for name, a, e in zip(output_names, ours, expected):
+        assert_close_fp32(a, e, name)
+    for i, (a, e) in enumerate(zip(grads, expected_grads)):
+        assert_close_fp32(a, e, f"grad of argument {i}")

@@ -4,6 +4,7 @@ beside the Python-defined ops of the same namespace."""
 import os
 import subprocess
 import sys
+from functools import partial
 
 import pytest
 import torch
@@ -12,7 +13,8 @@ from fastrnn import backends, functional
 from fastrnn.ops.gru import reference as gru_reference
 from fastrnn.ops.lstm import reference as lstm_reference
 from fastrnn.testing import assert_close_fp32, assert_rel_rms, assert_within_baseline
-from tests.ops.layer_cases import GRU, LSTM, check_parity, labels, outputs_and_grads, random_inputs
+from tests.ops.layer_cases import (GRU, LSTM, assert_lengths_match_reference, check_parity, labels,
+                                   outputs_and_grads, random_inputs)
 
 ext = pytest.mark.ext
 cuda = pytest.mark.cuda
@@ -460,16 +462,9 @@ def test_gru_packed_paths_lengths_match_reference():
     x, [h0] = random_inputs(GRU, 6, 3, 8, 64, torch.float32, "cpu")
     args = [t.requires_grad_() for t in (x, h0)] + [
         getattr(module, n) for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")]
-    lengths = torch.tensor([6, 2, 4])
-    ours = functional.gru_layer(*args, lengths=lengths, backend="ext")
-    expected = gru_reference.gru_layer(*[a.double() for a in args], lengths=lengths)
-    cotangents = [torch.randn_like(o) for o in ours]
-    grads = torch.autograd.grad(ours, args, cotangents)
-    expected_grads = torch.autograd.grad(expected, args, [c.double() for c in cotangents])
-    for name, a, e in zip(["y", "h_T"], ours, expected):
-        assert_close_fp32(a, e, name)
-    for i, (a, e) in enumerate(zip(grads, expected_grads)):
-        assert_close_fp32(a, e, f"grad {i}")
+    assert_lengths_match_reference(partial(functional.gru_layer, backend="ext"),
+                                   gru_reference.gru_layer, args, torch.tensor([6, 2, 4]),
+                                   ["y", "h_T"])
 
 
 @ext
@@ -480,15 +475,6 @@ def test_lstm_packed_paths_lengths_match_reference():
     x, (h0, c0) = random_inputs(LSTM, 6, 3, 8, 64, torch.float32, "cpu")
     args = [t.requires_grad_() for t in (x, h0, c0)] + [
         getattr(module, n) for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")]
-    lengths = torch.tensor([6, 2, 4])
-    ours = functional.lstm_layer(*args, lengths=lengths, backend="ext")
-    expected = lstm_reference.lstm_layer(*[a.double() if a is not None else None for a in args],
-                                         lengths=lengths)
-    cotangents = [torch.randn_like(o) for o in ours]
-    leaves = [a for a in args if a is not None]
-    grads = torch.autograd.grad(ours, leaves, cotangents)
-    expected_grads = torch.autograd.grad(expected, leaves, [c.double() for c in cotangents])
-    for name, a, e in zip(["y", "h_T", "c_T"], ours, expected):
-        assert_close_fp32(a, e, name)
-    for i, (a, e) in enumerate(zip(grads, expected_grads)):
-        assert_close_fp32(a, e, f"grad {i}")
+    assert_lengths_match_reference(partial(functional.lstm_layer, backend="ext"),
+                                   lstm_reference.lstm_layer, args, torch.tensor([6, 2, 4]),
+                                   ["y", "h_T", "c_T"])

@@ -1,7 +1,7 @@
 """Times the extension's CPU LSTM/GRU layer against torch.nn.LSTM / nn.GRU in one run, at
 the shapes of the extension's speed targets, and writes the figures as Markdown.
 
-    python csrc/bench/bench_ext_cpu.py [--threads 1,2] [--repeats N] [--out FILE]
+    python -m benchmarks.ext_cpu_targets [--threads 1,2] [--repeats N] [--out FILE]
 
 Reports the best (minimum) forward and forward+backward time of each over interleaved
 repeats, and their ratio (ext / nn; below 1 is faster). Same threads, same inputs, random
@@ -18,12 +18,12 @@ threads.
 import argparse
 import datetime
 import os
-import platform
 import subprocess
 import time
 
 import torch
 
+from benchmarks.timing import cpu_model
 from fastrnn import functional
 
 SHAPES = [(32, 128, 512, 512), (1, 256, 128, 128)]   # (B, T, I, H)
@@ -100,17 +100,6 @@ def measure(threads, repeats):
     return rows, mm_rate() / 1e9
 
 
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def markdown(results, repeats):
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -120,8 +109,8 @@ def markdown(results, repeats):
     lines = [
         "# Extension (CPU) against torch.nn at the speed-target shapes",
         "",
-        f"Written by `python csrc/bench/bench_ext_cpu.py` on {datetime.date.today()}: "
-        f"{cpu_name()} ({os.cpu_count()} cores), torch {torch.__version__}, commit "
+        f"Written by `python -m benchmarks.ext_cpu_targets` on {datetime.date.today()}: "
+        f"{cpu_model()} ({os.cpu_count()} cores), torch {torch.__version__}, commit "
         f"{commit}, fp32, best of {repeats} interleaved repeats. Ratio = ext time / nn time "
         "(below 1: the extension is faster). GMAC/s = multiply-adds per second.",
         "",
