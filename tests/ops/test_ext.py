@@ -435,36 +435,17 @@ def test_packed_projection_within_pytorch_fp32_error(cell, threads):
 
 
 @ext
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("lengths", [None, [3, 1, 2]])
-def test_lstm_packed_paths_gradcheck(lengths):
+def test_packed_paths_gradcheck(cell, lengths):
+    layer, make_args = {"lstm": (functional.lstm_layer, lstm_args),
+                        "gru": (functional.gru_layer, gru_args)}[cell]
     lengths = torch.tensor(lengths) if lengths is not None else None
 
     def fn(*a):
-        return functional.lstm_layer(*a, lengths=lengths, backend="ext")
+        return layer(*a, lengths=lengths, backend="ext")
 
-    assert torch.autograd.gradcheck(fn, lstm_args(T=3, B=3, I=2, H=32))
-
-
-@ext
-@pytest.mark.parametrize("lengths", [None, [3, 1, 2]])
-def test_gru_packed_paths_gradcheck(lengths):
-    lengths = torch.tensor(lengths) if lengths is not None else None
-
-    def fn(*a):
-        return functional.gru_layer(*a, lengths=lengths, backend="ext")
-
-    assert torch.autograd.gradcheck(fn, gru_args(T=3, B=3, I=2, H=32))
-
-
-@ext
-def test_gru_packed_paths_lengths_match_reference():
-    module = GRU.make(8, 64)
-    x, [h0] = random_inputs(GRU, 6, 3, 8, 64, torch.float32, "cpu")
-    args = [t.requires_grad_() for t in (x, h0)] + [
-        getattr(module, n) for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")]
-    assert_lengths_match_reference(partial(functional.gru_layer, backend="ext"),
-                                   gru_reference.gru_layer, args, torch.tensor([6, 2, 4]),
-                                   ["y", "h_T"])
+    assert torch.autograd.gradcheck(fn, make_args(T=3, B=3, I=2, H=32))
 
 
 @ext
