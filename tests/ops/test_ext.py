@@ -449,6 +449,17 @@ def test_packed_paths_gradcheck(cell, lengths):
 
 
 @ext
+def test_gru_packed_paths_lengths_match_reference():
+    module = GRU.make(8, 64)
+    x, [h0] = random_inputs(GRU, 6, 3, 8, 64, torch.float32, "cpu")
+    args = [t.requires_grad_() for t in (x, h0)] + [
+        getattr(module, n) for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")]
+    assert_lengths_match_reference(partial(functional.gru_layer, backend="ext"),
+                                   gru_reference.gru_layer, args, torch.tensor([6, 2, 4]),
+                                   ["y", "h_T"])
+
+
+@ext
 def test_lstm_packed_paths_lengths_match_reference():
     # Weights at nn.LSTM's initial scale: unit-variance ones saturate the gates, and then
     # even the plain fp32 reference is ~5e-5 off its fp64 self.
