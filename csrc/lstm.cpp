@@ -21,10 +21,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward_cpu(
   const Dims d = check_lstm(kForward, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths);
   const auto type = acc_type(x);
   const auto opts = x.options().dtype(type);
-  OptTensor bias;
-  if (b_ih.has_value()) bias = acc(*b_ih, type) + acc(*b_hh, type);
-  const Tensor gates =
-      input_gates_all_steps(acc(x, type).view({d.T * d.B, x.size(2)}), acc(w_ih, type), bias, 4);
+  // The CPU's own projection (packed kernel for large products), not lstm_input_gates.
+  const Tensor gates = input_gates_all_steps(acc(x, type).view({d.T * d.B, x.size(2)}),
+                                             acc(w_ih, type), lstm_gate_bias(b_ih, b_hh, type), 4);
   const Tensor h0_a = acc(h0, type), c0_a = acc(c0, type);
   const Tensor w_hh_t = acc(w_hh, type).t().contiguous();
   const OptTensor w_hr_t = w_hr.has_value() ? OptTensor(acc(*w_hr, type).t().contiguous())

@@ -53,12 +53,17 @@ inline Dims check_lstm_backward(const char* op, const Tensor& grad_y, const Tens
   return d;
 }
 
+// b_ih + b_hh in the accumulation dtype (both enter the gates the same way), or none.
+inline OptTensor lstm_gate_bias(const OptTensor& b_ih, const OptTensor& b_hh, at::ScalarType type) {
+  if (!b_ih.has_value()) return std::nullopt;
+  return acc(*b_ih, type) + acc(*b_hh, type);
+}
+
 // x W_ih^T + b_ih + b_hh for all steps at once: (T * B, 4H) in the accumulation dtype.
 inline Tensor lstm_input_gates(const Dims& d, const Tensor& x, const Tensor& w_ih,
                                const OptTensor& b_ih, const OptTensor& b_hh, at::ScalarType type) {
-  OptTensor bias;
-  if (b_ih.has_value()) bias = acc(*b_ih, type) + acc(*b_hh, type);
-  return linear_all_steps(acc(x, type).view({d.T * d.B, x.size(2)}), acc(w_ih, type), bias);
+  return linear_all_steps(acc(x, type).view({d.T * d.B, x.size(2)}), acc(w_ih, type),
+                          lstm_gate_bias(b_ih, b_hh, type));
 }
 
 // What is left of backward once the recurrence produced the gate gradients (T, B, 4H):
