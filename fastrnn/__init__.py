@@ -3,6 +3,7 @@
 Public API only; the ops live in fastrnn/ops/<op>/.
 """
 from fastrnn import functional
+from fastrnn.errors import check_errors
 from fastrnn import library  # noqa: F401  (registers the torch.library ops)
 from fastrnn.nn import GRU, LSTM, replace_rnns
 from fastrnn.ops.sampling.op import filtered_probs, sample, sampling_mask
@@ -12,4 +13,4 @@ from fastrnn.generate import generate
 __version__ = "0.1.0"
 
 __all__ = ["functional", "LSTM", "GRU", "replace_rnns", "softmax", "log_softmax", "sample", "sampling_mask",
-           "filtered_probs", "generate", "__version__"]
+           "filtered_probs", "generate", "check_errors", "__version__"]

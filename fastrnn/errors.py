@@ -1,0 +1,95 @@
+"""Errors that kernels detect on the device, reported without stalling the stream.
+
+A kernel that finds a problem (a grid barrier that timed out, a logits row with NaN)
+writes a small int tensor of codes on the device. Reading it on the host right away
+would wait for the GPU on every call (`.item()`, `bool(t)`, `t.nonzero()` all
+synchronise) and would forbid CUDA-graph capture. So:
+
+- CPU tensors: the codes are read at once and the error raised from the call itself.
+- CUDA tensors: the codes are copied asynchronously into pinned host memory and an event
+  is recorded after the copy. Every later `report` call looks, without waiting, at the
+  errors whose events have completed and raises the first one found; `check_errors()`
+  waits for all of them (a synchronisation point: call it where the program syncs
+  anyway, e.g. once per generated token batch or per training step). fastrnn's modules
+  and `generate` call it at such points.
+- While a CUDA graph is being captured or torch.compile traces, nothing is recorded (the
+  graph replays the kernels; check the codes of a replay with your own read if needed).
+
+An error is raised once: after it is raised it is forgotten.
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Callable, List
+
+import torch
+
+Message = Callable[[List[int]], "str | None"]
+
+
+@dataclasses.dataclass
+class _Pending:
+    host: torch.Tensor          # pinned copy of the codes
+    done: torch.cuda.Event
+    message: Message            # host codes -> error message, or None when all is well
+    exc_type: type
+
+
+_pending: List[_Pending] = []
+_lock = threading.Lock()
+
+
+def _raise_if_bad(codes: List[int], message: Message, exc_type: type) -> None:
+    text = message(codes)
+    if text is not None:
+        raise exc_type(text)
+
+
+def _capturing() -> bool:
+    if torch.compiler.is_compiling():
+        return True
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def report(codes: torch.Tensor, message: Message, exc_type: type = RuntimeError) -> None:
+    """Raise `exc_type(message(codes))` when `message` finds an error in the codes.
+
+    codes: a small integer tensor (a few elements) written by a kernel. message: takes the
+    codes as a host list of ints and returns the error text, or None when there is none.
+    On CPU the check happens now; on CUDA it is deferred (see the module docstring), and
+    earlier deferred errors that have completed are raised here.
+    """
+    if codes.device.type != "cuda":
+        _raise_if_bad(codes.tolist(), message, exc_type)
+        return
+    if _capturing():
+        return
+    host = torch.empty(codes.shape, dtype=codes.dtype, pin_memory=True)
+    host.copy_(codes, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+    with _lock:
+        _pending.append(_Pending(host, done, message, exc_type))
+    _raise_completed(wait=False)
+
+
+def check_errors() -> None:
+    """Wait for every kernel that reported codes and raise the first error among them.
+
+    Raises:
+        the exception type its reporter chose (RuntimeError for kernel failures,
+        ValueError for bad input found on the device), with its message.
+    """
+    _raise_completed(wait=True)
+
+
+def _raise_completed(wait: bool) -> None:
+    with _lock:
+        ready = [p for p in _pending if wait or p.done.query()]
+        for p in ready:
+            _pending.remove(p)
+    for p in ready:
+        if wait:
+            p.done.synchronize()
+        _raise_if_bad(p.host.tolist(), p.message, p.exc_type)
