@@ -1,0 +1,119 @@
+"""The Elman RNN layer as torch.library custom ops: fastrnn::rnn_layer and its backward.
+
+The ops take the backend name chosen by fastrnn.backends and run that backend's
+implementation. Every backend module (reference_backend below, .triton, .ext) provides
+
+    forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, nonlinearity) -> (y, h_T, workspace)
+    backward(grad_y, grad_hT, x, h0, w_ih, w_hh, b_ih, b_hh, y, workspace, lengths,
+             nonlinearity) -> (dx, dh0, dw_ih, dw_hh, dbias)
+
+Shapes: x (T, B, I); h0 (B, H); w_ih (H, I); w_hh (H, H); biases (H,) or None; lengths
+(B,) int64 on x's device or None; nonlinearity "tanh" or "relu". workspace is (T, B, H) in
+float32 (float64 for float64 inputs): the h state after every step, which is all backward
+needs (act' is written with the activation's output). dbias is the gradient of b_ih and of
+b_hh alike (both enter the pre-activation the same way); zeros when the layer has no bias.
+Outputs at padded steps (t >= lengths[b]) are zero, and backends ignore grad_y there.
+"""
+import importlib
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from fastrnn.ops.rnn import reference
+
+
+def workspace_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class reference_backend:
+    """The reference layer behind the op interface (CPU fallback, and a test oracle)."""
+
+    @staticmethod
+    def forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, nonlinearity):
+        T, B, H = x.shape[0], x.shape[1], w_hh.shape[0]
+        workspace = x.new_empty(T, B, H, dtype=workspace_dtype(x.dtype))
+        with torch.no_grad():
+            y, h_t = reference.rnn_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, nonlinearity,
+                                         workspace=workspace)
+        return y, h_t, workspace
+
+    @staticmethod
+    def backward(grad_y, grad_hT, x, h0, w_ih, w_hh, b_ih, b_hh, y, workspace, lengths,
+                 nonlinearity):
+        return reference.rnn_layer_backward(grad_y, grad_hT, x, h0, w_ih, w_hh, workspace,
+                                            lengths, nonlinearity)
+
+
+def backend_module(name: str):
+    if name == "reference":
+        return reference_backend
+    return importlib.import_module(f"fastrnn.ops.rnn.{name}")
+
+
+@torch.library.custom_op("fastrnn::rnn_layer", mutates_args=())
+def rnn_layer_op(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+                 b_hh: Optional[Tensor], lengths: Optional[Tensor], nonlinearity: str,
+                 backend: str) -> Tuple[Tensor, Tensor, Tensor]:
+    return backend_module(backend).forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, nonlinearity)
+
+
+@rnn_layer_op.register_fake
+def _(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, nonlinearity, backend):
+    T, B, H = x.shape[0], x.shape[1], w_hh.shape[0]
+    return (x.new_empty(T, B, H), h0.new_empty(h0.shape),
+            x.new_empty(T, B, H, dtype=workspace_dtype(x.dtype)))
+
+
+@torch.library.custom_op("fastrnn::rnn_layer_backward", mutates_args=())
+def rnn_layer_backward_op(grad_y: Tensor, grad_hT: Tensor, x: Tensor, h0: Tensor, w_ih: Tensor,
+                          w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], y: Tensor,
+                          workspace: Tensor, lengths: Optional[Tensor], nonlinearity: str,
+                          backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return backend_module(backend).backward(grad_y, grad_hT, x, h0, w_ih, w_hh, b_ih, b_hh, y,
+                                            workspace, lengths, nonlinearity)
+
+
+@rnn_layer_backward_op.register_fake
+def _(grad_y, grad_hT, x, h0, w_ih, w_hh, b_ih, b_hh, y, workspace, lengths, nonlinearity,
+      backend):
+    return (x.new_empty(x.shape), h0.new_empty(h0.shape), w_ih.new_empty(w_ih.shape),
+            w_hh.new_empty(w_hh.shape), w_hh.new_empty(w_hh.shape[0]))
+
+
+def setup_context(ctx, inputs, output):
+    """Autograd context of an RNN layer op: this module's (whose last input is the backend
+    name) and the extension's fastrnn::ext_rnn_forward (same inputs, no backend)."""
+    x, h0, w_ih, w_hh, b_ih, b_hh, lengths, nonlinearity = inputs[:8]
+    y, _, workspace = output
+    ctx.nonlinearity = nonlinearity
+    ctx.backend = inputs[8] if len(inputs) > 8 else None
+    ctx.has_bias = (b_ih is not None, b_hh is not None)
+    ctx.mark_non_differentiable(workspace)
+    # Unused output gradients arrive as None (handled in backward), so autograd does not
+    # fill a zero gradient as large as the workspace on every call.
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, y, workspace)
+
+
+def input_gradients(ctx, run_backward, grad_y, grad_hT):
+    """Gradients of (x, h0, w_ih, w_hh, b_ih, b_hh, lengths, nonlinearity) from a backward op
+    with this module's backward interface (run_backward takes its arguments)."""
+    x, h0, w_ih, w_hh, b_ih, b_hh, lengths, y, workspace = ctx.saved_tensors
+    grad_y = torch.zeros_like(y) if grad_y is None else grad_y.contiguous()
+    grad_hT = torch.zeros_like(h0) if grad_hT is None else grad_hT.contiguous()
+    dx, dh0, dw_ih, dw_hh, dbias = run_backward(grad_y, grad_hT, x, h0, w_ih, w_hh, b_ih, b_hh,
+                                                y, workspace, lengths, ctx.nonlinearity)
+    has_b_ih, has_b_hh = ctx.has_bias
+    return (dx, dh0, dw_ih, dw_hh, dbias if has_b_ih else None, dbias if has_b_hh else None,
+            None, None)
+
+
+def _backward(ctx, grad_y, grad_hT, _grad_workspace):
+    def run_backward(*args):
+        return rnn_layer_backward_op(*args, ctx.backend)
+    return input_gradients(ctx, run_backward, grad_y, grad_hT) + (None,)
+
+
+rnn_layer_op.register_autograd(_backward, setup_context=setup_context)
