@@ -32,9 +32,10 @@ ENV_VAR = "FASTRNN_BACKEND"
 #   "fp64"    float64 inputs
 FEATURES = {
     "reference": {"lstm": {"proj", "lengths", "fp64"}, "gru": {"lengths", "fp64"},
-                  "softmax": {"fp64"}, "sampling": {"fp64"}},
-    "triton": {"lstm": {"lengths"}, "gru": {"lengths"}},
-    "ext": {"lstm": {"proj", "lengths", "fp64"}, "gru": {"lengths", "fp64"}},
+                  "rnn": {"lengths", "fp64"}, "softmax": {"fp64"}, "sampling": {"fp64"}},
+    "triton": {"lstm": {"lengths"}, "gru": {"lengths"}, "rnn": {"lengths"}},
+    "ext": {"lstm": {"proj", "lengths", "fp64"}, "gru": {"lengths", "fp64"},
+            "rnn": {"lengths", "fp64"}},
 }
 
 

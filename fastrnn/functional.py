@@ -11,6 +11,8 @@ from torch import Tensor
 from fastrnn import backends
 from fastrnn.ops.gru.op import gru_layer_op
 from fastrnn.ops.lstm.op import lstm_layer_op
+from fastrnn.ops.rnn.op import rnn_layer_op
+from fastrnn.ops.rnn.reference import NONLINEARITIES
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -158,4 +160,44 @@ def gru_layer(x: Tensor, h0: Optional[Tensor], weight_ih: Tensor, weight_hh: Ten
                                           ("fp64", x.dtype == torch.float64)) if used)
     chosen = _backend(x, "gru", needs, backend)
     y, h_t, _ = gru_layer_op(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, chosen)
+    return y, h_t
+
+
+def rnn_layer(x: Tensor, h0: Optional[Tensor], weight_ih: Tensor, weight_hh: Tensor,
+              bias_ih: Optional[Tensor] = None, bias_hh: Optional[Tensor] = None,
+              nonlinearity: str = "tanh", lengths: Optional[Tensor] = None,
+              backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
+    """One Elman RNN layer, one direction, as torch.nn.RNN computes it:
+    h_t = act(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh).
+
+    Args:
+        x: (T, B, input_size), time-major.
+        h0: (B, H) or None for zeros.
+        weight_ih: (H, input_size); weight_hh: (H, H).
+        bias_ih, bias_hh: (H,) or both None.
+        nonlinearity: "tanh" or "relu" (ValueError otherwise, as nn.RNN).
+        lengths: (B,) integers in [1, T], as for lstm_layer.
+        backend: "triton", "ext", "reference" or None for the automatic choice.
+
+    Returns:
+        output (T, B, H), h_T (B, H).
+    """
+    fn = "rnn_layer"
+    if nonlinearity not in NONLINEARITIES:
+        raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+    H = _check_weights(fn, 1, weight_ih, weight_hh, bias_ih, bias_hh)
+    T, B = _check_x(fn, x, weight_ih.shape[1])
+    _check_tensor(fn, "weight_ih", weight_ih, (H, x.shape[2]), x)
+    _check_tensor(fn, "weight_hh", weight_hh, (H, H), x)
+    if bias_ih is not None:
+        _check_tensor(fn, "bias_ih", bias_ih, (H,), x)
+        _check_tensor(fn, "bias_hh", bias_hh, (H,), x)
+    h0 = x.new_zeros(B, H) if h0 is None else h0
+    _check_tensor(fn, "h0", h0, (B, H), x)
+    lengths = _check_lengths(fn, lengths, T, B, x)
+    needs = tuple(name for name, used in (("lengths", lengths is not None),
+                                          ("fp64", x.dtype == torch.float64)) if used)
+    chosen = _backend(x, "rnn", needs, backend)
+    y, h_t, _ = rnn_layer_op(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinearity,
+                             chosen)
     return y, h_t

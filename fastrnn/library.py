@@ -5,3 +5,4 @@ kernels, in fastrnn/ops/<op>/op.py; this module gathers them so one import regis
 """
 from fastrnn.ops.gru import op as gru_op  # noqa: F401
 from fastrnn.ops.lstm import op as lstm_op  # noqa: F401
+from fastrnn.ops.rnn import op as rnn_op  # noqa: F401

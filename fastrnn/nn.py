@@ -1,4 +1,5 @@
-"""Drop-in replacements for torch.nn.LSTM and torch.nn.GRU that run fastrnn's fused layers.
+"""Drop-in replacements for torch.nn.LSTM, torch.nn.GRU and torch.nn.RNN that run fastrnn's
+fused layers.
 
 The modules subclass torch.nn.RNNBase, not nn.LSTM / nn.GRU: RNNBase gives the same
 constructor checks, parameter names, registration order, initialisation, repr, state_dict,
@@ -20,7 +21,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from fastrnn import functional
 
-__all__ = ["LSTM", "GRU", "replace_rnns"]
+__all__ = ["LSTM", "GRU", "RNN", "replace_rnns"]
 
 
 def _reverse_index(lengths: Tensor, steps: int) -> Tensor:
@@ -290,7 +291,7 @@ class GRU(_FusedRNNBase):
 
     def _as_state_tuple(self, hx) -> Tuple[Tensor, ...]:
         if not isinstance(hx, Tensor):
-            raise TypeError(f"GRU: hx must be a Tensor, got {type(hx).__name__}")
+            raise TypeError(f"{type(self).__name__}: hx must be a Tensor, got {type(hx).__name__}")
         return (hx,)
 
     def _from_state_tuple(self, state):
@@ -315,7 +316,47 @@ class GRU(_FusedRNNBase):
         return y, (h,)
 
 
-_REPLACEMENTS = {nn.LSTM: LSTM, nn.GRU: GRU}
+class RNN(_FusedRNNBase):
+    """Drop-in replacement for torch.nn.RNN (Elman RNN) running fastrnn's fused RNN layers.
+
+    Same arguments, parameters, state_dict, repr, inputs, outputs and errors as nn.RNN:
+    ``RNN(input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+    batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None)``, with
+    nonlinearity "tanh" or "relu" (ValueError otherwise); forward returns ``output, h_n``.
+
+    It subclasses torch.nn.RNNBase so that torch.compile can trace it, so
+    ``isinstance(m, torch.nn.RNN)`` is False.
+    """
+
+    def __init__(self, *args, **kwargs):
+        # nn.RNN's own argument handling: nonlinearity is the fourth positional argument.
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if len(args) > 3:
+            self.nonlinearity = args[3]
+            args = args[:3] + args[4:]
+        else:
+            self.nonlinearity = kwargs.pop("nonlinearity", "tanh")
+        modes = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}
+        if self.nonlinearity not in modes:
+            raise ValueError(f"Unknown nonlinearity '{self.nonlinearity}'. Select from 'tanh' or 'relu'.")
+        super().__init__(modes[self.nonlinearity], *args, **kwargs)
+
+    # One state tensor, as the GRU.
+    _as_state_tuple = GRU._as_state_tuple
+    _from_state_tuple = GRU._from_state_tuple
+    _check_hx_rank = GRU._check_hx_rank
+    _zero_hidden = GRU._zero_hidden
+
+    def _run_direction(self, x, state, params, lengths):
+        w_ih, w_hh = params[0], params[1]
+        b_ih, b_hh = (params[2], params[3]) if self.bias else (None, None)
+        y, h = functional.rnn_layer(x.contiguous(), state[0].contiguous(), w_ih, w_hh, b_ih, b_hh,
+                                    nonlinearity=self.nonlinearity, lengths=lengths)
+        return y, (h,)
+
+
+_REPLACEMENTS = {nn.LSTM: LSTM, nn.GRU: GRU, nn.RNN: RNN}
 
 
 def _original_type(module: nn.Module) -> type:
@@ -335,6 +376,8 @@ def _converted(rnn: nn.RNNBase) -> nn.RNNBase:
                    dropout=rnn.dropout, bidirectional=rnn.bidirectional)
     if isinstance(rnn, nn.LSTM):
         options["proj_size"] = rnn.proj_size
+    if isinstance(rnn, nn.RNN):
+        options["nonlinearity"] = rnn.nonlinearity
     with torch.device("meta"):
         new = _REPLACEMENTS[_original_type(rnn)](rnn.input_size, rnn.hidden_size, **options)
     for name in rnn._flat_weights_names:
@@ -344,14 +387,14 @@ def _converted(rnn: nn.RNNBase) -> nn.RNNBase:
 
 
 def replace_rnns(model: nn.Module) -> nn.Module:
-    """Swap every torch.nn.LSTM / torch.nn.GRU inside `model` for fastrnn.LSTM / fastrnn.GRU,
+    """Swap every torch.nn.LSTM / GRU / RNN inside `model` for fastrnn.LSTM / GRU / RNN,
     in place, keeping the parameters themselves (so their device, dtype, values and any
     optimizer state), and the training mode.
 
-    Only modules whose type is exactly nn.LSTM or nn.GRU are swapped: a subclass may
+    Only modules whose type is exactly nn.LSTM, nn.GRU or nn.RNN are swapped: a subclass may
     override forward, which the replacement would not keep. Hooks registered on a
     replaced module are not carried over. Returns `model`, or its replacement when
-    `model` itself is an nn.LSTM / nn.GRU.
+    `model` itself is an nn.LSTM / nn.GRU / nn.RNN.
     """
     if _original_type(model) in _REPLACEMENTS:
         return _converted(model)
