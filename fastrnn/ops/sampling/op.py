@@ -1,26 +1,38 @@
 """Public sampling functions: checks, broadcasting of parameters, backend dispatch.
 
-Every backend module (vectorized for CPU tensors, triton for CUDA tensors) provides
+Every backend module (vectorized: sort-free PyTorch; ext: the C++ sampler; triton: the
+fused kernel) provides
 
     kept_mask(logits, temperature, top_k, top_p, min_p) -> (mask (B, V) bool, status (B,))
     sample(logits, temperature, top_k, top_p, min_p, uniform) -> (tokens (B,) int64, status)
 
-with per-row parameters already checked: temperature (B,) float32 >= 0, top_k (B,) int64
-in [1, V] (V disables), top_p (B,) float64 in (0, 1] (1 disables), min_p (B,) float32 in
-[0, 1] (0 disables), uniform (B,) float64 in [0, 1). status is int32 per row, see STATUS.
+with per-row parameters already checked here: temperature (B,) float32, 0 (greedy) or
+>= torch.finfo(torch.float32).tiny, or +inf; top_k (B,) int64 in [1, V] (V disables);
+top_p (B,) float64 in (0, 1] (1 disables); min_p (B,) float32 in [0, 1] (0 disables);
+uniform (B,) float64 in [0, 1). status is int32 per row (STATUS); a row with a non-zero
+status gets token -1 and an all-False mask row, and the call raises ValueError naming
+the first such row.
+
+Host synchronisation: none on CUDA tensors. Scalar parameters are checked on the host
+before they become tensors; tensor parameters and the status codes are reduced on the
+device to a few codes and handed to fastrnn.errors.report, which raises at once on CPU
+and defers the check on CUDA (fastrnn.check_errors() waits for it).
 """
 import importlib
-from typing import Optional, Union
+import struct
+from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor
 
-from fastrnn import backends
-from fastrnn.ops.softmax.op import softmax
+from fastrnn import backends, errors
+from fastrnn.ops.sampling.reference import probabilities
 
 Param = Union[float, int, Tensor, None]
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-STATUS = {1: "contains NaN", 2: "has no finite maximum (all -inf, or a +inf logit)"}
+STATUS = {1: "contains NaN", 2: "contains +inf", 3: "has no finite logit (all -inf)"}
+# Below this, 1 / T is not representable in float32: such temperatures are greedy.
+TINY_TEMPERATURE = torch.finfo(torch.float32).tiny
 
 
 def _fail(fn: str, message: str, exc=ValueError):
@@ -44,8 +56,47 @@ def _check_logits(fn: str, logits: Tensor) -> Tensor:
     return logits.reshape(1, -1) if logits.dim() == 1 else logits
 
 
-def _per_row(fn: str, name: str, value: Param, default, B: int, dtype, device) -> Tensor:
-    """A scalar or a (B,) tensor as a (B,) tensor of `dtype` on `device`."""
+# ---- parameters -------------------------------------------------------------------------
+
+class _Rule:
+    """A parameter's valid range, checked on host scalars and on device tensors alike."""
+
+    def __init__(self, name: str, text: str, ok: Callable):
+        self.name, self.text, self.ok = name, text, ok  # ok: value(s) -> bool (tensor)
+
+    def check_scalar(self, fn: str, value):
+        if not self.ok(torch.tensor(value, dtype=torch.float64)):
+            _fail(fn, f"{self.name} must be {self.text}, got {value}")
+
+    def check_tensor(self, fn: str, values: Tensor):
+        """Report the first row out of range, without a host sync on CUDA."""
+        B = values.shape[0]
+        if B == 0:
+            return
+        bad = ~self.ok(values)
+        row = torch.where(bad, torch.arange(B, device=values.device), B).amin()
+        value = values[row.clamp_max(B - 1)].double()
+        codes = torch.stack([row, value.view(torch.int64)])
+
+        def message(codes):
+            if codes[0] == B:
+                return None
+            value = struct.unpack("<d", struct.pack("<q", codes[1]))[0]
+            return f"fastrnn.{fn}: {self.name} must be {self.text}, got {value:g} (row {codes[0]})"
+        errors.report(codes, message, ValueError)
+
+
+# NaN fails every comparison below, so it is rejected by each rule.
+_TEMPERATURE = _Rule("temperature", ">= 0 (0 means greedy) or +inf", lambda t: t >= 0)
+_TOP_K = _Rule("top_k", ">= 0 (0 or None disables top-k)", lambda k: k >= 0)
+_TOP_P = _Rule("top_p", "in (0, 1] (1 disables top-p)", lambda p: (p > 0) & (p <= 1))
+_MIN_P = _Rule("min_p", "in [0, 1] (0 disables min-p)", lambda p: (p >= 0) & (p <= 1))
+
+
+def _per_row(fn: str, rule: _Rule, value: Param, default, B: int, dtype, device,
+             integer: bool = False) -> Tensor:
+    """A scalar or a (B,) tensor as a checked (B,) tensor of `dtype` on `device`."""
+    name = rule.name
     if value is None:
         value = default
     if isinstance(value, Tensor):
@@ -55,50 +106,50 @@ def _per_row(fn: str, name: str, value: Param, default, B: int, dtype, device) -
             _fail(fn, f"{name} must be a scalar or have shape ({B},), got {tuple(value.shape)}")
         if value.dtype == torch.bool or value.is_complex():
             _fail(fn, f"{name} must be a real number, got {value.dtype}", TypeError)
+        if integer and value.dtype.is_floating_point:
+            _fail(fn, f"{name} must be an integer tensor, got {value.dtype}", TypeError)
+        rule.check_tensor(fn, value.to(device))
         return value.to(device=device, dtype=dtype)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         _fail(fn, f"{name} must be a number or a Tensor, got {type(value).__name__}", TypeError)
+    if integer and not isinstance(value, int):
+        _fail(fn, f"{name} must be an int, got {value!r}", TypeError)
+    rule.check_scalar(fn, value)
     return torch.full((B,), value, dtype=dtype, device=device)
-
-
-def _check_range(fn: str, name: str, t: Tensor, low, high, low_open: bool, rule: str):
-    if torch.compiler.is_compiling() or t.numel() == 0:
-        return
-    bad = torch.isnan(t) if t.dtype.is_floating_point else torch.zeros_like(t, dtype=torch.bool)
-    bad |= (t <= low) if low_open else (t < low)
-    if high is not None:
-        bad |= t > high
-    if bool(bad.any()):
-        _fail(fn, f"{name} must be {rule}, got {t[bad][0].item()}")
 
 
 def _parameters(fn: str, logits: Tensor, temperature: Param, top_k: Param, top_p: Param,
                 min_p: Param):
+    """(temperature, top_k, top_p, min_p) as the backends take them (module docstring)."""
     B, V = logits.shape
     device = logits.device
-    if isinstance(top_k, Tensor) and (top_k.dtype.is_floating_point or top_k.dtype == torch.bool):
-        _fail(fn, f"top_k must be an integer tensor, got {top_k.dtype}", TypeError)
-    if isinstance(top_k, float):
-        _fail(fn, f"top_k must be an int, got {top_k!r}", TypeError)
-    temperature = _per_row(fn, "temperature", temperature, 1.0, B, torch.float32, device)
-    _check_range(fn, "temperature", temperature, 0.0, None, False, ">= 0 (0 means greedy)")
-    top_k = _per_row(fn, "top_k", top_k, V, B, torch.int64, device)
-    _check_range(fn, "top_k", top_k, 1, None, False, ">= 1 (None disables top-k)")
-    top_p = _per_row(fn, "top_p", top_p, 1.0, B, torch.float64, device)
-    _check_range(fn, "top_p", top_p, 0.0, 1.0, True, "in (0, 1] (1 disables top-p)")
-    min_p = _per_row(fn, "min_p", min_p, 0.0, B, torch.float32, device)
-    _check_range(fn, "min_p", min_p, 0.0, 1.0, False, "in [0, 1] (0 disables min-p)")
-    return temperature, top_k.clamp_max(V), top_p, min_p
+    temperature = _per_row(fn, _TEMPERATURE, temperature, 1.0, B, torch.float32, device)
+    # 1 / T overflows float32 below TINY_TEMPERATURE: the limit T -> 0 is the argmax.
+    temperature = torch.where(temperature < TINY_TEMPERATURE, 0.0, temperature)
+    top_k = _per_row(fn, _TOP_K, top_k, 0, B, torch.int64, device, integer=True)
+    top_k = torch.where(top_k == 0, V, top_k.clamp_max(V))
+    top_p = _per_row(fn, _TOP_P, top_p, 1.0, B, torch.float64, device)
+    min_p = _per_row(fn, _MIN_P, min_p, 0.0, B, torch.float32, device)
+    return temperature, top_k, top_p, min_p
 
 
-def _raise_on_status(fn: str, status: Tensor):
-    if torch.compiler.is_compiling():
+def _report_status(fn: str, status: Tensor):
+    """ValueError naming the first row with a non-zero status (deferred on CUDA)."""
+    B = status.shape[0]
+    if B == 0:
         return
-    bad = status.nonzero()
-    if bad.numel():
-        row = int(bad[0, 0])
-        _fail(fn, f"logits row {row} {STATUS[int(status[row])]}; nothing can be sampled from it")
+    row = torch.where(status != 0, torch.arange(B, device=status.device), B).amin()
+    codes = torch.stack([row, status[row.clamp_max(B - 1)].long()])
 
+    def message(codes):
+        if codes[0] == B:
+            return None
+        return (f"fastrnn.{fn}: logits row {codes[0]} {STATUS[codes[1]]}; nothing can be "
+                "sampled from it")
+    errors.report(codes, message, ValueError)
+
+
+# ---- randomness ---------------------------------------------------------------------------
 
 def _splitmix64(x: Tensor) -> Tensor:
     """SplitMix64 finaliser on int64 tensors (wrapping arithmetic): a well-mixed hash."""
@@ -120,6 +171,13 @@ def uniforms_from_seeds(seed: Tensor) -> Tensor:
     return top53.double() * 2.0 ** -53
 
 
+def row_seeds(seed: int, B: int, device) -> Tensor:
+    """The per-row seeds (B,) int64 a scalar seed stands for: hash(seed) + row index, so
+    rows draw independently and the same seed gives the same draws."""
+    base = _splitmix64(torch.tensor(seed, dtype=torch.int64))
+    return base.to(device) + torch.arange(B, dtype=torch.int64, device=device)
+
+
 def _uniforms(fn: str, B: int, device, generator, seed) -> Tensor:
     if generator is not None and seed is not None:
         _fail(fn, "give a generator or seeds, not both")
@@ -127,9 +185,17 @@ def _uniforms(fn: str, B: int, device, generator, seed) -> Tensor:
         if generator is not None and generator.device.type != torch.device(device).type:
             _fail(fn, f"generator is on {generator.device} but logits are on {device}")
         return torch.rand(B, dtype=torch.float64, device=device, generator=generator)
-    if isinstance(seed, Tensor) and (seed.dtype.is_floating_point or seed.dtype == torch.bool):
-        _fail(fn, f"seed must hold integers, got {seed.dtype}", TypeError)
-    return uniforms_from_seeds(_per_row(fn, "seed", seed, 0, B, torch.int64, device))
+    if isinstance(seed, Tensor):
+        if seed.dtype.is_floating_point or seed.dtype == torch.bool or seed.is_complex():
+            _fail(fn, f"seed must hold integers, got {seed.dtype}", TypeError)
+        if seed.dim() == 0:
+            seed = seed.reshape(1).expand(B)
+        if seed.shape != (B,):
+            _fail(fn, f"seed must be an int or have shape ({B},), got {tuple(seed.shape)}")
+        return uniforms_from_seeds(seed.to(device))
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        _fail(fn, f"seed must be an int or a tensor of ints, got {type(seed).__name__}", TypeError)
+    return uniforms_from_seeds(row_seeds(seed, B, device))
 
 
 def _backend(logits: Tensor, backend: Optional[str]) -> str:
@@ -137,28 +203,45 @@ def _backend(logits: Tensor, backend: Optional[str]) -> str:
     return backends.choose(logits.device.type, "sampling", needs, backend)
 
 
+# ---- public functions -------------------------------------------------------------------
+
 def sample(logits: Tensor, temperature: Param = 1.0, top_k: Param = None, top_p: Param = None,
            min_p: Param = None, *, generator: Optional[torch.Generator] = None, seed: Param = None,
            backend: Optional[str] = None) -> Tensor:
     """Draw one token per row from softmax(logits / temperature) after top-k, top-p, min-p.
 
     Filters apply in that order, then the kept tokens are renormalised and one is drawn;
-    no row is sorted. temperature = 0 is greedy (argmax, ties to the lowest index).
+    no row is sorted. Probabilities are exp((l - max) / T) normalised, so no finite
+    temperature overflows, and -inf logits always have probability 0.
 
     Args:
-        logits: (B, V) or (V,) float tensor. NaN, +inf or all -inf rows raise.
-        temperature: >= 0, a number or one per row (B,).
-        top_k: None (off) or >= 1; keeps j iff fewer than k tokens are strictly more probable.
+        logits: (B, V) or (V,) float16/bfloat16/float32/float64 tensor.
+        temperature: a number or one per row (B,). 0 is greedy (argmax, ties to the
+            lowest index); so is every 0 < T < torch.finfo(torch.float32).tiny (about
+            1.2e-38), where 1/T is not representable in float32 and the limit T -> 0
+            is the argmax. +inf draws uniformly among the tokens with a finite logit.
+        top_k: None or 0 (off, as in Hugging Face's generate) or >= 1, an int or (B,)
+            integers; keeps j iff fewer than k tokens are strictly more probable.
         top_p: None (off) or in (0, 1]; keeps j iff the top-k survivors strictly more
             probable than j hold less than top_p of their mass (ties kept together).
         min_p: None (off) or in [0, 1]; keeps p_j >= min_p * max(p).
         generator: a torch.Generator on logits' device for the random draw, or
-        seed: an int or (B,) integers: one uniform per row derived from its seed, so the
-            same seed and logits give the same token.
-        backend: "triton", "reference" (the sort-free vectorised PyTorch path) or None.
+        seed: an int, or (B,) integers. An int gives every row its own reproducible draw,
+            derived from (seed, row index) (see row_seeds). A tensor gives row i a draw
+            that depends only on seed[i] and that row's logits, whatever else is in the
+            batch.
+        backend: "triton", "ext" (the C++ sampler), "reference" (the sort-free vectorised
+            PyTorch path) or None (automatic, fastrnn.backends).
 
     Returns:
         (B,) int64 tokens, or a 0-d tensor for 1-D logits.
+
+    Raises:
+        TypeError: non-tensor or non-floating logits, non-integer top_k or seed.
+        ValueError: logits not 1-D/2-D or with V = 0; a parameter out of range (NaN
+            included) or a per-row tensor of the wrong length; a logits row with a NaN, a
+            +inf or no finite logit (the message names the first such row). On CUDA,
+            checks of tensor values are deferred (fastrnn.check_errors()).
 
     Example:
         >>> logits = torch.randn(4, 32000)
@@ -169,7 +252,7 @@ def sample(logits: Tensor, temperature: Param = 1.0, top_k: Param = None, top_p:
     params = _parameters(fn, rows, temperature, top_k, top_p, min_p)
     uniform = _uniforms(fn, rows.shape[0], rows.device, generator, seed)
     tokens, status = backend_module(_backend(rows, backend)).sample(rows, *params, uniform)
-    _raise_on_status(fn, status)
+    _report_status(fn, status)
     return tokens.reshape(()) if logits.dim() == 1 else tokens
 
 
@@ -178,8 +261,8 @@ def sampling_mask(logits: Tensor, temperature: Param = 1.0, top_k: Param = None,
                   backend: Optional[str] = None) -> Tensor:
     """The kept set of fastrnn.sample's filters: a bool tensor shaped like logits.
 
-    Same arguments and semantics as fastrnn.sample; greedy rows (temperature 0) keep the
-    argmax alone.
+    Same arguments, semantics and errors as fastrnn.sample; greedy rows (temperature 0
+    or below float32's tiny) keep the argmax alone.
 
     Example:
         >>> mask = fastrnn.sampling_mask(torch.randn(2, 100), top_k=10, top_p=0.5)
@@ -189,7 +272,7 @@ def sampling_mask(logits: Tensor, temperature: Param = 1.0, top_k: Param = None,
     rows = _check_logits(fn, logits)
     params = _parameters(fn, rows, temperature, top_k, top_p, min_p)
     mask, status = backend_module(_backend(rows, backend)).kept_mask(rows, *params)
-    _raise_on_status(fn, status)
+    _report_status(fn, status)
     return mask.reshape(logits.shape)
 
 
@@ -199,15 +282,17 @@ def filtered_probs(logits: Tensor, temperature: Param = 1.0, top_k: Param = None
     """The distribution fastrnn.sample draws from: float32 probabilities shaped like logits,
     zero outside the kept set and renormalised inside it (one-hot on greedy rows).
 
+    The kept set comes from `backend`, the probabilities from reference.probabilities.
+    Same arguments and errors as fastrnn.sample.
+
     Example:
         >>> probs = fastrnn.filtered_probs(torch.randn(2, 100), temperature=0.7, min_p=0.1)
         >>> probs.sum(-1)  # tensor([1., 1.])
     """
-    mask = sampling_mask(logits, temperature, top_k, top_p, min_p, backend=backend)
-    rows = _check_logits("filtered_probs", logits)
-    t = _per_row("filtered_probs", "temperature", temperature, 1.0, rows.shape[0], torch.float32,
-                 rows.device)
-    t = torch.where(t > 0, t, torch.ones_like(t))
-    probs = softmax(rows, t, backend=backend).float().reshape(mask.shape)
-    kept = torch.where(mask, probs, 0.0)
-    return kept / kept.sum(-1, keepdim=True)
+    fn = "filtered_probs"
+    rows = _check_logits(fn, logits)
+    params = _parameters(fn, rows, temperature, top_k, top_p, min_p)
+    mask, status = backend_module(_backend(rows, backend)).kept_mask(rows, *params)
+    _report_status(fn, status)
+    kept = torch.where(mask, probabilities(rows, params[0]), 0.0)
+    return (kept / kept.sum(-1, keepdim=True)).reshape(logits.shape)

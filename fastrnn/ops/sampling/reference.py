@@ -4,8 +4,13 @@ It filters the way Hugging Face does (sort each row once, read the filters off t
 sorted probabilities), but with fastrnn's semantics (DESIGN.md section 3), which decide
 ties by value rather than by position:
 
-- probabilities p = softmax(logits / T) in float32; T = 0 rows are greedy: the kept set
-  is the argmax alone (lowest index among ties);
+- probabilities p = softmax(logits / T) in float32, computed as e_j = exp((l_j - max) / T)
+  (the max subtracted before dividing, so a tiny T never overflows; T = +inf gives
+  e_j = 1 on every finite logit) with e_j = 0 on -inf logits, rounded once to float32
+  from a float64 exp, and p_j = e_j / Z with Z = sum(e) in float64 rounded to float32.
+  Every rounding step is pinned down so a compiled backend (the C++ sampler) reproduces
+  these probabilities bit for bit. T = 0 rows are greedy: the kept set is the argmax alone
+  (lowest index among ties);
 - top-k keeps j iff fewer than k tokens have p strictly greater than p_j;
 - top-p keeps j iff M_j < top_p * Z, where M_j is the mass of the top-k survivors strictly
   more probable than j and Z the mass of all top-k survivors (both summed in float64);
@@ -20,9 +25,17 @@ from torch import Tensor
 
 
 def probabilities(logits: Tensor, temperature: Tensor) -> Tensor:
-    """softmax(logits / T) in float32, with T = 1 standing in on greedy (T = 0) rows."""
+    """softmax(logits / T) (B, V) float32, with T = 1 standing in on greedy (T = 0) rows.
+
+    logits (B, V) float (rounded to float32 first), temperature (B,) >= 0 or +inf. Rows
+    with a NaN, a +inf or no finite logit give NaN rows (the backends flag them first).
+    """
+    x = logits.float()
     t = torch.where(temperature > 0, temperature, torch.ones_like(temperature)).float()
-    return torch.softmax(logits.float() / t[:, None], dim=-1)
+    shifted = (x - x.amax(-1, keepdim=True)) / t[:, None]  # <= 0: exp cannot overflow
+    # -inf logits stay at 0 even where T = +inf makes the shifted value -inf / inf = NaN.
+    e = torch.where(x == float("-inf"), 0.0, shifted.double().exp().float())
+    return e / e.double().sum(-1, keepdim=True).float()
 
 
 def kept_mask_from_probs(probs: Tensor, top_k: Tensor, top_p: Tensor, min_p: Tensor) -> Tensor:

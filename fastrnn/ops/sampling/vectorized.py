@@ -110,9 +110,17 @@ def _kept_threshold(probs: Tensor, top_k: Tensor, top_p: Tensor, min_p: Tensor) 
 
 
 def status(logits: Tensor) -> Tensor:
-    """Per row: 0 usable, 1 has a NaN, 2 has +inf or no finite logit (see op.STATUS)."""
+    """Per row (B,) int32: 0 usable, 1 has a NaN, 2 has +inf, 3 no finite logit (op.STATUS)."""
     top = logits.amax(-1)  # NaN if the row has one
-    return torch.where(torch.isnan(top), 1, torch.where(torch.isfinite(top), 0, 2)).to(torch.int32)
+    code = torch.where(top == float("inf"), 2, torch.where(top == float("-inf"), 3, 0))
+    return torch.where(torch.isnan(top), 1, code).to(torch.int32)
+
+
+def _usable(logits: Tensor):
+    """(status, logits with every unusable row replaced by zeros): the filters and the draw
+    then run on finite rows only, and their results on those rows are discarded."""
+    code = status(logits)
+    return code, torch.where((code != 0)[:, None], torch.zeros_like(logits), logits)
 
 
 # ---- fast path: thresholds and draw on a few candidates per row ---------------------------
@@ -258,17 +266,19 @@ def _thresholds(probs, greedy, top_k, top_p, min_p, uniform=None):
 
 
 def kept_mask(logits, temperature, top_k, top_p, min_p):
+    code, logits = _usable(logits)
     probs = probabilities(logits, temperature)
     greedy = temperature == 0
     bits, _, _ = _thresholds(probs, greedy, top_k, top_p, min_p)
     mask = probs.view(torch.int32) >= bits[:, None]
     if bool(greedy.any()):
         mask = torch.where(greedy[:, None], greedy_mask(logits), mask)
-    return mask, status(logits)
+    return mask & (code == 0)[:, None], code
 
 
 def sample(logits, temperature, top_k, top_p, min_p, uniform):
     """Inverse-CDF draw over the kept tokens: the first j whose running mass exceeds u*Z."""
+    code, logits = _usable(logits)
     probs = probabilities(logits, temperature)
     greedy = temperature == 0
     bits, exact, token = _thresholds(probs, greedy, top_k, top_p, min_p, uniform)
@@ -277,7 +287,7 @@ def sample(logits, temperature, top_k, top_p, min_p, uniform):
         token[rows] = _full_row_draw(probs[rows], bits[rows], uniform[rows])
     if bool(greedy.any()):
         token = torch.where(greedy, logits.argmax(-1), token)
-    return token, status(logits)
+    return torch.where(code == 0, token, -1), code
 
 
 def _full_row_draw(probs, bits, uniform):
