@@ -12,6 +12,9 @@ lengths (B,) int64 on x's device or None. workspace is (T, B, 4H) in float32 (fl
 float64 inputs): r, z, n and h W_hn + b_hn of every step, which is all backward needs.
 db_ih / db_hh are zero tensors of shape (3H,) when the layer has no bias. Outputs at
 padded steps (t >= lengths[b]) are zero, and backends ignore grad_y there.
+
+The backward op is differentiable too (double backward, on every backend): see
+fastrnn/ops/layer_autograd.py.
 """
 import importlib
 from typing import Optional, Tuple
@@ -20,6 +23,7 @@ import torch
 from torch import Tensor
 
 from fastrnn.ops.gru import reference
+from fastrnn.ops.layer_autograd import first_derivatives, register_double_backward, variables
 
 GATES = 3
 
@@ -114,3 +118,23 @@ def _backward(ctx, grad_y, grad_hT, _grad_workspace):
 
 
 gru_layer_op.register_autograd(_backward, setup_context=setup_context)
+
+
+def differentiable_backward(grad_y, grad_hT, x, h0, w_ih, w_hh, b_ih, b_hh, y, workspace, lengths,
+                            *_backend):
+    """The outputs of gru_layer_backward_op, computed by differentiating the reference layer
+    (y and workspace are recomputed, not read), so that they can be differentiated again."""
+    acc = workspace_dtype(x.dtype)
+    cotangents = variables(acc, grad_y, grad_hT)
+    G = w_hh.shape[0]
+    # A layer without bias still returns bias gradients: those of zero biases.
+    if b_ih is None:
+        b_ih, b_hh = w_hh.new_zeros(G), w_hh.new_zeros(G)
+    wrt = variables(acc, x, h0, w_ih, w_hh, b_ih, b_hh)
+    outputs = reference.gru_layer(*wrt, lengths)
+    grads = first_derivatives(outputs, cotangents, wrt)
+    dtypes = (x.dtype, h0.dtype, w_ih.dtype, w_hh.dtype, w_hh.dtype, w_hh.dtype)
+    return tuple(g.to(dtype) for g, dtype in zip(grads, dtypes))
+
+
+register_double_backward(gru_layer_backward_op, differentiable_backward, num_differentiable=8)

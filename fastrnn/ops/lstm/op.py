@@ -14,6 +14,9 @@ i, f, g, o and the cell state c_t of every step, which is all backward needs.
 dbias is the gradient of the summed gate bias (b_ih and b_hh receive the same gradient);
 dw_hr is an empty tensor when w_hr is None. Outputs at padded steps (t >= lengths[b]) are
 zero, and backends ignore grad_y there.
+
+The backward op is differentiable too (double backward, on every backend): see
+fastrnn/ops/layer_autograd.py.
 """
 import importlib
 from typing import Optional, Tuple
@@ -21,6 +24,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from fastrnn.ops.layer_autograd import first_derivatives, register_double_backward, variables
 from fastrnn.ops.lstm import reference
 
 GATES = 4
@@ -125,3 +129,25 @@ def _backward(ctx, grad_y, grad_hT, grad_cT, _grad_workspace):
 
 
 lstm_layer_op.register_autograd(_backward, setup_context=setup_context)
+
+
+def differentiable_backward(grad_y, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                            y, workspace, lengths, *_backend):
+    """The outputs of lstm_layer_backward_op, computed by differentiating the reference layer
+    (y and workspace are recomputed, not read), so that they can be differentiated again."""
+    acc = workspace_dtype(x.dtype)
+    cotangents = variables(acc, grad_y, grad_hT, grad_cT)
+    x_, h0_, c0_, w_ih_, w_hh_, b_ih_, b_hh_, w_hr_ = variables(acc, x, h0, c0, w_ih, w_hh, b_ih,
+                                                                b_hh, w_hr)
+    # dbias is the gradient of the summed gate bias: that of a zero bias added to it.
+    bias = torch.zeros(w_hh.shape[0], dtype=acc, device=x.device, requires_grad=True)
+    outputs = reference.lstm_layer(x_, h0_, c0_, w_ih_, w_hh_, bias if b_ih_ is None else b_ih_ + bias,
+                                   b_hh_, w_hr_, lengths)
+    wrt = [x_, h0_, c0_, w_ih_, w_hh_, bias] + ([w_hr_] if w_hr is not None else [])
+    grads = first_derivatives(outputs, cotangents, wrt)
+    dtypes = (x.dtype, h0.dtype, c0.dtype, w_ih.dtype, w_hh.dtype, w_hh.dtype, w_hh.dtype)
+    grads = [g.to(dtype) for g, dtype in zip(grads, dtypes)]
+    return tuple(grads) + (() if w_hr is not None else (x.new_zeros(0),))
+
+
+register_double_backward(lstm_layer_backward_op, differentiable_backward, num_differentiable=11)

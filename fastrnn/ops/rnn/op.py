@@ -20,6 +20,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from fastrnn.ops.layer_autograd import first_derivatives, register_double_backward, variables
 from fastrnn.ops.rnn import reference
 
 
@@ -117,3 +118,23 @@ def _backward(ctx, grad_y, grad_hT, _grad_workspace):
 
 
 rnn_layer_op.register_autograd(_backward, setup_context=setup_context)
+
+
+def differentiable_backward(grad_y, grad_hT, x, h0, w_ih, w_hh, b_ih, b_hh, y, workspace, lengths,
+                            nonlinearity, *_backend):
+    """The outputs of rnn_layer_backward_op, computed by differentiating the reference layer
+    (y and workspace are recomputed, not read), so that they can be differentiated again
+    (double backward, fastrnn/ops/layer_autograd.py)."""
+    acc = workspace_dtype(x.dtype)
+    cotangents = variables(acc, grad_y, grad_hT)
+    x_, h0_, w_ih_, w_hh_, b_ih_, b_hh_ = variables(acc, x, h0, w_ih, w_hh, b_ih, b_hh)
+    # dbias is the gradient of the summed bias: that of a zero bias added to it.
+    bias = torch.zeros(w_hh.shape[0], dtype=acc, device=x.device, requires_grad=True)
+    outputs = reference.rnn_layer(x_, h0_, w_ih_, w_hh_, bias if b_ih_ is None else b_ih_ + bias,
+                                  b_hh_, lengths, nonlinearity)
+    grads = first_derivatives(outputs, cotangents, [x_, h0_, w_ih_, w_hh_, bias])
+    dtypes = (x.dtype, h0.dtype, w_ih.dtype, w_hh.dtype, w_hh.dtype)
+    return tuple(g.to(dtype) for g, dtype in zip(grads, dtypes))
+
+
+register_double_backward(rnn_layer_backward_op, differentiable_backward, num_differentiable=8)

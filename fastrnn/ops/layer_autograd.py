@@ -1,0 +1,112 @@
+"""Double backward for the recurrent layer ops, shared by every cell (LSTM, GRU, RNN).
+
+A layer op's backward calls the cell's backward op (fastrnn::<cell>_layer_backward), whose
+kernels compute first derivatives only. Gradient penalties, MAML-style meta-learning and
+Hessian-vector products differentiate those first derivatives again: autograd records the
+backward op when the first backward runs with create_graph=True, and later needs the
+backward op's own vector-Jacobian product.
+
+That product comes from a differentiable recomputation: each cell gives a function that
+computes the backward op's outputs in plain PyTorch (its reference layer, run forward and
+differentiated with create_graph=True), and autograd differentiates that function. It runs
+on any device the reference runs on (CPU and CUDA alike), in the workspace precision
+(float32 for 16-bit inputs, float64 for float64), and it is itself differentiable, so third
+and higher derivatives work too. It is slower than the kernels, and only runs when a
+gradient of a gradient is asked for.
+"""
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+
+def register_double_backward(backward_op, differentiable_backward: Callable,
+                             num_differentiable: int) -> None:
+    """Give `backward_op` (a torch.library custom op) an autograd formula.
+
+    Args:
+        backward_op: the cell's backward op. Its inputs start with the cotangents of the
+            layer's outputs, then the layer's differentiable inputs (x, states, weights,
+            biases; None allowed); `num_differentiable` counts both groups. The inputs after
+            them (the saved output y and workspace, lengths, backend name, ...) receive no
+            gradient: y and the workspace are functions of the layer's inputs, and the
+            recomputation already differentiates through that dependence.
+        differentiable_backward: takes the backward op's inputs and returns its outputs,
+            computed by differentiable PyTorch ops (it may ignore y and the workspace).
+        num_differentiable: how many leading inputs get gradients.
+    """
+
+    def setup_context(ctx, inputs, output):
+        ctx.positions = [i for i, a in enumerate(inputs) if isinstance(a, Tensor)]
+        ctx.constants = {i: a for i, a in enumerate(inputs) if not isinstance(a, Tensor)}
+        ctx.save_for_backward(*(inputs[i] for i in ctx.positions))
+        ctx.set_materialize_grads(False)
+
+    def backward(ctx, *grad_outputs):
+        inputs = _saved_inputs(ctx)
+        wanted = [i for i in range(num_differentiable)
+                  if ctx.needs_input_grad[i] and inputs[i] is not None]
+        grads = vjp(differentiable_backward, inputs, wanted, grad_outputs)
+        result = [None] * len(inputs)
+        for i, g in zip(wanted, grads):
+            result[i] = g
+        return tuple(result)
+
+    backward_op.register_autograd(backward, setup_context=setup_context)
+
+
+def _saved_inputs(ctx) -> list:
+    inputs = [None] * (len(ctx.positions) + len(ctx.constants))
+    for i, t in zip(ctx.positions, ctx.saved_tensors):
+        inputs[i] = t
+    for i, a in ctx.constants.items():
+        inputs[i] = a
+    return inputs
+
+
+def vjp(fn: Callable, inputs: list, wanted: Sequence[int],
+        grad_outputs: Sequence[Optional[Tensor]]) -> list:
+    """Gradients of sum(<fn(*inputs)[k], grad_outputs[k]>) with respect to inputs[i] for i in
+    `wanted` (zeros where an input does not matter). None grad_outputs count as zero.
+
+    When the caller's backward runs with create_graph=True (grad mode on inside backward),
+    the result stays attached to the graph of `inputs`, so it can be differentiated again.
+    """
+    create_graph = torch.is_grad_enabled()
+    inputs = list(inputs)
+    with torch.enable_grad():
+        for i in wanted:
+            # Without create_graph the inputs' history is not needed: differentiate with
+            # respect to fresh leaves. With it, a view keeps the graph whole and still gives
+            # each argument its own partial derivative when one tensor fills two arguments.
+            if create_graph and inputs[i].requires_grad:
+                inputs[i] = inputs[i].view_as(inputs[i])
+            else:
+                inputs[i] = inputs[i].detach().requires_grad_()
+        outputs = fn(*inputs)
+        pairs = [(o, g) for o, g in zip(outputs, grad_outputs)
+                 if g is not None and o.requires_grad]
+        leaves = [inputs[i] for i in wanted]
+        if not pairs:
+            return [torch.zeros_like(leaf) for leaf in leaves]
+        grads = torch.autograd.grad([o for o, _ in pairs], leaves, [g for _, g in pairs],
+                                    create_graph=create_graph, allow_unused=True)
+    return [torch.zeros_like(leaf) if g is None else g for leaf, g in zip(leaves, grads)]
+
+
+def first_derivatives(outputs: Sequence[Tensor], cotangents: Sequence[Tensor],
+                      inputs: Sequence[Tensor]) -> list:
+    """Differentiable gradients of sum(<outputs[k], cotangents[k]>) with respect to `inputs`
+    (zeros where an input does not matter): the building block of a cell's
+    differentiable_backward."""
+    grads = torch.autograd.grad(list(outputs), list(inputs), list(cotangents), create_graph=True,
+                                allow_unused=True)
+    return [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads)]
+
+
+def variables(dtype: torch.dtype, *tensors: Optional[Tensor]) -> list:
+    """`tensors` in `dtype` through differentiable casts, each requiring grad (None stays
+    None). A tensor that does not require grad becomes a fresh leaf: a first derivative with
+    respect to it may still be differentiated with respect to the others."""
+    return [None if t is None else
+            (t if t.requires_grad else t.detach().requires_grad_()).to(dtype) for t in tensors]

@@ -1,0 +1,163 @@
+"""Double backward (gradients of gradients) on every backend, against torch.nn in float64.
+
+Gradient penalties, MAML-style meta-learning and Hessian-vector products differentiate a
+gradient again. Each layer's backward op has an autograd formula (a differentiable
+recomputation, fastrnn/ops/layer_autograd.py): torch.autograd.gradgradcheck checks it in
+float64, and whole modules are compared with torch.nn's own second (and third) derivatives.
+"""
+import importlib.util
+
+import pytest
+import torch
+from torch import nn
+
+import fastrnn
+from fastrnn import backends, functional, testing
+
+T, B, I, H, P = 3, 2, 2, 3, 2
+LENGTHS = [3, 1]
+
+
+def runnable_backends(op: str, dtype: torch.dtype):
+    """The backends that can run `op` on CPU tensors of `dtype` in this environment."""
+    found = []
+    for name in ("reference", "ext", "triton"):
+        if name != "reference" and importlib.util.find_spec(f"fastrnn.ops.{op}.{name}") is None:
+            continue
+        needs = ("fp64",) if dtype == torch.float64 else ()
+        if backends._why_unavailable(name, "cpu", op) is None and not backends._missing_features(
+                name, op, needs):
+            found.append(name)
+    return found
+
+
+def rand(*shape, dtype=torch.float64):
+    return torch.randn(*shape, dtype=dtype, requires_grad=True)
+
+
+def layer_case(cell: str, dtype=torch.float64):
+    """(op name, function of the tensors, tensors) for one layer of `cell`."""
+    if cell in ("lstm", "lstm_proj"):
+        out = P if cell == "lstm_proj" else H
+        args = [rand(T, B, I, dtype=dtype), rand(B, out, dtype=dtype), rand(B, H, dtype=dtype),
+                rand(4 * H, I, dtype=dtype), rand(4 * H, out, dtype=dtype), rand(4 * H, dtype=dtype),
+                rand(4 * H, dtype=dtype)] + ([rand(out, H, dtype=dtype)] if cell == "lstm_proj" else [])
+        return "lstm", functional.lstm_layer, args
+    if cell == "gru":
+        args = [rand(T, B, I, dtype=dtype), rand(B, H, dtype=dtype), rand(3 * H, I, dtype=dtype),
+                rand(3 * H, H, dtype=dtype), rand(3 * H, dtype=dtype), rand(3 * H, dtype=dtype)]
+        return "gru", functional.gru_layer, args
+    nonlinearity = cell.split("_")[1]
+    args = [rand(T, B, I, dtype=dtype), rand(B, H, dtype=dtype), rand(H, I, dtype=dtype),
+            rand(H, H, dtype=dtype), rand(H, dtype=dtype), rand(H, dtype=dtype)]
+
+    def rnn(*a, **kw):
+        return functional.rnn_layer(*a, nonlinearity=nonlinearity, **kw)
+    return "rnn", rnn, args
+
+
+CELLS = ["lstm", "lstm_proj", "gru"] + (["rnn_tanh", "rnn_relu"] if hasattr(functional, "rnn_layer")
+                                        else [])
+FP64_CASES = [(cell, backend) for cell in CELLS
+              for backend in runnable_backends(layer_case(cell)[0], torch.float64)
+              if not (cell == "lstm_proj" and "proj" not in backends.FEATURES[backend]["lstm"])]
+
+
+@pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["full", "lengths"])
+@pytest.mark.parametrize("cell,backend", FP64_CASES)
+def test_gradgradcheck(cell, backend, lengths):
+    _, layer, args = layer_case(cell)
+    lengths = None if lengths is None else torch.tensor(lengths)
+
+    def fn(*a):
+        return layer(*a, lengths=lengths, backend=backend)
+
+    assert torch.autograd.gradgradcheck(fn, args)
+
+
+# --- whole modules against torch.nn -----------------------------------------------------
+
+TORCH_CLASSES = {"LSTM": nn.LSTM, "GRU": nn.GRU, "RNN": nn.RNN}
+MODES = [m for m in TORCH_CLASSES if hasattr(fastrnn, m)]
+
+
+def make_pair(mode, dtype, **options):
+    theirs = TORCH_CLASSES[mode](I, H, dtype=torch.float64, **options)
+    ours = getattr(fastrnn, mode)(I, H, dtype=dtype, **options)
+    ours.load_state_dict(theirs.state_dict())
+    return theirs, ours
+
+
+def penalty_gradients(module, x):
+    """Gradients, with respect to x and every parameter, of a gradient penalty: the squared
+    norm of the gradient of sum(sin(output)) with respect to x and the parameters."""
+    x = x.detach().requires_grad_()
+    leaves = [x, *module.parameters()]
+    output = module(x)[0]
+    first = torch.autograd.grad(output.sin().sum(), leaves, create_graph=True)
+    penalty = sum(g.pow(2).sum() for g in first)
+    return torch.autograd.grad(penalty, leaves)
+
+
+def test_issue_example_lstm():
+    """The reproduction from the issue: it raised 'no autograd formula was registered'."""
+    x = torch.randn(5, 2, 3, requires_grad=True)
+    y, _ = fastrnn.LSTM(3, 4)(x)
+    g, = torch.autograd.grad(y.sin().sum(), x, create_graph=True)
+    g.pow(2).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("mode,backend", [(m, b) for m in MODES
+                                          for b in runnable_backends(m.lower(), torch.float64)])
+def test_gradient_penalty_matches_torch_fp64(monkeypatch, mode, backend, training):
+    monkeypatch.setenv("FASTRNN_BACKEND", backend)
+    options = {"num_layers": 2, "bidirectional": True}
+    theirs, ours = make_pair(mode, torch.float64, **options)
+    theirs.train(training), ours.train(training)
+    x = torch.randn(4, B, I, dtype=torch.float64)
+    expected = penalty_gradients(theirs, x)
+    actual = penalty_gradients(ours, x)
+    names = ["x"] + [n for n, _ in ours.named_parameters()]
+    for name, a, e in zip(names, actual, expected):
+        torch.testing.assert_close(a, e, msg=lambda m: f"d penalty / d {name}: {m}")
+
+
+def test_lstm_projection_penalty_matches_torch_fp64():
+    theirs, ours = make_pair("LSTM", torch.float64, proj_size=P)
+    x = torch.randn(4, B, I, dtype=torch.float64)
+    for a, e in zip(penalty_gradients(ours, x), penalty_gradients(theirs, x)):
+        torch.testing.assert_close(a, e)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_triton_gradient_penalty_matches_torch(monkeypatch, mode):
+    """The Triton kernels give the first derivative, the recomputation the second: in
+    float32 (the interpreter's precision) against torch.nn in float64."""
+    monkeypatch.setenv("FASTRNN_BACKEND", "triton")
+    theirs, ours = make_pair(mode, torch.float32)
+    x = torch.randn(4, B, I)
+    expected = penalty_gradients(theirs, x.double())
+    for a, e in zip(penalty_gradients(ours, x), expected):
+        testing.assert_close_fp32(a, e, "penalty gradient")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_third_derivative_matches_torch(mode):
+    """The double-backward formula is itself differentiable: d^3 of a scalar function of x
+    along one direction, against torch.nn in float64."""
+    theirs, ours = make_pair(mode, torch.float64)
+    x = torch.randn(T, 1, I, dtype=torch.float64)
+    direction = torch.randn_like(x)
+
+    def third(module):
+        xx = x.clone().requires_grad_()
+        value = module(xx)[0].pow(3).sum()
+        d1, = torch.autograd.grad(value, xx, create_graph=True)
+        d2, = torch.autograd.grad((d1 * direction).sum(), xx, create_graph=True)
+        d3, = torch.autograd.grad((d2 * direction).sum(), xx)
+        return d3
+
+    torch.testing.assert_close(third(ours), third(theirs))
