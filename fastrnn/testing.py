@@ -45,12 +45,19 @@ def assert_within_baseline(actual, baseline, reference, name: str = "tensor",
     """
     err = max_abs_err(actual, reference)
     base = max_abs_err(baseline, reference)
-    eps = torch.finfo(actual.dtype).eps if actual.dtype.is_floating_point else 0.0
-    scale = reference.detach().abs().max().item() if reference.numel() else 0.0
-    floor = 4 * eps * max(scale, 1.0)
+    bound = baseline_bound(baseline, reference, actual.dtype, factor)
     assert math.isfinite(err), f"{name}: non-finite result"
-    assert err <= factor * base + floor, (
-        f"{name}: max error {err:.3e} > {factor} x PyTorch's own error {base:.3e} (+ floor {floor:.1e})")
+    assert err <= bound, (
+        f"{name}: max error {err:.3e} > {factor} x PyTorch's own error {base:.3e} (+ floor {bound - factor * base:.1e})")
+
+
+def baseline_bound(baseline, reference, dtype: torch.dtype, factor: float = LOW_PRECISION_FACTOR) -> float:
+    """The largest max-abs error the low-precision rule allows a result of `dtype`:
+    `factor` x the error of `baseline` (PyTorch's own computation) against `reference`,
+    plus a floor of a few units in the last place of `dtype`."""
+    eps = torch.finfo(dtype).eps if dtype.is_floating_point else 0.0
+    scale = reference.detach().abs().max().item() if reference.numel() else 0.0
+    return factor * max_abs_err(baseline, reference) + 4 * eps * max(scale, 1.0)
 
 
 @contextlib.contextmanager
