@@ -1,8 +1,10 @@
-"""Backward through time (BPTT) for the LSTM and GRU Triton backends: one kernel, two cells.
+"""Backward through time (BPTT) for the LSTM, GRU and Elman RNN Triton backends: one
+kernel, the cell a constexpr.
 
 The reverse-time recurrence runs in one Triton kernel; what does not recur (dx, dW_ih,
 dW_hh, the bias gradients) is computed afterwards as large GEMMs over all steps at once.
-The math is exactly that of reference.lstm_layer_backward / gru_layer_backward.
+The math is exactly that of the references' lstm_layer_backward / gru_layer_backward /
+rnn_layer_backward.
 
 Kernel structure (see common.py): program (pid_b, pid_h) owns BLOCK_B batch rows and
 BLOCK_H hidden units and keeps W_hh[:, its units] (all G*H gate rows, as G tiles of
@@ -21,11 +23,19 @@ per-step fallback launches each t separately, the launch boundary acting as the 
 Both modes run the same code: the carried state (dh_state, dc_state for the LSTM,
 dh_local = dh * z for the GRU) is loaded from global buffers at launch start and stored
 back at launch end.
+
+Precision of the recurrent product: fp32 inputs follow torch.backends.cudnn.allow_tf32
+(common.dot_precision); 16-bit inputs multiply the fp32 gate gradients in the weights'
+type. fp16 tops out at 65504, and gradients scaled for mixed precision (GradScaler's
+2^16) pass that where the fp32 values are finite, so for fp16 each row of gate gradients
+is scaled by a power of two before the cast and the product scaled back (exact).
 """
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.jit import MockTensor
 
+from fastrnn import errors
 from fastrnn.ops.recurrent import common
 
 
@@ -44,33 +54,38 @@ def _load_gate_tile(w_hh_ptr, gate, H, offs_k, offs_h):
 
 
 @triton.jit
-def _gate_product(dg_row, gate, H, offs_k, mask_k, w, DOT_PRECISION: tl.constexpr):
+def _gate_product(dg_row, gate, H, offs_k, mask_k, w, DOT_PRECISION: tl.constexpr,
+                  RANGE_SCALE: tl.constexpr):
     """One gate's share of the recurrent product: dgates[t, rows, gate*H + k] @ tile."""
     # .cg: read through L2, where the other programs' stores are visible.
     dg = tl.load(dg_row + gate * H + offs_k[None, :], mask=mask_k, other=0.0, cache_modifier=".cg")
-    # 16-bit inputs: 16-bit operands; fp32 inputs: exact fp32 products. Accumulation is fp32.
-    return tl.dot(dg.to(w.dtype), w, input_precision=DOT_PRECISION)
+    if RANGE_SCALE:
+        # Bring each row's largest gradient near 2^13 (<= 2^15 even if log2 is off by one)
+        # so the fp16 cast cannot overflow; powers of two scale exactly. Rows below 1e-30
+        # (zero ones included) scale by 2^100 at most, which keeps 2^-shift finite.
+        peak = tl.maximum(tl.max(tl.abs(dg), axis=1), 1e-30)
+        shift = tl.maximum(tl.floor(tl.log2(peak)) - 13.0, -100.0)
+        scaled = (dg * tl.exp2(-shift)[:, None]).to(w.dtype)
+        return tl.dot(scaled, w, input_precision=DOT_PRECISION) * tl.exp2(shift)[:, None]
+    else:
+        return tl.dot(dg.to(w.dtype), w, input_precision=DOT_PRECISION)
 
 
 @triton.jit
-def _streamed_recurrent_product(dg_next, w_hh_ptr, H, offs_h, mask_b, IS_LSTM: tl.constexpr,
-                                DOT_PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
-                                BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+def _streamed_recurrent_product(dg_next, w_hh_ptr, H, offs_h, mask_b, G: tl.constexpr,
+                                DOT_PRECISION: tl.constexpr, RANGE_SCALE: tl.constexpr,
+                                BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
     """dgates[t+1, rows, :] @ W_hh[:, slice] with W_hh read from L2 in K chunks, for hidden
-    sizes whose slices do not fit in registers."""
+    sizes whose slices do not fit on chip. Runs after the step's barrier, so the chunk
+    loop may be pipelined."""
     acc = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
-    for k0 in range(0, H, BLOCK_K):
+    for k0 in tl.range(0, H, BLOCK_K, num_stages=2):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask_k = mask_b[:, None] & (offs_k < H)[None, :]
-        acc += _gate_product(dg_next, 0, H, offs_k, mask_k, _load_gate_tile(w_hh_ptr, 0, H, offs_k, offs_h),
-                             DOT_PRECISION)
-        acc += _gate_product(dg_next, 1, H, offs_k, mask_k, _load_gate_tile(w_hh_ptr, 1, H, offs_k, offs_h),
-                             DOT_PRECISION)
-        acc += _gate_product(dg_next, 2, H, offs_k, mask_k, _load_gate_tile(w_hh_ptr, 2, H, offs_k, offs_h),
-                             DOT_PRECISION)
-        if IS_LSTM:
-            acc += _gate_product(dg_next, 3, H, offs_k, mask_k,
-                                 _load_gate_tile(w_hh_ptr, 3, H, offs_k, offs_h), DOT_PRECISION)
+        for gate in tl.static_range(G):
+            acc += _gate_product(dg_next, gate, H, offs_k, mask_k,
+                                 _load_gate_tile(w_hh_ptr, gate, H, offs_k, offs_h), DOT_PRECISION,
+                                 RANGE_SCALE)
     return acc
 
 
@@ -128,26 +143,43 @@ def _gru_step_backward(dh, ws_row, h_prev_row, h0_ptr, state_offs, has_prev, mas
 
 
 @triton.jit
+def _rnn_step_backward(dh, ws_row, mask, offs_h, dg_row, active, RELU: tl.constexpr):
+    """Pointwise Elman RNN backward of one step from the saved h_t: stores the
+    pre-activation gradient (relu: where h_t > 0, as torch's threshold_backward; tanh:
+    times 1 - h_t^2)."""
+    h = tl.load(ws_row + offs_h[None, :], mask=mask, other=0.0)
+    if RELU:
+        dpre = tl.where(h > 0.0, dh, 0.0)
+    else:
+        dpre = dh * (1.0 - h * h)
+    tl.store(dg_row + offs_h[None, :], tl.where(active[:, None], dpre, 0.0), mask=mask)
+
+
+# T and the iteration range change from call to call: specialising on them (== 1,
+# multiples of 16) would compile a new variant for each.
+@triton.jit(do_not_specialize=["t_hi", "t_lo", "T"])
 def _bptt_kernel(grad_y_ptr, workspace_ptr, y_ptr, h0_ptr, c0_ptr, w_hh_ptr, lengths_ptr,
                  dg_hidden_ptr, dg_input_ptr, dh_state_ptr, carry_ptr,
                  barrier_ptr, error_ptr, t_hi, t_lo, T, B, H,
-                 IS_LSTM: tl.constexpr, GATES: tl.constexpr, WS_WIDTH: tl.constexpr,
-                 USE_BARRIER: tl.constexpr, DOT_PRECISION: tl.constexpr, RESIDENT: tl.constexpr,
+                 CELL: tl.constexpr, PROGRAMS_H: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                 RANGE_SCALE: tl.constexpr, RESIDENT: tl.constexpr,
                  BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
-                 MAX_SPINS: tl.constexpr):
+                 MAX_POLLS: tl.constexpr, ABORT: tl.constexpr):
     """Runs iterations t = t_hi .. t_lo (descending) of the BPTT loop described above.
 
     All tensors are contiguous: grad_y, y (T, B, H); workspace (T, B, WS_WIDTH*H) fp32;
     h0, c0 and the state buffers (B, H); w_hh (GATES*H, H); gate gradients (T, B, GATES*H)
     fp32; lengths (B,). carry holds the cell's second carried state: dc_state (LSTM) or
-    dh_local (GRU).
+    dh_local (GRU); the RNN has none (zeros).
     """
+    G: tl.constexpr = 4 if CELL == 0 else (3 if CELL == 1 else 1)
+    WS_WIDTH: tl.constexpr = 5 if CELL == 0 else (4 if CELL == 1 else 1)
     pid_b = tl.program_id(0)
     pid_h = tl.program_id(1)
     offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_h = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
     offs_k = tl.arange(0, BLOCK_K)
-    GH = GATES * H
+    GH = G * H
     mask_b = offs_b < B
     mask = mask_b[:, None] & (offs_h < H)[None, :]
     mask_k = mask_b[:, None] & (offs_k < H)[None, :]
@@ -156,67 +188,78 @@ def _bptt_kernel(grad_y_ptr, workspace_ptr, y_ptr, h0_ptr, c0_ptr, w_hh_ptr, len
     if RESIDENT:
         # W_hh[:, slice], one tile per gate: on chip for the whole launch.
         w0 = _load_gate_tile(w_hh_ptr, 0, H, offs_k, offs_h)
-        w1 = _load_gate_tile(w_hh_ptr, 1, H, offs_k, offs_h)
-        w2 = _load_gate_tile(w_hh_ptr, 2, H, offs_k, offs_h)
-        if IS_LSTM:
+        if G > 1:
+            w1 = _load_gate_tile(w_hh_ptr, 1, H, offs_k, offs_h)
+            w2 = _load_gate_tile(w_hh_ptr, 2, H, offs_k, offs_h)
+        if G > 3:
             w3 = _load_gate_tile(w_hh_ptr, 3, H, offs_k, offs_h)
     length = tl.load(lengths_ptr + offs_b, mask=mask_b, other=0)
     dh_state = tl.load(dh_state_ptr + state_offs, mask=mask, other=0.0)
-    if IS_LSTM:
-        dc_state = tl.load(carry_ptr + state_offs, mask=mask, other=0.0)
-        dh_local = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
-    else:
-        dh_local = tl.load(carry_ptr + state_offs, mask=mask, other=0.0)
+    carry = tl.load(carry_ptr + state_offs, mask=mask, other=0.0)
+    # The LSTM carries dc_state; the GRU dh_local = dh * z (the part of dh_{t-1} that does
+    # not go through W_hh); the RNN nothing.
+    dh_local = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
+    if CELL == 1:
+        dh_local = carry
 
     # Steps at or past the longest sequence of this batch block have nothing to do: their
     # gate gradients stay zero (the launcher zeroes them) and the carried state passes
     # through. Every program of the block skips the same steps, so barrier counts agree.
     block_end = tl.max(length, axis=0).to(tl.int32)
     t_first = tl.minimum(t_hi, block_end - 1)
-    for s in range(0, t_first - t_lo + 1):
-        t = t_first - s
-        if t + 1 < block_end:
-            # Finish step t+1: every program must have written its gate gradients.
-            if USE_BARRIER:
-                common.grid_barrier(barrier_ptr + pid_b, (t_first - t) * tl.num_programs(1),
-                                    error_ptr, MAX_SPINS)
-            # int64 row offsets: t * B * G * H can pass 2^31.
-            dg_next = dg_hidden_ptr + ((offs_b + (t + 1) * B).to(tl.int64) * GH)[:, None]
-            if RESIDENT:
-                rec = _gate_product(dg_next, 0, H, offs_k, mask_k, w0, DOT_PRECISION)
-                rec += _gate_product(dg_next, 1, H, offs_k, mask_k, w1, DOT_PRECISION)
-                rec += _gate_product(dg_next, 2, H, offs_k, mask_k, w2, DOT_PRECISION)
-                if IS_LSTM:
-                    rec += _gate_product(dg_next, 3, H, offs_k, mask_k, w3, DOT_PRECISION)
-            else:
-                rec = _streamed_recurrent_product(dg_next, w_hh_ptr, H, offs_h, mask_b, IS_LSTM,
-                                                  DOT_PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
-            dh_state = tl.where(((t + 1) < length)[:, None], rec + dh_local, dh_state)
-        if t >= 0:
-            # Process step t.
-            rows = (offs_b + t * B).to(tl.int64)
-            active = t < length
-            has_prev = (rows >= B)[:, None]  # t > 0, as a block for the masks
-            grad = tl.load(grad_y_ptr + rows[:, None] * H + offs_h[None, :], mask=mask, other=0.0)
-            dh = dh_state + tl.where(active[:, None], grad.to(tl.float32), 0.0)
-            ws_row = workspace_ptr + rows[:, None] * (WS_WIDTH * H)
-            dg_row = dg_hidden_ptr + rows[:, None] * GH
-            if IS_LSTM:
-                prev_ws_row = workspace_ptr + (rows - B)[:, None] * (WS_WIDTH * H)
-                dc_state = _lstm_step_backward(dh, dc_state, ws_row, prev_ws_row, c0_ptr,
-                                               state_offs, has_prev, mask, offs_h, H, dg_row,
-                                               active)
-            else:
-                h_prev_row = y_ptr + (rows - B)[:, None] * H
-                dh_local = _gru_step_backward(dh, ws_row, h_prev_row, h0_ptr, state_offs,
-                                              has_prev, mask, offs_h, H, dg_row,
-                                              dg_input_ptr + rows[:, None] * GH, active)
+    # A while loop, untouched by the pipeliner (see common.py); ok turns False on abort.
+    t = t_first
+    arrivals = 0
+    ok = t >= t_lo
+    while ok:
+        if (t + 1 < block_end) & (t < t_first):
+            # Step t+1 ran in this launch: wait until every program wrote its gate
+            # gradients (a launch boundary does this when it ran in the previous launch).
+            arrivals += 1
+            ok = common.step_barrier(barrier_ptr + pid_b, arrivals * PROGRAMS_H, error_ptr,
+                                     PROGRAMS_H, MAX_POLLS, ABORT)
+        if ok:
+            if t + 1 < block_end:
+                # Finish step t+1. int64 row offsets: t * B * G * H can pass 2^31.
+                dg_next = dg_hidden_ptr + ((offs_b + (t + 1) * B).to(tl.int64) * GH)[:, None]
+                if RESIDENT:
+                    rec = _gate_product(dg_next, 0, H, offs_k, mask_k, w0, DOT_PRECISION, RANGE_SCALE)
+                    if G > 1:
+                        rec += _gate_product(dg_next, 1, H, offs_k, mask_k, w1, DOT_PRECISION, RANGE_SCALE)
+                        rec += _gate_product(dg_next, 2, H, offs_k, mask_k, w2, DOT_PRECISION, RANGE_SCALE)
+                    if G > 3:
+                        rec += _gate_product(dg_next, 3, H, offs_k, mask_k, w3, DOT_PRECISION, RANGE_SCALE)
+                else:
+                    rec = _streamed_recurrent_product(dg_next, w_hh_ptr, H, offs_h, mask_b, G,
+                                                      DOT_PRECISION, RANGE_SCALE, BLOCK_B, BLOCK_H,
+                                                      BLOCK_K)
+                dh_state = tl.where(((t + 1) < length)[:, None], rec + dh_local, dh_state)
+            if t >= 0:
+                # Process step t.
+                rows = (offs_b + t * B).to(tl.int64)
+                active = t < length
+                has_prev = (rows >= B)[:, None]  # t > 0, as a block for the masks
+                grad = tl.load(grad_y_ptr + rows[:, None] * H + offs_h[None, :], mask=mask, other=0.0)
+                dh = dh_state + tl.where(active[:, None], grad.to(tl.float32), 0.0)
+                ws_row = workspace_ptr + rows[:, None] * (WS_WIDTH * H)
+                dg_row = dg_hidden_ptr + rows[:, None] * GH
+                if CELL == 0:
+                    prev_ws_row = workspace_ptr + (rows - B)[:, None] * (WS_WIDTH * H)
+                    carry = _lstm_step_backward(dh, carry, ws_row, prev_ws_row, c0_ptr, state_offs,
+                                                has_prev, mask, offs_h, H, dg_row, active)
+                elif CELL == 1:
+                    h_prev_row = y_ptr + (rows - B)[:, None] * H
+                    dh_local = _gru_step_backward(dh, ws_row, h_prev_row, h0_ptr, state_offs,
+                                                  has_prev, mask, offs_h, H, dg_row,
+                                                  dg_input_ptr + rows[:, None] * GH, active)
+                    carry = dh_local
+                else:
+                    _rnn_step_backward(dh, ws_row, mask, offs_h, dg_row, active, CELL == 3)
+        t -= 1
+        ok = ok & (t >= t_lo)
 
     tl.store(dh_state_ptr + state_offs, dh_state, mask=mask)
-    if IS_LSTM:
-        tl.store(carry_ptr + state_offs, dc_state, mask=mask)
-    else:
-        tl.store(carry_ptr + state_offs, dh_local, mask=mask)
+    tl.store(carry_ptr + state_offs, carry, mask=mask)
 
 
 def _state_buffer(t: torch.Tensor) -> torch.Tensor:
@@ -224,51 +267,83 @@ def _state_buffer(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to(torch.float32, memory_format=torch.contiguous_format, copy=True)
 
 
+def kernel_meta(cell: int, plan: common.LaunchPlan, dtype: torch.dtype) -> dict:
+    """Constexprs and launch options of the BPTT kernel for `plan` (also what the static
+    GPU check compiles)."""
+    return dict(CELL=cell, PROGRAMS_H=plan.programs_h if plan.persistent else 1,
+                DOT_PRECISION=common.dot_precision(dtype), RANGE_SCALE=dtype == torch.float16,
+                RESIDENT=plan.resident, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h,
+                BLOCK_K=plan.block_k, MAX_POLLS=common.MAX_BARRIER_POLLS, ABORT=common.BARRIER_ABORT,
+                num_warps=plan.num_warps, num_stages=1,
+                **({"launch_cooperative_grid": True} if plan.cooperative else {}))
+
+
+def mock_args(dtype: torch.dtype, T: int, B: int, H: int) -> list:
+    """The kernel's arguments as Triton sees them for specialisation: tensors by dtype
+    (16-byte aligned, as torch allocates them), integers by value."""
+    f32, i32 = torch.float32, torch.int32
+    pointer_dtypes = [dtype, f32, dtype, dtype, dtype, dtype, torch.int64, f32, f32, f32, f32, i32, i32]
+    return [MockTensor(d) for d in pointer_dtypes] + [T - 1, -1, T, B, H]
+
+
+def _plan(cell, w_hh, B, H, force_per_step, force_streamed) -> common.LaunchPlan:
+    key = (cell, w_hh.dtype, common.dot_precision(w_hh.dtype))
+    return common.launch_plan("bptt", w_hh.device, B, H, common.GATES[cell], key, _bptt_kernel,
+                              mock_args(w_hh.dtype, 64, B, H),
+                              lambda plan: kernel_meta(cell, plan, w_hh.dtype), force_per_step,
+                              force_streamed)
+
+
+def _launch_ranges(T: int, plan: common.LaunchPlan, device):
+    """(t_hi, t_lo, barrier counters) per launch, iterations descending: all of T-1 .. -1
+    in one launch when persistent (split only where the int32 arrival count would grow
+    too large), else one launch per iteration. Each launch gets zeroed counters."""
+    if plan.persistent:
+        steps = max(1, common.MAX_BARRIER_ARRIVALS // plan.programs_h)
+        bounds = [(hi, max(hi - steps + 1, -1)) for hi in range(T - 1, -2, -steps)]
+    else:
+        bounds = [(t, t) for t in range(T - 1, -2, -1)]
+    counters = torch.zeros(len(bounds) if plan.cooperative else 1, plan.programs_b, dtype=torch.int32,
+                           device=device)
+    return [(hi, lo, counters[i if plan.cooperative else 0]) for i, (hi, lo) in enumerate(bounds)]
+
+
 def _recurrence(cell, grad_y, grad_hT, grad_cT, h0, c0, w_hh, y, workspace, lengths,
                 force_per_step=False, force_streamed=False):
     """Runs the BPTT kernel. Returns (dgates_hidden, dgates_input, dh0, dc0) in fp32, where
-    dgates_input is dgates_hidden for the LSTM and dc0 is None for the GRU."""
+    dgates_input is dgates_hidden but for the GRU and dc0 is None but for the LSTM.
+
+    Never synchronises with the host: a barrier timeout is reported through
+    fastrnn.errors (a RuntimeError at the next fastrnn call or fastrnn.check_errors())."""
     T, B, H = y.shape
     G = common.GATES[cell]
     is_lstm = cell == common.LSTM
     device = y.device
-    # Per gate tile the recurrent product reduces over H rows: the resident weights are
-    # G tiles of (BLOCK_K, BLOCK_H), as plan_launch counts them.
-    plan = common.plan_launch(B, H, G, device, w_hh.element_size(), force_per_step, force_streamed)
-
     # With lengths the kernel skips steps past a batch block's longest sequence, whose
     # gate gradients must read zero in the GEMMs.
     new_buffer = torch.empty if lengths is None else torch.zeros
     dg_hidden = new_buffer(T, B, G * H, device=device, dtype=torch.float32)
-    dg_input = dg_hidden if is_lstm else new_buffer(T, B, G * H, device=device, dtype=torch.float32)
+    dg_input = dg_hidden if cell != common.GRU else new_buffer(T, B, G * H, device=device,
+                                                                dtype=torch.float32)
     dh_state = _state_buffer(grad_hT)
     # The LSTM carries dc_state; the GRU carries dh_local = dh * z of the last step.
     carry = _state_buffer(grad_cT) if is_lstm else torch.zeros_like(dh_state)
+    if B == 0 or T == 0:
+        return dg_hidden, dg_input, dh_state, (carry if is_lstm else None)
     if lengths is None:
         lengths = torch.full((B,), T, dtype=torch.int64, device=device)
-    use_barrier = plan.persistent and plan.programs_h > 1
-    barrier = torch.zeros(plan.programs_b, dtype=torch.int32, device=device)
+    plan = _plan(cell, w_hh, B, H, force_per_step, force_streamed)
+    meta = kernel_meta(cell, plan, w_hh.dtype)
     error = torch.zeros(1, dtype=torch.int32, device=device)
-
-    w_hh = w_hh.contiguous()
-    # The GRU has no c0: h0 fills the unused pointer.
+    # Cells without c0 pass h0 in the unused pointer.
     args = (grad_y.contiguous(), workspace.contiguous(), y.contiguous(), h0.contiguous(),
-            (c0 if is_lstm else h0).contiguous(), w_hh, lengths.contiguous(),
-            dg_hidden, dg_input, dh_state, carry, barrier, error)
-    meta = dict(IS_LSTM=is_lstm, GATES=G, WS_WIDTH=common.WORKSPACE_WIDTH[cell],
-                USE_BARRIER=use_barrier, RESIDENT=plan.resident,
-                DOT_PRECISION="ieee" if w_hh.dtype == torch.float32 else "tf32",
-                BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k,
-                MAX_SPINS=common.MAX_BARRIER_SPINS, num_warps=plan.num_warps)
-    # Each launch runs iterations t_hi .. t_lo; t = -1 only finishes step 0. With no batch
-    # rows there is nothing to run (and a grid must not be empty).
-    ranges = [(T - 1, -1)] if plan.persistent else [(t, t) for t in range(T - 1, -2, -1)]
-    for t_hi, t_lo in ranges if B > 0 else []:
-        _bptt_kernel[plan.grid](*args, t_hi, t_lo, T, B, H, **meta)
-    if use_barrier and error.item():
-        raise RuntimeError(
-            "fastrnn: the grid barrier of the Triton BPTT kernel timed out (programs not "
-            f"co-resident? grid {plan.grid}); the gradients are invalid")
+            (c0 if is_lstm else h0).contiguous(), w_hh.contiguous(), lengths.contiguous(),
+            dg_hidden, dg_input, dh_state, carry)
+    # Each launch runs iterations t_hi .. t_lo; t = -1 only finishes step 0.
+    for t_hi, t_lo, counter in _launch_ranges(T, plan, device):
+        _bptt_kernel[plan.grid](*args, counter, error, t_hi, t_lo, T, B, H, **meta)
+    if plan.cooperative:
+        errors.report(error, common.barrier_error_message("BPTT", plan))
     return dg_hidden, dg_input, dh_state, (carry if is_lstm else None)
 
 
@@ -305,3 +380,15 @@ def gru_backward(grad_y, grad_hT, x, h0, w_ih, w_hh, y, workspace, lengths, forc
     db_ih = dg_input.reshape(-1, dg_input.shape[-1]).sum(0).to(w_hh.dtype)
     db_hh = dg_hidden.reshape(-1, dg_hidden.shape[-1]).sum(0).to(w_hh.dtype)
     return dx, dh0.to(h0.dtype), dw_ih, dw_hh, db_ih, db_hh
+
+
+def rnn_backward(cell, grad_y, grad_hT, x, h0, w_ih, w_hh, y, workspace, lengths,
+                 force_per_step=False, force_streamed=False):
+    """Gradients of an Elman RNN layer (cell RNN_TANH or RNN_RELU) from its forward output
+    and workspace (the h_t of every step, fp32): (dx, dh0, dw_ih, dw_hh, dbias), where
+    dbias is the gradient of both b_ih and b_hh."""
+    dgates, _, dh0, _ = _recurrence(cell, grad_y, grad_hT, None, h0, None, w_hh, y, workspace,
+                                    lengths, force_per_step, force_streamed)
+    dx, dw_ih, dw_hh = _gemm_gradients(dgates, dgates, x, h0, w_ih, w_hh, y)
+    dbias = dgates.reshape(-1, dgates.shape[-1]).sum(0).to(w_hh.dtype)
+    return dx, dh0.to(h0.dtype), dw_ih, dw_hh, dbias

@@ -1,21 +1,37 @@
-"""Pieces shared by the recurrent Triton kernels: cell ids, the grid barrier, launch plans.
+"""Pieces shared by the recurrent Triton kernels: cells, the grid barrier, launch planning.
 
 A recurrent kernel runs a range of time steps in one launch. Its grid is
 (programs along batch, programs along hidden); each program owns BLOCK_B batch rows and
-BLOCK_H hidden units (all gates of those units), loads its slice of W_hh once and keeps it
-on chip (Triton places the dot operand in shared memory or registers) across the steps of
-the launch. When the hidden size is split across
+BLOCK_H hidden units (all gates of those units) and either keeps its slice of W_hh on
+chip across the steps of the launch ("resident") or reads it from L2 in K chunks every
+step ("streamed", for slices too large to keep). When the hidden size is split across
 programs, they exchange h_t (forward) or the gate gradients (backward) through global
-memory and meet at a grid barrier once per step. The barrier needs every program of a
-batch block resident at once, so a persistent launch never has more programs than SMs;
-otherwise the launcher runs one step per launch (the launch boundary is the barrier).
-When even the smallest slice of W_hh is too large to keep on chip, the kernels stream it
-from L2 in K chunks every step instead (W_hh of a few thousand units fits in L2).
+memory and meet at a grid barrier once per step.
+
+Co-residency. The grid barrier needs every program of a launch on an SM at once. The
+planner (choose_plan) therefore admits a persistent plan only when the compiled kernel's
+registers, threads and shared memory allow all its programs to be resident together on
+the device's SMs, and persistent multi-program launches are cooperative launches
+(`launch_cooperative_grid`): CUDA starts such a grid only when all of its blocks fit at
+once, or fails the launch, so other kernels (NCCL on a side stream, a second fastrnn
+launch on another stream) can delay it but never leave half of it waiting for SMs that
+the other half holds. As a last line of defence the barrier gives up after
+MAX_BARRIER_POLLS polls (about a second), every program of the launch leaves its time
+loop, and the launcher reports a RuntimeError through fastrnn.errors.
+
+Memory ordering inside a program. Steps are a `while` loop, which the software pipeliner
+does not touch, so no load of step t+1 is issued before the stores of step t; and a CTA
+barrier (bar.sync) separates one step's stores from the next step's loads even when one
+program covers the whole hidden size and no grid barrier runs.
+
 Under the Triton interpreter programs run one after another, so a barrier would spin
 forever: there the plan always uses a single program along the hidden dimension.
 """
+from __future__ import annotations
+
 import dataclasses
 import os
+from typing import Callable, List, Optional, Tuple
 
 import torch
 import triton
@@ -23,36 +39,119 @@ import triton.language as tl
 
 LSTM = 0
 GRU = 1
-GATES = {LSTM: 4, GRU: 3}
-# Floats of the workspace per hidden unit and step: LSTM i,f,g,o,c; GRU r,z,n,hn.
-WORKSPACE_WIDTH = {LSTM: 5, GRU: 4}
+RNN_TANH = 2
+RNN_RELU = 3
+CELL_NAMES = {LSTM: "lstm", GRU: "gru", RNN_TANH: "rnn_tanh", RNN_RELU: "rnn_relu"}
+GATES = {LSTM: 4, GRU: 3, RNN_TANH: 1, RNN_RELU: 1}
+# Floats of the workspace per hidden unit and step: LSTM i,f,g,o,c; GRU r,z,n,hn; RNN h.
+WORKSPACE_WIDTH = {LSTM: 5, GRU: 4, RNN_TANH: 1, RNN_RELU: 1}
 
-# A barrier wait gives up after this many polls and raises the error flag instead of
-# hanging the GPU (a correct wait takes a few hundred polls at most).
-MAX_BARRIER_SPINS = 1 << 26
-# Bytes of W_hh one program keeps on chip across steps (a sm_80/sm_90 block has up to
-# 227 KiB of shared memory, and the h tile needs room too); past this the plan splits the
-# hidden dimension further, then streams W_hh from L2 instead.
-MAX_RESIDENT_WEIGHT_BYTES = 128 * 1024
+# A barrier wait gives up after this many polls of the counter. One poll is an L2 atomic
+# round trip (0.3-0.6 us on sm_80/sm_90), so this is about a second; a wait between two
+# steps of a healthy launch takes microseconds.
+MAX_BARRIER_POLLS = 1 << 21
+# Added to a barrier counter by the program that gives up: every other wait then ends
+# at once and reads the abort from the counter's value.
+BARRIER_ABORT = 1 << 30
+# Barrier targets count steps x programs in int32 below BARRIER_ABORT: longer sequences
+# run in several launches.
+MAX_BARRIER_ARRIVALS = 1 << 29
 
 
 @triton.jit
-def grid_barrier(counter_ptr, target, error_ptr, MAX_SPINS: tl.constexpr):
+def grid_barrier(counter_ptr, target, error_ptr, MAX_POLLS: tl.constexpr, ABORT: tl.constexpr):
     """Wait until `target` arrivals are counted at counter_ptr (one per program per step).
 
-    The release add publishes this program's stores (made visible to all its threads by
-    the CTA barrier first); the acquire loads make the other programs' stores visible.
+    Returns True when every program arrived, False when the launch was aborted: this
+    program polled MAX_POLLS times in vain (it then sets the abort in the counter and the
+    error flag), or another program had aborted. The release add publishes this program's
+    stores (made visible to all its threads by the CTA barrier first); the acquire loads
+    make the other programs' stores visible. Scalar atomics run on one thread and their
+    result is broadcast to the CTA, so every thread takes the same branch.
     """
     tl.debug_barrier()
     tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
     count = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
-    spins = 0
-    while (count < target) & (spins < MAX_SPINS):
+    polls = 0
+    while (count < target) & (polls < MAX_POLLS):
         count = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
-        spins += 1
+        polls += 1
     if count < target:
-        tl.atomic_xchg(error_ptr, 1)
+        tl.atomic_add(counter_ptr, ABORT, sem="relaxed", scope="gpu")
+        tl.atomic_xchg(error_ptr, 1, sem="relaxed", scope="gpu")
     tl.debug_barrier()
+    return (count >= target) & (count < ABORT)
+
+
+@triton.jit
+def step_barrier(counter_ptr, target, error_ptr, PROGRAMS_H: tl.constexpr,
+                 MAX_POLLS: tl.constexpr, ABORT: tl.constexpr):
+    """Between two steps: the grid barrier when the hidden size is split across programs,
+    else a CTA barrier (this program's threads exchange h through global memory too)."""
+    if PROGRAMS_H > 1:
+        ok = grid_barrier(counter_ptr, target, error_ptr, MAX_POLLS, ABORT)
+    else:
+        tl.debug_barrier()
+        ok = target >= 0
+    return ok
+
+
+def barrier_error_message(kernel: str, plan: "LaunchPlan") -> Callable[[List[int]], Optional[str]]:
+    def message(codes: List[int]) -> Optional[str]:
+        if not any(codes):
+            return None
+        return (f"fastrnn: the grid barrier of the Triton {kernel} kernel timed out after about a "
+                f"second (grid {plan.grid}, {plan.programs} programs): not all of them were resident "
+                "on the GPU at once. The results of that call are invalid. Set "
+                "FASTRNN_BACKEND=ext (the CUDA extension) or FASTRNN_BACKEND=reference to avoid "
+                "the persistent Triton kernels.")
+    return message
+
+
+# --------------------------------------------------------------------------- planning
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceLimits:
+    """What bounds a launch on one GPU (from torch.cuda.get_device_properties)."""
+    arch: int                   # compute capability as 90, 80, ...
+    sms: int
+    shared_per_block: int       # bytes one program may use (opt-in maximum)
+    shared_per_sm: int
+    regs_per_sm: int
+    threads_per_sm: int
+
+
+# The targets the static check compiles for (NVIDIA's published limits).
+SM90 = DeviceLimits(90, 132, 232_448, 233_472, 65_536, 2048)   # H100 / H200 SXM
+SM80 = DeviceLimits(80, 108, 166_912, 167_936, 65_536, 2048)   # A100
+
+
+def device_limits(device: torch.device) -> DeviceLimits:
+    p = torch.cuda.get_device_properties(device)
+    return DeviceLimits(p.major * 10 + p.minor, p.multi_processor_count,
+                        p.shared_memory_per_block_optin, p.shared_memory_per_multiprocessor,
+                        p.regs_per_multiprocessor, p.max_threads_per_multi_processor)
+
+
+@dataclasses.dataclass(frozen=True)
+class Resources:
+    """What one compiled program needs (from the compiled kernel)."""
+    regs: int           # per thread
+    spill_bytes: int    # per thread
+    shared_bytes: int   # per program
+    num_warps: int
+
+
+def programs_per_sm(res: Resources, limits: DeviceLimits) -> int:
+    """How many programs of this kernel an SM holds at once (CUDA's occupancy rules:
+    registers are allocated per warp in units of 256, each block reserves 1 KiB of
+    shared memory on sm_80+)."""
+    threads = 32 * res.num_warps
+    regs_per_warp = -(-res.regs * 32 // 256) * 256
+    by_regs = limits.regs_per_sm // (regs_per_warp * res.num_warps) if res.regs else 32
+    by_shared = limits.shared_per_sm // (res.shared_bytes + 1024)
+    return max(0, min(limits.threads_per_sm // threads, by_regs, by_shared, 32))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,10 +164,26 @@ class LaunchPlan:
     resident: bool      # W_hh slice loaded once per launch (else streamed from L2 each step)
     persistent: bool    # all steps in one launch (else one launch per step)
     num_warps: int
+    reason: str = ""    # why this plan, and what was rejected before it
 
     @property
-    def grid(self):
+    def grid(self) -> Tuple[int, int]:
         return (self.programs_b, self.programs_h)
+
+    @property
+    def programs(self) -> int:
+        return self.programs_b * self.programs_h
+
+    @property
+    def mode(self) -> str:
+        if not self.persistent:
+            return "per-step"
+        return "persistent" if self.resident else "streamed"
+
+    @property
+    def cooperative(self) -> bool:
+        """Multi-program persistent launches need all programs resident at once."""
+        return self.persistent and self.programs_h > 1
 
 
 def interpreting() -> bool:
@@ -79,40 +194,162 @@ def _pow2_at_least_16(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
 
-# Tiles of the streamed mode, for hidden sizes whose W_hh slices do not fit in registers:
-# each step reads W_hh from L2 (it fits there up to H of a few thousand) in K chunks.
+# Reduction chunk of the streamed mode (W_hh read from L2 every step).
 STREAM_BLOCK_K = 64
-STREAM_BLOCK_H = 64
+# tl.dot needs every dimension >= 16, so a program owns at least 16 units and 16 rows.
+MIN_BLOCK = 16
 
 
-def plan_launch(batch: int, hidden: int, gates: int, device: torch.device,
-                element_size: int = 2, force_per_step: bool = False,
-                force_streamed: bool = False) -> LaunchPlan:
-    """Choose tiles and grid for `batch` rows and `hidden` units of `gates` gates each; the
-    recurrent products reduce over `hidden` per gate (forward: h W_hh^T, backward:
-    dgates W_hh, one gate block at a time)."""
-    block_b = min(_pow2_at_least_16(batch), 64)
-    programs_b = triton.cdiv(batch, block_b)
+def max_useful_warps(block_b: int, block_h: int) -> int:
+    """Warps that each get their own part of a (block_b, block_h) MMA output tile: an
+    mma.sync instruction covers 16 x 8, so more warps than (block_b/16)(block_h/8)
+    would compute the same tile twice."""
+    return max(1, min(8, (block_b // 16) * (block_h // 8)))
+
+
+def candidate_plans(batch: int, hidden: int, gates: int, sms: int) -> List[LaunchPlan]:
+    """Launch plans in order of preference: resident tiles from the one that spreads the
+    hidden size over most SMs to larger ones, then streamed tiles, then one launch per
+    step. Each tile gets the warp counts that do not replicate MMA work, most first."""
     full_k = _pow2_at_least_16(hidden)
+    plans = []
+    for block_b in _batch_blocks(batch, hidden, sms):
+        programs_b = triton.cdiv(batch, block_b)
+        for resident in (True, False):
+            for block_h in _unit_blocks(hidden, programs_b, sms, full_k):
+                block_k = full_k if resident else min(STREAM_BLOCK_K, full_k)
+                for warps in (8, 4, 2, 1):
+                    if warps <= max_useful_warps(block_b, block_h):
+                        plans.append(LaunchPlan(block_b, block_h, block_k, programs_b,
+                                                triton.cdiv(hidden, block_h), resident, True, warps))
+    # The per-step fallback: no barrier, any grid; streamed so that any size compiles.
+    block_b = min(_pow2_at_least_16(batch), 64)
+    block_h = min(64, full_k)
+    plans.append(LaunchPlan(block_b, block_h, min(STREAM_BLOCK_K, full_k), triton.cdiv(batch, block_b),
+                            triton.cdiv(hidden, block_h), False, False,
+                            max_useful_warps(block_b, block_h) if block_b * block_h >= 1024 else 4))
+    return plans
+
+
+def _batch_blocks(batch: int, hidden: int, sms: int) -> List[int]:
+    """Batch rows per program: all rows in one block up to 64; smaller blocks first when
+    the hidden dimension alone cannot fill the SMs (H/16 programs at most)."""
+    widest = min(_pow2_at_least_16(batch), 64)
+    blocks = [b for b in (16, 32, 64) if b <= widest]
+    units_programs = triton.cdiv(hidden, MIN_BLOCK)
+    # Prefer the block that brings programs closest to the SM count without passing it.
+    blocks.sort(key=lambda b: (triton.cdiv(batch, b) * units_programs > sms,
+                               -min(triton.cdiv(batch, b) * units_programs, sms), -b))
+    return blocks
+
+
+def _unit_blocks(hidden: int, programs_b: int, sms: int, full_k: int) -> List[int]:
+    """Hidden units per program, from the smallest whose grid fits on the SMs (most SMs
+    busy) upwards."""
+    blocks = []
+    block_h = MIN_BLOCK
+    while block_h <= full_k:
+        if programs_b * triton.cdiv(hidden, block_h) <= sms:
+            blocks.append(block_h)
+        block_h *= 2
+    return blocks
+
+
+def runtime_resources(kernel, args, grid, meta) -> Resources:
+    """Compiles (without launching) the kernel as Triton's JIT would for these arguments on
+    the current GPU and reads what one program needs. The launch that follows with the
+    same specialisation reuses this compiled kernel."""
+    compiled = kernel.warmup(*args, grid=grid, **meta)
+    compiled._init_handles()
+    return Resources(compiled.n_regs, compiled.n_spills, compiled.metadata.shared, meta["num_warps"])
+
+
+def check_plan(plan: LaunchPlan, res: Resources, limits: DeviceLimits) -> List[str]:
+    """The reasons this plan cannot run well on `limits`; empty when it can."""
+    problems = []
+    if res.shared_bytes > limits.shared_per_block:
+        problems.append(f"shared memory {res.shared_bytes} B > {limits.shared_per_block} B per block")
+    if res.spill_bytes:
+        problems.append(f"{res.spill_bytes} B of register spills per thread")
+    per_sm = programs_per_sm(res, limits)
+    if plan.cooperative and plan.programs > per_sm * limits.sms:
+        problems.append(f"{plan.programs} programs cannot be co-resident "
+                        f"({per_sm} per SM x {limits.sms} SMs)")
+    return problems
+
+
+def choose_plan(candidates: List[LaunchPlan], resources_of: Callable[[LaunchPlan], Resources],
+                limits: DeviceLimits) -> LaunchPlan:
+    """The first candidate whose compiled kernel fits `limits` (check_plan), with the
+    rejected ones named in its `reason`. The per-step fallback is taken even with spills
+    (it always launches) unless it exceeds shared memory, which raises."""
+    rejected = []
+    for plan in candidates:
+        res = resources_of(plan)
+        problems = check_plan(plan, res, limits)
+        if not problems or (not plan.persistent and res.shared_bytes <= limits.shared_per_block):
+            why = "; ".join(rejected) if rejected else "first choice"
+            return dataclasses.replace(plan, reason=why)
+        rejected.append(f"{_describe(plan)}: {', '.join(problems)}")
+    raise RuntimeError("fastrnn: no launch plan of the recurrent kernel fits this GPU: "
+                       + "; ".join(rejected))
+
+
+def _describe(plan: LaunchPlan) -> str:
+    return (f"{plan.mode} ({plan.block_b},{plan.block_h},{plan.block_k}) x{plan.num_warps} warps")
+
+
+def plan_for(kernel, args: list, meta_of: Callable[[LaunchPlan], dict], batch: int, hidden: int,
+             gates: int, limits: DeviceLimits, resources_of, mode: Optional[str] = None) -> LaunchPlan:
+    """The plan choose_plan picks for `kernel` from its compiled resources.
+
+    args: the kernel's arguments for specialisation (MockTensors and ints); meta_of(plan):
+    its constexprs and launch options. resources_of(kernel, args, grid, meta) compiles
+    (runtime_resources on the GPU at hand; the static check compiles for a target without
+    one). mode restricts the candidates ("streamed", "per-step"; tests force them)."""
+    candidates = candidate_plans(batch, hidden, gates, limits.sms)
+    if mode is not None:
+        candidates = [p for p in candidates if p.mode == mode]
+    return choose_plan(candidates, lambda plan: resources_of(kernel, args, plan.grid, meta_of(plan)),
+                       limits)
+
+
+def launch_plan(name: str, device: torch.device, batch: int, hidden: int, gates: int, key: tuple,
+                kernel, args: list, meta_of, force_per_step: bool, force_streamed: bool) -> LaunchPlan:
+    """The plan of one kernel call: planned once per (kernel, device, shape, key) on a GPU;
+    under the interpreter or on CPU tensors, the single-program interpreter plan."""
     if interpreting() or device.type != "cuda":
-        block_k = 16 if force_streamed else full_k
-        return LaunchPlan(block_b, full_k, block_k, programs_b, 1, not force_streamed,
-                          not force_per_step, 4)
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    max_weights = MAX_RESIDENT_WEIGHT_BYTES // element_size
-    block_h = full_k
-    while block_h > 16 and gates * block_h * full_k > max_weights:
-        block_h //= 2
-    resident = gates * block_h * full_k <= max_weights and not force_streamed
-    if resident:
-        block_k = full_k
-        # More warps, more registers for the resident tile: 4 warps spill past ~64 KiB.
-        num_warps = 8 if gates * block_h * block_k * element_size > 64 * 1024 else 4
-    else:
-        block_h, block_k = min(STREAM_BLOCK_H, full_k), STREAM_BLOCK_K
-        num_warps = 8 if gates * block_b * block_h > 8192 else 4
-    programs_h = triton.cdiv(hidden, block_h)
-    # The grid barrier needs every program resident at once: at most one per SM.
-    persistent = programs_h * programs_b <= sms and not force_per_step
-    return LaunchPlan(block_b, block_h, block_k, programs_b, programs_h, resident, persistent,
-                      num_warps)
+        return interpreter_plan(batch, hidden, force_per_step, force_streamed)
+    mode = "per-step" if force_per_step else ("streamed" if force_streamed else None)
+    return cached_plan((name, device.index, batch, hidden, mode) + key, lambda: plan_for(
+        kernel, args, meta_of, batch, hidden, gates, device_limits(device), runtime_resources, mode))
+
+
+def interpreter_plan(batch: int, hidden: int, force_per_step: bool, force_streamed: bool) -> LaunchPlan:
+    """Under the interpreter (and for tests that force a mode): one program along the
+    hidden dimension, so no grid barrier is ever needed."""
+    block_b = min(_pow2_at_least_16(batch), 64)
+    full_k = _pow2_at_least_16(hidden)
+    return LaunchPlan(block_b, full_k, 16 if force_streamed else full_k, triton.cdiv(batch, block_b), 1,
+                      not force_streamed, not force_per_step, 4, reason="interpreter")
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """tl.dot precision of the recurrent products, following torch's switch for cuDNN's
+    RNNs: fp32 inputs use TF32 when torch.backends.cudnn.allow_tf32 is True (torch's
+    default, and what nn.LSTM does on cuDNN), exact fp32 otherwise. 16-bit inputs
+    multiply in their own type with fp32 accumulation (the value is then unused)."""
+    if dtype == torch.float32 and torch.backends.cudnn.allow_tf32:
+        return "tf32"
+    return "ieee"
+
+
+_PLANS: dict = {}
+
+
+def cached_plan(key: tuple, chooser: Callable[[], LaunchPlan]) -> LaunchPlan:
+    """One plan per (device, kernel, cell, dtype, B, H, ...) for the life of the process:
+    planning compiles candidates, which must not happen per call."""
+    if key not in _PLANS:
+        _PLANS[key] = chooser()
+    return _PLANS[key]

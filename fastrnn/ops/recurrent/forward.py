@@ -1,4 +1,5 @@
-"""Forward recurrence for the LSTM and GRU Triton kernels (one kernel, the cell is a constexpr).
+"""Forward recurrence for the LSTM, GRU and Elman RNN Triton kernels (one kernel, the cell
+is a constexpr).
 
 The input projection x W_ih^T + b_ih of all steps is one GEMM before the kernel. The
 kernel then runs the recurrence (see common.py for the persistent design): per step, each
@@ -16,9 +17,11 @@ launch, so one launch over all steps and one launch per step run the same code.
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.jit import MockTensor
 
-from fastrnn.ops.recurrent.common import (GATES, LSTM, MAX_BARRIER_SPINS, WORKSPACE_WIDTH,
-                                          grid_barrier, plan_launch)
+from fastrnn import errors
+from fastrnn.ops.recurrent import common
+from fastrnn.ops.recurrent.common import GATES, GRU, LSTM, RNN_RELU, WORKSPACE_WIDTH
 
 
 @triton.jit
@@ -50,39 +53,86 @@ def load_bias(b_ptr, gate, units, H, unit_ok, HAS_BIAS: tl.constexpr):
 
 
 @triton.jit
-def streamed_gate_products(h_rows_ptr, w_ptr, units, unit_ok, row_ok, H, IS_LSTM: tl.constexpr,
-                           BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+def streamed_gate_products(h_rows_ptr, w_ptr, units, unit_ok, row_ok, H, G: tl.constexpr,
+                           DOT_PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
+                           BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
     """h_prev W_hh^T for every gate of this program's units, reading W_hh in K chunks from
-    L2 (for hidden sizes whose slices do not fit in registers). h_rows_ptr points at the
-    (BLOCK_B, H) rows of h_prev. Returns four (BLOCK_B, BLOCK_H) fp32 products (the GRU's
-    fourth is zero)."""
+    L2 (for hidden sizes whose slices do not fit on chip). h_rows_ptr points at the
+    (BLOCK_B, H) rows of h_prev. Returns four (BLOCK_B, BLOCK_H) fp32 products (those of
+    gates the cell lacks are zero). The chunk loop may be software-pipelined: it runs
+    after the step's barrier, so every h it prefetches is already final."""
     acc0 = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
     acc1 = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
     acc2 = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
     acc3 = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-    for k0 in range(0, H, BLOCK_K):
+    for k0 in tl.range(0, H, BLOCK_K, num_stages=2):
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < H
         h = tl.load(h_rows_ptr + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0,
                     cache_modifier=".cg")
-        acc0 += tl.dot(h, load_weight_tile(w_ptr, 0, units, ks, H, H, unit_ok, k_ok), input_precision="ieee")
-        acc1 += tl.dot(h, load_weight_tile(w_ptr, 1, units, ks, H, H, unit_ok, k_ok), input_precision="ieee")
-        acc2 += tl.dot(h, load_weight_tile(w_ptr, 2, units, ks, H, H, unit_ok, k_ok), input_precision="ieee")
-        if IS_LSTM:
+        acc0 += tl.dot(h, load_weight_tile(w_ptr, 0, units, ks, H, H, unit_ok, k_ok),
+                       input_precision=DOT_PRECISION)
+        if G > 1:
+            acc1 += tl.dot(h, load_weight_tile(w_ptr, 1, units, ks, H, H, unit_ok, k_ok),
+                           input_precision=DOT_PRECISION)
+            acc2 += tl.dot(h, load_weight_tile(w_ptr, 2, units, ks, H, H, unit_ok, k_ok),
+                           input_precision=DOT_PRECISION)
+        if G > 3:
             acc3 += tl.dot(h, load_weight_tile(w_ptr, 3, units, ks, H, H, unit_ok, k_ok),
-                           input_precision="ieee")
+                           input_precision=DOT_PRECISION)
     return acc0, acc1, acc2, acc3
 
 
 @triton.jit
+def cell_step(CELL: tl.constexpr, xproj_ptr, x_base, ws_base, units, H, tile_ok, hg0, hg1, hg2,
+              hg3, h_state, c_state):
+    """The cell's gate math for one step in fp32; stores the activations backward needs
+    into the workspace and returns (h_new, c_new) (c_new = c_state for cells without c)."""
+    if CELL == 0:  # LSTM: i, f, g, o; workspace i, f, g, o, c
+        i = tl.sigmoid(load_gate_input(xproj_ptr, 0, x_base, units, H, tile_ok) + hg0)
+        f = tl.sigmoid(load_gate_input(xproj_ptr, 1, x_base, units, H, tile_ok) + hg1)
+        g = tanh(load_gate_input(xproj_ptr, 2, x_base, units, H, tile_ok) + hg2)
+        o = tl.sigmoid(load_gate_input(xproj_ptr, 3, x_base, units, H, tile_ok) + hg3)
+        c_new = f * c_state + i * g
+        h_new = o * tanh(c_new)
+        tl.store(ws_base, i, mask=tile_ok)
+        tl.store(ws_base + H, f, mask=tile_ok)
+        tl.store(ws_base + 2 * H, g, mask=tile_ok)
+        tl.store(ws_base + 3 * H, o, mask=tile_ok)
+        tl.store(ws_base + 4 * H, c_new, mask=tile_ok)
+    elif CELL == 1:  # GRU: r, z, n with b_hn inside r * (W_hn h + b_hn); workspace r, z, n, hn
+        r = tl.sigmoid(load_gate_input(xproj_ptr, 0, x_base, units, H, tile_ok) + hg0)
+        z = tl.sigmoid(load_gate_input(xproj_ptr, 1, x_base, units, H, tile_ok) + hg1)
+        n = tanh(load_gate_input(xproj_ptr, 2, x_base, units, H, tile_ok) + r * hg2)
+        h_new = (1.0 - z) * n + z * h_state
+        c_new = c_state
+        tl.store(ws_base, r, mask=tile_ok)
+        tl.store(ws_base + H, z, mask=tile_ok)
+        tl.store(ws_base + 2 * H, n, mask=tile_ok)
+        tl.store(ws_base + 3 * H, hg2, mask=tile_ok)
+    else:  # Elman RNN, tanh (2) or relu (3); workspace h
+        pre = load_gate_input(xproj_ptr, 0, x_base, units, H, tile_ok) + hg0
+        if CELL == 3:
+            h_new = tl.maximum(pre, 0.0)
+        else:
+            h_new = tanh(pre)
+        c_new = c_state
+        tl.store(ws_base, h_new, mask=tile_ok)
+    return h_new, c_new
+
+
+# T and the step range change from call to call: specialising on them (== 1, multiples
+# of 16) would compile a new variant for each.
+@triton.jit(do_not_specialize=["T", "t_begin", "t_end"])
 def recurrent_forward_kernel(
         xproj_ptr, w_hh_ptr, b_hh_ptr, lengths_ptr, hbuf_ptr, h_state_ptr, c_state_ptr, ws_ptr,
         counter_ptr, error_ptr, T, B, H, t_begin, t_end,
-        IS_LSTM: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+        CELL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LENGTHS: tl.constexpr,
         BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
-        RESIDENT: tl.constexpr, PROGRAMS_H: tl.constexpr, MAX_SPINS: tl.constexpr):
-    G: tl.constexpr = 4 if IS_LSTM else 3
-    W: tl.constexpr = 5 if IS_LSTM else 4
+        RESIDENT: tl.constexpr, PROGRAMS_H: tl.constexpr, DOT_PRECISION: tl.constexpr,
+        MAX_POLLS: tl.constexpr, ABORT: tl.constexpr):
+    G: tl.constexpr = 4 if CELL == 0 else (3 if CELL == 1 else 1)
+    W: tl.constexpr = 5 if CELL == 0 else (4 if CELL == 1 else 1)
     pid_b = tl.program_id(0)
     pid_h = tl.program_id(1)
     rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -97,19 +147,25 @@ def recurrent_forward_kernel(
     if RESIDENT:
         # This program's slice of W_hh stays on chip for every step of the launch.
         w0 = load_weight_tile(w_hh_ptr, 0, units, ks, H, H, unit_ok, k_ok)
-        w1 = load_weight_tile(w_hh_ptr, 1, units, ks, H, H, unit_ok, k_ok)
-        w2 = load_weight_tile(w_hh_ptr, 2, units, ks, H, H, unit_ok, k_ok)
-        if IS_LSTM:
+        if G > 1:
+            w1 = load_weight_tile(w_hh_ptr, 1, units, ks, H, H, unit_ok, k_ok)
+            w2 = load_weight_tile(w_hh_ptr, 2, units, ks, H, H, unit_ok, k_ok)
+        if G > 3:
             w3 = load_weight_tile(w_hh_ptr, 3, units, ks, H, H, unit_ok, k_ok)
     b0 = load_bias(b_hh_ptr, 0, units, H, unit_ok, HAS_BIAS)
-    b1 = load_bias(b_hh_ptr, 1, units, H, unit_ok, HAS_BIAS)
-    b2 = load_bias(b_hh_ptr, 2, units, H, unit_ok, HAS_BIAS)
-    if IS_LSTM:
+    b1 = b0
+    b2 = b0
+    b3 = b0
+    if G > 1:
+        b1 = load_bias(b_hh_ptr, 1, units, H, unit_ok, HAS_BIAS)
+        b2 = load_bias(b_hh_ptr, 2, units, H, unit_ok, HAS_BIAS)
+    if G > 3:
         b3 = load_bias(b_hh_ptr, 3, units, H, unit_ok, HAS_BIAS)
 
     state_offsets = rows64[:, None] * H + units[None, :]
     h_state = tl.load(h_state_ptr + state_offsets, mask=tile_ok, other=0.0)
-    if IS_LSTM:
+    c_state = h_state
+    if CELL == 0:
         c_state = tl.load(c_state_ptr + state_offsets, mask=tile_ok, other=0.0)
     t_stop = t_end
     if HAS_LENGTHS:
@@ -119,11 +175,11 @@ def recurrent_forward_kernel(
         # Every program of the block stops at the same step, so the barrier counts agree.
         t_stop = tl.minimum(t_end, tl.max(length, axis=0).to(tl.int32))
 
-    for t in range(t_begin, t_stop):
-        if PROGRAMS_H > 1:
-            if t > t_begin:
-                # Every program of this batch block has written its slice of h_t.
-                grid_barrier(counter_ptr + pid_b, (t - t_begin) * PROGRAMS_H, error_ptr, MAX_SPINS)
+    # A while loop: the pipeliner leaves it alone, so nothing of step t+1 is loaded
+    # before step t's stores (see common.py). `ok` turns False when the launch aborts.
+    t = t_begin
+    ok = t_begin < t_stop
+    while ok:
         # t * B stays far below 2^31; the products with H are formed in int64 via rows64.
         prev = (t + T) % (T + 1)
         h_rows = hbuf_ptr + (prev * B + rows64[:, None]) * H
@@ -131,67 +187,80 @@ def recurrent_forward_kernel(
             # .cg: read h from L2, where the other programs' stores land, never a stale L1 line.
             h_prev = tl.load(h_rows + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0,
                              cache_modifier=".cg")
-            hg0 = tl.dot(h_prev, w0, input_precision="ieee")
-            hg1 = tl.dot(h_prev, w1, input_precision="ieee")
-            hg2 = tl.dot(h_prev, w2, input_precision="ieee")
-            if IS_LSTM:
-                hg3 = tl.dot(h_prev, w3, input_precision="ieee")
+            hg0 = tl.dot(h_prev, w0, input_precision=DOT_PRECISION)
+            hg1 = hg0
+            hg2 = hg0
+            hg3 = hg0
+            if G > 1:
+                hg1 = tl.dot(h_prev, w1, input_precision=DOT_PRECISION)
+                hg2 = tl.dot(h_prev, w2, input_precision=DOT_PRECISION)
+            if G > 3:
+                hg3 = tl.dot(h_prev, w3, input_precision=DOT_PRECISION)
         else:
-            hg0, hg1, hg2, hg3 = streamed_gate_products(h_rows, w_hh_ptr, units, unit_ok, row_ok, H,
-                                                        IS_LSTM, BLOCK_B, BLOCK_H, BLOCK_K)
-        hg0 += b0
-        hg1 += b1
-        hg2 += b2
+            hg0, hg1, hg2, hg3 = streamed_gate_products(h_rows, w_hh_ptr, units, unit_ok, row_ok, H, G,
+                                                        DOT_PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
         x_base = (t * B + rows64[:, None]) * (G * H)
-        xg0 = load_gate_input(xproj_ptr, 0, x_base, units, H, tile_ok)
-        xg1 = load_gate_input(xproj_ptr, 1, x_base, units, H, tile_ok)
-        xg2 = load_gate_input(xproj_ptr, 2, x_base, units, H, tile_ok)
         ws_base = ws_ptr + (t * B + rows64[:, None]) * (W * H) + units[None, :]
-        if IS_LSTM:
-            hg3 += b3
-            xg3 = load_gate_input(xproj_ptr, 3, x_base, units, H, tile_ok)
-            i = tl.sigmoid(xg0 + hg0)
-            f = tl.sigmoid(xg1 + hg1)
-            g = tanh(xg2 + hg2)
-            o = tl.sigmoid(xg3 + hg3)
-            c_new = f * c_state + i * g
-            h_new = o * tanh(c_new)
-            tl.store(ws_base, i, mask=tile_ok)
-            tl.store(ws_base + H, f, mask=tile_ok)
-            tl.store(ws_base + 2 * H, g, mask=tile_ok)
-            tl.store(ws_base + 3 * H, o, mask=tile_ok)
-            tl.store(ws_base + 4 * H, c_new, mask=tile_ok)
-        else:
-            r = tl.sigmoid(xg0 + hg0)
-            z = tl.sigmoid(xg1 + hg1)
-            n = tanh(xg2 + r * hg2)
-            h_new = (1.0 - z) * n + z * h_state
-            tl.store(ws_base, r, mask=tile_ok)
-            tl.store(ws_base + H, z, mask=tile_ok)
-            tl.store(ws_base + 2 * H, n, mask=tile_ok)
-            tl.store(ws_base + 3 * H, hg2, mask=tile_ok)
+        h_new, c_new = cell_step(CELL, xproj_ptr, x_base, ws_base, units, H, tile_ok, hg0 + b0,
+                                 hg1 + b1, hg2 + b2, hg3 + b3, h_state, c_state)
         if HAS_LENGTHS:
             active = (length > t)[:, None]
             h_state = tl.where(active, h_new, h_state)
-            if IS_LSTM:
-                c_state = tl.where(active, c_new, c_state)
+            c_state = tl.where(active, c_new, c_state)
             h_new = tl.where(active, h_new, 0.0)
         else:
             h_state = h_new
-            if IS_LSTM:
-                c_state = c_new
+            c_state = c_new
         out_offsets = (t * B + rows64[:, None]) * H + units[None, :]
         tl.store(hbuf_ptr + out_offsets, h_new.to(hbuf_ptr.dtype.element_ty), mask=tile_ok)
+        t += 1
+        ok = t < t_stop
+        if ok:
+            # Every program of this batch block has written its slice of h_t.
+            ok = common.step_barrier(counter_ptr + pid_b, (t - t_begin) * PROGRAMS_H, error_ptr,
+                                     PROGRAMS_H, MAX_POLLS, ABORT)
 
     tl.store(h_state_ptr + state_offsets, h_state, mask=tile_ok)
-    if IS_LSTM:
+    if CELL == 0:
         tl.store(c_state_ptr + state_offsets, c_state, mask=tile_ok)
+
+
+def kernel_meta(cell: int, plan: common.LaunchPlan, dtype: torch.dtype, has_bias: bool,
+                has_lengths: bool) -> dict:
+    """Constexprs and launch options of the forward kernel for `plan` (also what the
+    static GPU check compiles)."""
+    return dict(CELL=cell, HAS_BIAS=has_bias, HAS_LENGTHS=has_lengths, BLOCK_B=plan.block_b,
+                BLOCK_H=plan.block_h, BLOCK_K=plan.block_k, RESIDENT=plan.resident,
+                PROGRAMS_H=plan.programs_h, DOT_PRECISION=common.dot_precision(dtype),
+                MAX_POLLS=common.MAX_BARRIER_POLLS, ABORT=common.BARRIER_ABORT,
+                num_warps=plan.num_warps, num_stages=1,
+                **({"launch_cooperative_grid": True} if plan.cooperative else {}))
+
+
+def mock_args(dtype: torch.dtype, T: int, B: int, H: int) -> list:
+    """The kernel's arguments as Triton sees them for specialisation: tensors by dtype
+    (16-byte aligned, as torch allocates them), integers by value."""
+    pointer_dtypes = [dtype, dtype, dtype, torch.int64, dtype, torch.float32, torch.float32,
+                      torch.float32, torch.int32, torch.int32]
+    return [MockTensor(d) for d in pointer_dtypes] + [T, B, H, 0, T]
+
+
+def _plan(cell, x, H, has_bias, has_lengths, force_per_step, force_streamed) -> common.LaunchPlan:
+    key = (cell, x.dtype, has_bias, has_lengths, common.dot_precision(x.dtype))
+    return common.launch_plan(
+        "forward", x.device, x.shape[1], H, GATES[cell], key, recurrent_forward_kernel,
+        mock_args(x.dtype, 64, x.shape[1], H),
+        lambda plan: kernel_meta(cell, plan, x.dtype, has_bias, has_lengths), force_per_step,
+        force_streamed)
 
 
 def run_forward(cell: int, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, force_per_step=False,
                 force_streamed=False):
-    """The recurrence for `cell` (LSTM or GRU). Returns y (T, B, H), h_T, c_T (None for GRU)
-    and the workspace (T, B, W*H) fp32."""
+    """The recurrence for `cell` (LSTM, GRU, RNN_TANH, RNN_RELU). Returns y (T, B, H), h_T,
+    c_T (None but for the LSTM) and the workspace (T, B, W*H) fp32.
+
+    Never synchronises with the host: a barrier timeout is reported through
+    fastrnn.errors (a RuntimeError at the next fastrnn call or fastrnn.check_errors())."""
     T, B = x.shape[0], x.shape[1]
     G = GATES[cell]
     H = w_hh.shape[0] // G
@@ -203,24 +272,33 @@ def run_forward(cell: int, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, force_per
     h_state = h0.to(torch.float32).contiguous().clone()
     c_state = c0.to(torch.float32).contiguous().clone() if cell == LSTM else h_state
     workspace = x.new_empty(T, B, WORKSPACE_WIDTH[cell] * H, dtype=torch.float32)
-    plan = plan_launch(B, H, G, x.device, x.element_size(), force_per_step, force_streamed)
-    if B > 0:
-        counter = torch.zeros(plan.programs_b, dtype=torch.int32, device=x.device)
+    if B > 0 and T > 0:
+        plan = _plan(cell, x, H, b_hh is not None, lengths is not None, force_per_step, force_streamed)
+        meta = kernel_meta(cell, plan, x.dtype, b_hh is not None, lengths is not None)
         error = torch.zeros(1, dtype=torch.int32, device=x.device)
-        steps = [(0, T)] if plan.persistent else [(t, t + 1) for t in range(T)]
         w_hh = w_hh.contiguous()
-        for t_begin, t_end in steps:
+        for t_begin, t_end, counter in _launch_ranges(T, plan, x.device):
             recurrent_forward_kernel[plan.grid](
                 xproj, w_hh, b_hh if b_hh is not None else w_hh,
                 lengths if lengths is not None else counter, hbuf, h_state, c_state, workspace,
-                counter, error, T, B, H, t_begin, t_end,
-                IS_LSTM=cell == LSTM, HAS_BIAS=b_hh is not None, HAS_LENGTHS=lengths is not None,
-                BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k,
-                RESIDENT=plan.resident, PROGRAMS_H=plan.programs_h, MAX_SPINS=MAX_BARRIER_SPINS, num_warps=plan.num_warps)
-        if plan.programs_h > 1 and plan.persistent and error.item() != 0:
-            raise RuntimeError("fastrnn: the recurrent kernel's grid barrier timed out (programs were "
-                               "not all resident); set FASTRNN_BACKEND=ext or reference")
+                counter, error, T, B, H, t_begin, t_end, **meta)
+        if plan.cooperative:
+            errors.report(error, common.barrier_error_message("forward", plan))
     y = hbuf[:T]
     h_t = h_state.to(x.dtype)
     c_t = c_state.to(x.dtype) if cell == LSTM else None
     return y, h_t, c_t, workspace
+
+
+def _launch_ranges(T: int, plan: common.LaunchPlan, device):
+    """(t_begin, t_end, barrier counters) per launch: every step in one launch when
+    persistent (split only where the int32 arrival count would grow too large), else one
+    launch per step. Each launch gets zeroed counters (one per batch block)."""
+    if plan.persistent:
+        steps = max(1, common.MAX_BARRIER_ARRIVALS // plan.programs_h)
+        bounds = [(t, min(t + steps, T)) for t in range(0, T, steps)]
+    else:
+        bounds = [(t, t + 1) for t in range(T)]
+    counters = torch.zeros(len(bounds) if plan.cooperative else 1, plan.programs_b, dtype=torch.int32,
+                           device=device)
+    return [(lo, hi, counters[i if plan.cooperative else 0]) for i, (lo, hi) in enumerate(bounds)]
