@@ -1,6 +1,6 @@
 // The extension's op schemas, declared once. Kernels are registered per device in
-// lstm.cpp / gru.cpp (CPU) and cuda/*.cu (CUDA); fake tensors and autograd in Python
-// (fastrnn/ops/lstm/ext.py, fastrnn/ops/gru/ext.py).
+// lstm.cpp / gru.cpp / rnn.cpp (CPU) and cuda/*.cu (CUDA); fake tensors and autograd in
+// Python (fastrnn/ops/<op>/ext.py).
 //
 // The Python-defined ops fastrnn::lstm_layer etc. live in the same namespace as library
 // fragments, which coexist with this one TORCH_LIBRARY definition in either import order
@@ -34,6 +34,29 @@ TORCH_LIBRARY_FRAGMENT(fastrnn, m) {
   m.def("ext_gru_backward(Tensor grad_y, Tensor grad_hT, Tensor x, Tensor h0, Tensor w_ih, "
         "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor y, Tensor workspace, Tensor? lengths) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_FRAGMENT(fastrnn, m) {
+  m.set_python_module("fastrnn.ops.rnn.ext");
+  // Outputs: y (T, B, H), h_T (B, H), workspace (T, B, H): the h state after every step.
+  // nonlinearity: "tanh" or "relu".
+  m.def("ext_rnn_forward(Tensor x, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+        "Tensor? b_hh, Tensor? lengths, str nonlinearity) -> (Tensor, Tensor, Tensor)");
+  // Outputs: dx, dh0, dw_ih, dw_hh, dbias (of b_ih and of b_hh alike).
+  m.def("ext_rnn_backward(Tensor grad_y, Tensor grad_hT, Tensor x, Tensor h0, Tensor w_ih, "
+        "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor y, Tensor workspace, Tensor? lengths, "
+        "str nonlinearity) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_FRAGMENT(fastrnn, m) {
+  m.set_python_module("fastrnn.ops.sampling.ext");
+  // The C++ sampler (csrc/sampling.cpp). Per-row parameters as fastrnn.ops.sampling.op
+  // hands them to a backend. Outputs: tokens (B,) int64 (-1 on unusable rows) or the kept
+  // mask (B, V) bool, and status (B,) int32 (0 ok, 1 NaN, 2 +inf, 3 no finite logit).
+  m.def("ext_sampling_forward(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p, "
+        "Tensor min_p, Tensor uniform) -> (Tensor, Tensor)");
+  m.def("ext_sampling_mask(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p, "
+        "Tensor min_p) -> (Tensor, Tensor)");
 }
 
 // `import fastrnn._C` loads this library, which runs the registrations above; the Python

@@ -130,15 +130,35 @@ std::vector<T> pack_gate_panels(const T* w_t, int64_t K, int64_t H, int64_t G) {
   return packed;
 }
 
-// Packs B (K, N) into column panels of W columns (K x W each, contiguous). N % W == 0.
+// Packs B (K, N) into ceil(N / W) column panels of W columns (K x W each, contiguous); the
+// columns of the last panel past N are zero, so any N runs on the panel kernels.
 template <typename T>
 std::vector<T> pack_column_panels(const T* B, int64_t K, int64_t N, int64_t W) {
-  std::vector<T> packed(static_cast<size_t>(K * N));
-  for (int64_t p = 0; p < N / W; ++p) {
+  const int64_t panels = (N + W - 1) / W;
+  std::vector<T> packed(static_cast<size_t>(K * panels * W), T(0));
+  for (int64_t p = 0; p < panels; ++p) {
+    const int64_t cols = std::min(W, N - p * W);
     T* dst = packed.data() + p * K * W;
-    for (int64_t k = 0; k < K; ++k) std::copy(B + k * N + p * W, B + k * N + (p + 1) * W, dst + k * W);
+    for (int64_t k = 0; k < K; ++k) std::copy(B + k * N + p * W, B + k * N + p * W + cols, dst + k * W);
   }
   return packed;
+}
+
+// The loop every packed recurrence runs: `steps` steps over `panels` column panels, the
+// panels split over a thread team (sized by `work`, the multiply-adds of one step) that
+// meets once per step, since step s + 1 reads what every panel wrote at step s. Per step,
+// step_fn(s, p) runs for each panel p of the thread's share.
+template <typename For, typename F>
+void run_panel_steps(const For& parallel_for, int64_t steps, int64_t panels, int64_t work,
+                     const F& step_fn) {
+  const int team = team_size(parallel_for, work, panels);
+  run_team(team, [&](int tid, int n, SpinBarrier& barrier) {
+    const int64_t p0 = panels * tid / n, p1 = panels * (tid + 1) / n;
+    for (int64_t s = 0; s < steps; ++s) {
+      for (int64_t p = p0; p < p1; ++p) step_fn(s, p);
+      barrier.wait();
+    }
+  });
 }
 
 // C (M, N) = A (M, K) @ B (K, N), all row-major and contiguous, N a multiple of

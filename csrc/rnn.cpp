@@ -1,0 +1,98 @@
+// CPU Elman RNN layer: the input projection, dx and the weight gradients as products over all
+// steps, the recurrence in the header kernels (csrc/include/fastrnn/rnn_cpu.h).
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include "binding.h"
+#include "cpu_all_steps.h"
+#include "rnn_common.h"
+#include "fastrnn/rnn_cpu.h"
+
+namespace fastrnn::binding {
+namespace {
+
+constexpr const char* kForward = "fastrnn::ext_rnn_forward";
+constexpr const char* kBackward = "fastrnn::ext_rnn_backward";
+
+// Runs fn<kRelu>() with the nonlinearity as a compile-time flag.
+template <typename F>
+void with_nonlinearity(bool relu, const F& fn) {
+  if (relu) {
+    fn(std::true_type());
+  } else {
+    fn(std::false_type());
+  }
+}
+
+std::tuple<Tensor, Tensor, Tensor> rnn_forward_cpu(const Tensor& x, const Tensor& h0,
+                                                   const Tensor& w_ih, const Tensor& w_hh,
+                                                   const OptTensor& b_ih, const OptTensor& b_hh,
+                                                   const OptTensor& lengths,
+                                                   c10::string_view nonlinearity) {
+  const Dims d = check_rnn(kForward, x, h0, w_ih, w_hh, b_ih, b_hh, lengths);
+  const bool relu = rnn_is_relu(kForward, nonlinearity);
+  const auto type = acc_type(x);
+  const auto opts = x.options().dtype(type);
+  // x W_ih^T of every step, written straight into the workspace, which the recurrence then
+  // overwrites step by step with h_t (the bias is added there, in the same pass).
+  Tensor workspace = matmul_all_steps(acc(x, type).view({d.T * d.B, x.size(2)}),
+                                      acc(w_ih, type).t().contiguous())
+                         .view({d.T, d.B, d.H});
+  const Tensor h0_a = acc(h0, type);
+  const Tensor w_hh_t = acc(w_hh, type).t().contiguous();
+  const OptTensor bias = rnn_bias(b_ih, b_hh, type);
+  const OptTensor lens = lengths.has_value() ? OptTensor(lengths->contiguous()) : std::nullopt;
+  Tensor y = at::empty({d.T, d.B, d.H}, opts), h_n = at::empty({d.B, d.H}, opts);
+  AT_DISPATCH_FLOATING_TYPES(type, "ext_rnn_forward", [&] {
+    const RnnForward<scalar_t> a{d,
+                                 h0_a.data_ptr<scalar_t>(),
+                                 w_hh_t.data_ptr<scalar_t>(),
+                                 ptr_or_null<scalar_t>(bias),
+                                 ptr_or_null<int64_t>(lens),
+                                 workspace.data_ptr<scalar_t>(),
+                                 y.data_ptr<scalar_t>(),
+                                 h_n.data_ptr<scalar_t>()};
+    with_nonlinearity(relu, [&](auto is_relu) { rnn_forward<decltype(is_relu)::value>(a, AtenFor()); });
+  });
+  return {y.to(x.scalar_type()), h_n.to(x.scalar_type()), workspace};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
+    const Tensor& grad_y, const Tensor& grad_hT, const Tensor& x, const Tensor& h0,
+    const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
+    const Tensor& y, const Tensor& workspace, const OptTensor& lengths,
+    c10::string_view nonlinearity) {
+  const Dims d = check_rnn_backward(kBackward, grad_y, grad_hT, x, h0, w_ih, w_hh, b_ih, b_hh, y,
+                                    workspace, lengths);
+  const bool relu = rnn_is_relu(kBackward, nonlinearity);
+  const auto type = acc_type(x);
+  const auto opts = x.options().dtype(type);
+  const Tensor grad_y_a = acc(grad_y, type), grad_hT_a = acc(grad_hT, type);
+  const Tensor w_hh_a = acc(w_hh, type), ws = workspace.contiguous();
+  const OptTensor lens = lengths.has_value() ? OptTensor(lengths->contiguous()) : std::nullopt;
+  Tensor d_pre = at::empty({d.T, d.B, d.H}, opts), dh0 = at::empty({d.B, d.H}, opts);
+  AT_DISPATCH_FLOATING_TYPES(type, "ext_rnn_backward", [&] {
+    const RnnBackward<scalar_t> a{d,
+                                  grad_y_a.data_ptr<scalar_t>(),
+                                  grad_hT_a.data_ptr<scalar_t>(),
+                                  w_hh_a.data_ptr<scalar_t>(),
+                                  ptr_or_null<int64_t>(lens),
+                                  ws.data_ptr<scalar_t>(),
+                                  d_pre.data_ptr<scalar_t>(),
+                                  dh0.data_ptr<scalar_t>()};
+    with_nonlinearity(relu, [&](auto is_relu) { rnn_backward<decltype(is_relu)::value>(a, AtenFor()); });
+  });
+  auto [dw_ih, dw_hh, dbias] = rnn_weight_gradients(d, d_pre, ws, x, h0, type);
+  const Tensor dx = matmul_all_steps(d_pre.view({d.T * d.B, d.H}), acc(w_ih, type));
+  const auto out = x.scalar_type();
+  return {dx.view({d.T, d.B, x.size(2)}).to(out), dh0.to(out), dw_ih, dw_hh, dbias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastrnn, CPU, m) {
+  m.impl("ext_rnn_forward", &rnn_forward_cpu);
+  m.impl("ext_rnn_backward", &rnn_backward_cpu);
+}
+
+}  // namespace fastrnn::binding
