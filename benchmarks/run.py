@@ -3,6 +3,7 @@ the results to benchmarks/results/results.csv, and render results.md and PNG plo
 
     python -m benchmarks.run                       # everything, on the GPU if there is one
     python -m benchmarks.run --kernels lstm --modes forward
+    python -m benchmarks.run --kernels lstm,gru --shapes B16-T1024-H768   # the headline cases only
     python -m benchmarks.run --render-only         # redo the Markdown and plots from the CSV
 
 On a CPU-only machine the sweep is reduced (see benchmarks.cases.cpu_sweep) so that it
@@ -74,9 +75,15 @@ def sweep(args, device, csv_path: str) -> List[str]:
     measured (a run cut short keeps what it measured). Returns what was not measured, and why."""
     on_gpu = torch.device(device).type == "cuda"
     cases = (bench_cases.gpu_sweep if on_gpu else bench_cases.cpu_sweep)(args.kernels)
+    sweep_name = "full" if on_gpu else "cpu-reduced"
+    if args.shapes:
+        cases = [c for c in cases if c.shape in args.shapes]
+        if not cases:
+            raise SystemExit(f"no case of the {sweep_name} sweep has a shape in {args.shapes}")
+        sweep_name = "selected"
     run_id = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     common = {"run_id": run_id, "device": device_name(device), "versions": versions(),
-              "date": run_id[:10], "sweep": "full" if on_gpu else "cpu-reduced"}
+              "date": run_id[:10], "sweep": sweep_name}
     skipped: dict = {}
     baseline_ms: dict = {}
     deadline = time.monotonic() + args.time_limit_s if args.time_limit_s else None
@@ -132,7 +139,9 @@ def measure_row(case, provider, mode, device, budget_s, skipped: dict):
 
 def sweep_descriptions() -> dict:
     describe = lambda fn: " ".join(fn.__doc__.split())  # noqa: E731
-    return {"full": describe(bench_cases.gpu_sweep), "cpu-reduced": describe(bench_cases.cpu_sweep)}
+    return {"full": describe(bench_cases.gpu_sweep), "cpu-reduced": describe(bench_cases.cpu_sweep),
+            "selected": "the cases of the device's sweep with the shapes given by --shapes "
+                        "(e.g. the headline B16-T1024-H768)."}
 
 
 def not_measured_path(out_dir: str, device: str) -> str:
@@ -166,6 +175,8 @@ def parse_args(argv=None):
                    help="comma-separated providers to run (default: all)")
     p.add_argument("--modes", type=lambda s: s.split(","), default=None,
                    help="comma-separated subset of forward,backward,forward+backward")
+    p.add_argument("--shapes", type=lambda s: s.split(","), default=None,
+                   help="comma-separated shapes of the sweep to run, e.g. B16-T1024-H768 (default: all)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--out", default=DEFAULT_OUT, help="folder for results.csv, results.md, PNGs")
     p.add_argument("--budget-s", type=float, default=0.2,
