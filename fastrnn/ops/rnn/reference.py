@@ -83,7 +83,8 @@ def rnn_layer_backward(grad_y: Tensor, grad_hT: Tensor, x: Tensor, h0: Tensor, w
     dbias is the gradient of b_ih and of b_hh alike. Computed in the workspace dtype (fp32,
     or fp64); returns dx, dh0, dw_ih, dw_hh, dbias in the input dtypes.
     """
-    T, B = x.shape[0], x.shape[1]
+    T, B, I = x.shape
+    H = w_hh.shape[0]
     acc = workspace.dtype
     w_hh_a = w_hh.to(acc)
     dh_state = grad_hT.to(acc)   # gradient flowing into the state h_t from later steps
@@ -97,9 +98,9 @@ def rnn_layer_backward(grad_y: Tensor, grad_hT: Tensor, x: Tensor, h0: Tensor, w
     # h_{t-1} of every step from the saved fp32/fp64 states (only read where d_t != 0, that
     # is at active steps, whose previous step is active too).
     h_prev_all = torch.cat([h0.to(acc).unsqueeze(0), workspace[:-1]], dim=0)
-    d = d_pre.reshape(T * B, -1)
-    dx = (d @ w_ih.to(acc)).reshape(T, B, -1)
-    dw_ih = d.t() @ x.reshape(T * B, -1).to(acc)
-    dw_hh = d.t() @ h_prev_all.reshape(T * B, -1)
+    d = d_pre.reshape(T * B, H)
+    dx = (d @ w_ih.to(acc)).reshape(T, B, I)
+    dw_ih = d.t() @ x.reshape(T * B, I).to(acc)
+    dw_hh = d.t() @ h_prev_all.reshape(T * B, H)
     return (dx.to(x.dtype), dh_state.to(h0.dtype), dw_ih.to(w_ih.dtype), dw_hh.to(w_hh.dtype),
             d.sum(0).to(w_hh.dtype))
