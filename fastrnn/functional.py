@@ -1,7 +1,9 @@
 """Functional API: one recurrent layer, one direction, weights in torch.nn's layout.
 
-Inputs are checked here, with errors that name the problem; the ops behind these
-functions (fastrnn/ops/*/op.py) assume valid inputs.
+Inputs are checked here, with errors that name the problem and have the type torch's own
+recurrent ops (torch.lstm, nn.LSTMCell, ...) raise for the same mistake: RuntimeError for
+wrong shapes, dtypes, devices and values, TypeError for non-tensors, ValueError for a
+wrong rank. The ops behind these functions (fastrnn/ops/*/op.py) assume valid inputs.
 """
 from typing import Optional, Tuple
 
@@ -17,7 +19,7 @@ from fastrnn.ops.rnn.reference import NONLINEARITIES
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _fail(fn: str, message: str, exc=ValueError):
+def _fail(fn: str, message: str, exc=RuntimeError):
     raise exc(f"fastrnn.functional.{fn}: {message}")
 
 
@@ -25,28 +27,26 @@ def _check_tensor(fn: str, name: str, t: Tensor, shape: Tuple[int, ...], x: Tens
     if not isinstance(t, Tensor):
         _fail(fn, f"{name} must be a Tensor, got {type(t).__name__}", TypeError)
     if tuple(t.shape) != tuple(shape):
-        _fail(fn, f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}", RuntimeError)
+        _fail(fn, f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
     if t.dtype != x.dtype:
         _fail(fn, f"{name} has dtype {t.dtype} but x has dtype {x.dtype}; all tensors must share one dtype")
     if t.device != x.device:
-        _fail(fn, f"{name} is on {t.device} but x is on {x.device}; all tensors must be on one device",
-              RuntimeError)
+        _fail(fn, f"{name} is on {t.device} but x is on {x.device}; all tensors must be on one device")
 
 
 def _check_x(fn: str, x: Tensor, input_size: int) -> Tuple[int, int]:
     if not isinstance(x, Tensor):
         _fail(fn, f"x must be a Tensor, got {type(x).__name__}", TypeError)
     if x.dim() != 3:
-        _fail(fn, f"x must be 3-D (T, B, input_size), got {x.dim()}-D")
+        _fail(fn, f"x must be 3-D (T, B, input_size), got {x.dim()}-D", ValueError)
     if x.dtype not in FLOAT_DTYPES:
-        _fail(fn, f"x must be float16, bfloat16, float32 or float64, got {x.dtype}", TypeError)
+        _fail(fn, f"x must be float16, bfloat16, float32 or float64, got {x.dtype}")
     T, B, I = x.shape
     if T == 0:
         # Same type and message as torch.nn's RNN layers.
         raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
     if I != input_size:
-        _fail(fn, f"x.size(-1) must equal input_size {input_size} (from weight_ih), got {I}",
-              RuntimeError)
+        _fail(fn, f"x.size(-1) must equal input_size {input_size} (from weight_ih), got {I}")
     return T, B
 
 
@@ -56,7 +56,7 @@ def _check_lengths(fn: str, lengths: Optional[Tensor], T: int, B: int, x: Tensor
     if not isinstance(lengths, Tensor):
         lengths = torch.as_tensor(lengths)
     if lengths.dim() != 1 or lengths.shape[0] != B:
-        _fail(fn, f"lengths must have shape ({B},), got {tuple(lengths.shape)}", RuntimeError)
+        _fail(fn, f"lengths must have shape ({B},), got {tuple(lengths.shape)}")
     if lengths.dtype.is_floating_point or lengths.dtype == torch.bool or lengths.is_complex():
         _fail(fn, f"lengths must be an integer tensor, got {lengths.dtype}", TypeError)
     if B > 0 and not torch.compiler.is_compiling():
@@ -68,11 +68,13 @@ def _check_lengths(fn: str, lengths: Optional[Tensor], T: int, B: int, x: Tensor
 
 def _check_weights(fn: str, gates: int, weight_ih, weight_hh, bias_ih, bias_hh):
     for name, w in (("weight_ih", weight_ih), ("weight_hh", weight_hh)):
-        if not isinstance(w, Tensor) or w.dim() != 2:
-            _fail(fn, f"{name} must be a 2-D Tensor")
+        if not isinstance(w, Tensor):
+            _fail(fn, f"{name} must be a Tensor, got {type(w).__name__}", TypeError)
+        if w.dim() != 2:
+            _fail(fn, f"{name} must be 2-D, got {w.dim()}-D")
     if weight_hh.shape[0] % gates != 0 or weight_ih.shape[0] != weight_hh.shape[0]:
         _fail(fn, f"weight_ih and weight_hh must both have {gates}*hidden_size rows, got "
-                  f"{weight_ih.shape[0]} and {weight_hh.shape[0]}", RuntimeError)
+                  f"{weight_ih.shape[0]} and {weight_hh.shape[0]}")
     if (bias_ih is None) != (bias_hh is None):
         _fail(fn, "give both bias_ih and bias_hh, or neither")
     return weight_hh.shape[0] // gates

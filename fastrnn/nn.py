@@ -20,6 +20,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
 
 from fastrnn import functional
+from fastrnn.ops import layer_autocast
 
 __all__ = ["LSTM", "GRU", "RNN", "replace_rnns"]
 
@@ -66,19 +67,32 @@ class _PackedLayout:
 
 
 def _check_batch_sizes(data: Tensor, batch_sizes: Tensor, name: str):
-    """PackedSequence built by hand can be inconsistent; torch would fail deep inside ATen."""
-    def fail(message):
-        raise ValueError(f"{name}: invalid PackedSequence: {message}")
+    """PackedSequence built by hand can be inconsistent; torch would fail deep inside ATen
+    (or run on garbage). Each error has the type torch raises for the same mistake."""
+    def fail(message, exc=RuntimeError):
+        raise exc(f"{name}: invalid PackedSequence: {message}")
 
-    if batch_sizes.dim() != 1 or batch_sizes.dtype != torch.int64 or batch_sizes.device.type != "cpu":
-        fail(f"batch_sizes must be a 1-D int64 CPU tensor, got {batch_sizes.dim()}-D "
-             f"{batch_sizes.dtype} on {batch_sizes.device}")
+    # (PackedSequence itself refuses batch_sizes off the CPU.)
+    if batch_sizes.dim() != 1 or batch_sizes.dtype.is_floating_point:
+        fail(f"batch_sizes must be a 1-D int64 tensor, got {batch_sizes.dim()}-D {batch_sizes.dtype}",
+             TypeError)
+    if batch_sizes.dtype != torch.int64:
+        fail(f"batch_sizes must be int64, got {batch_sizes.dtype}")
     if batch_sizes.numel() == 0:
         raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
     if int(batch_sizes.min()) < 1 or bool((batch_sizes[1:] > batch_sizes[:-1]).any()):
         fail(f"batch_sizes must be positive and non-increasing, got {batch_sizes.tolist()}")
     if int(batch_sizes.sum()) != data.shape[0]:
         fail(f"data has {data.shape[0]} rows but batch_sizes sum to {int(batch_sizes.sum())}")
+
+
+class HiddenStateError(TypeError, AttributeError, IndexError, RuntimeError):
+    """hx of the wrong kind: not a tensor (GRU, RNN), or not a pair of tensors (LSTM).
+
+    torch.nn fails on these while indexing hx, with a type that depends on the value
+    (AttributeError, IndexError, RuntimeError or TypeError); this error is all of them, so
+    code written to catch torch's still catches it, and its message says what is wrong.
+    """
 
 
 class _FusedRNNBase(nn.RNNBase):
@@ -154,7 +168,7 @@ class _FusedRNNBase(nn.RNNBase):
 
     def _check_dtypes_and_devices(self, x: Tensor, state: Tuple[Tensor, ...]) -> None:
         """torch checks the devices inside ATen (same messages here) and never checks the
-        dtype of hx; fastrnn says which tensor is wrong."""
+        dtype of hx; fastrnn says which tensor is wrong, with torch's exception types."""
         weight = self._flat_weights[0]
         if x.device != weight.device:
             raise RuntimeError("Input and parameter tensors are not at the same device, found input "
@@ -167,17 +181,19 @@ class _FusedRNNBase(nn.RNNBase):
             return
         for h in state:
             if h.dtype != weight.dtype:
-                raise ValueError(f"{self.mode}: hx dtype ({h.dtype}) does not match weight dtype "
-                                 f"({weight.dtype}). Convert hx: hx.to({weight.dtype})")
+                # torch fails in its matmul or oneDNN with a RuntimeError not naming hx.
+                raise RuntimeError(f"{type(self).__name__}: hx dtype ({h.dtype}) does not match "
+                                   f"weight dtype ({weight.dtype}). Convert hx: hx.to({weight.dtype})")
 
     def _run_layers(self, x: Tensor, state: Tuple[Tensor, ...], lengths: Optional[Tensor],
                     packed_rows: Optional[Tensor]) -> Tuple[Tensor, Tuple[Tensor, ...]]:
         """All layers and directions on time-major x; returns the last layer's output and the
         stacked final states (one entry per state tensor, (layers * directions, B, .))."""
         weights: List[Tensor] = self._flat_weights
-        if torch.is_autocast_enabled(x.device.type):
-            # torch's RNN ops run in the autocast dtype; the fused layers take one dtype.
-            dtype = torch.get_autocast_dtype(x.device.type)
+        dtype = layer_autocast.autocast_dtype(self.mode, x.device, x.dtype, weights[0].dtype)
+        if dtype is not None:
+            # Under autocast, compute in the dtype torch.nn's module would (its policy differs
+            # per mode and device type); the fused layers take one dtype.
             x, state = x.to(dtype), tuple(h.to(dtype) for h in state)
             weights = [w.to(dtype) for w in weights]
         with torch.autocast(x.device.type, enabled=False):
@@ -243,7 +259,7 @@ class LSTM(_FusedRNNBase):
     def _as_state_tuple(self, hx) -> Tuple[Tensor, ...]:
         if not (isinstance(hx, (tuple, list)) and len(hx) == 2
                 and all(isinstance(h, Tensor) for h in hx)):
-            raise TypeError(f"LSTM: hx must be a tuple (h_0, c_0) of two tensors, got "
+            raise HiddenStateError(f"LSTM: hx must be a tuple (h_0, c_0) of two tensors, got "
                             f"{type(hx).__name__}")
         return tuple(hx)
 
@@ -291,7 +307,8 @@ class GRU(_FusedRNNBase):
 
     def _as_state_tuple(self, hx) -> Tuple[Tensor, ...]:
         if not isinstance(hx, Tensor):
-            raise TypeError(f"{type(self).__name__}: hx must be a Tensor, got {type(hx).__name__}")
+            raise HiddenStateError(f"{type(self).__name__}: hx must be a Tensor, got "
+                                   f"{type(hx).__name__}")
         return (hx,)
 
     def _from_state_tuple(self, state):

@@ -114,24 +114,74 @@ def test_compile_fullgraph_no_graph_break():
     assert explanation.graph_break_count == 0
 
 
-def test_errors():
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, _ = lstm_args()
-    with pytest.raises(RuntimeError, match="Expected sequence length to be larger than 0 in RNN"):
-        functional.lstm_layer(x[:0], None, None, w_ih, w_hh)
-    with pytest.raises(ValueError, match="must be 3-D"):
-        functional.lstm_layer(x[0], None, None, w_ih, w_hh)
-    with pytest.raises(RuntimeError, match="input_size"):
-        functional.lstm_layer(x[..., :2], None, None, w_ih, w_hh)
-    with pytest.raises(ValueError, match="dtype"):
-        functional.lstm_layer(x.float(), None, None, w_ih, w_hh)
-    with pytest.raises(RuntimeError, match=r"h0 must have shape \(3, 6\)"):
-        functional.lstm_layer(x, h0[:2], c0, w_ih, w_hh)
-    with pytest.raises(RuntimeError, match="on meta"):
-        functional.lstm_layer(x, h0.to("meta"), c0, w_ih, w_hh)
-    with pytest.raises(ValueError, match="lengths must lie in"):
-        functional.lstm_layer(x, None, None, w_ih, w_hh, lengths=torch.tensor([6, 1, 1]))
-    with pytest.raises(ValueError, match="both bias_ih and bias_hh"):
-        functional.gru_layer(x, None, w_ih[:18], w_hh[:18, :6], b_ih[:18], None)
+def _lstm_cell_run(x, h0, c0, w_ih, w_hh):
+    """torch's own analog of a bad functional call: nn.LSTMCell stepped once."""
+    cell = torch.nn.LSTMCell(w_ih.shape[1], w_hh.shape[1], bias=False, dtype=w_ih.dtype)
+    return torch.func.functional_call(cell, {"weight_ih": w_ih, "weight_hh": w_hh},
+                                      (x[0], (h0, c0)))
+
+
+def _error_cases():
+    """(name, our call, torch's analog or None, torch's exception type, our message)."""
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, _ = [a.detach() if a is not None else None
+                                            for a in lstm_args()]
+    ours = functional.lstm_layer
+    return [
+        ("sequence length 0", lambda: ours(x[:0], None, None, w_ih, w_hh),
+         lambda: torch.nn.LSTM(I, H).double()(x[:0]), RuntimeError,
+         "Expected sequence length to be larger than 0 in RNN"),
+        ("x of rank 2", lambda: ours(x[0], None, None, w_ih, w_hh),
+         lambda: torch.nn.LSTMCell(I, H).double()(x), ValueError, "must be 3-D"),
+        ("input size", lambda: ours(x[..., :2], None, None, w_ih, w_hh),
+         lambda: _lstm_cell_run(x[..., :2], h0, c0, w_ih, w_hh), RuntimeError, "input_size"),
+        ("x dtype", lambda: ours(x.float(), None, None, w_ih, w_hh),
+         lambda: _lstm_cell_run(x.float(), h0, c0, w_ih, w_hh), RuntimeError,
+         "weight_ih has dtype torch.float64 but x has dtype torch.float32"),
+        ("h0 dtype", lambda: ours(x, h0.float(), c0, w_ih, w_hh),
+         lambda: _lstm_cell_run(x, h0.float(), c0, w_ih, w_hh), RuntimeError,
+         "h0 has dtype torch.float32 but x has dtype torch.float64"),
+        # torch's cell type-promotes c0 silently.
+        ("c0 dtype", lambda: ours(x, h0, c0.float(), w_ih, w_hh), None, RuntimeError,
+         "c0 has dtype torch.float32 but x has dtype torch.float64"),
+        ("integer x", lambda: ours(x.long(), None, None, w_ih.long(), w_hh.long()),
+         lambda: _lstm_cell_run(x.long(), h0.long(), c0.long(), w_ih.long(), w_hh.long()),
+         RuntimeError, "x must be float16, bfloat16, float32 or float64, got torch.int64"),
+        ("h0 shape", lambda: ours(x, h0[:2], c0, w_ih, w_hh),
+         lambda: _lstm_cell_run(x, h0[:2], c0, w_ih, w_hh), RuntimeError,
+         r"h0 must have shape \(3, 6\)"),
+        ("h0 device", lambda: ours(x, h0.to("meta"), c0, w_ih, w_hh),
+         lambda: _lstm_cell_run(x, h0.to("meta"), c0, w_ih, w_hh), RuntimeError, "on meta"),
+        ("x not a tensor", lambda: ours(x.tolist(), None, None, w_ih, w_hh),
+         lambda: torch.lstm(x.tolist(), (h0[None], c0[None]), [w_ih, w_hh], False, 1, 0.0, False,
+                            False, False), TypeError,
+         "x must be a Tensor, got list"),
+        ("weight of rank 1", lambda: ours(x, None, None, w_ih.flatten(), w_hh), None, RuntimeError,
+         "weight_ih must be 2-D, got 1-D"),
+        ("one bias", lambda: ours(x, None, None, w_ih, w_hh, b_ih, None),
+         lambda: torch.lstm(x, (h0[None], c0[None]), [w_ih, w_hh, b_ih], True, 1, 0.0, False,
+                            False, False), RuntimeError, "both bias_ih and bias_hh"),
+        ("length 0", lambda: ours(x, None, None, w_ih, w_hh, lengths=torch.tensor([5, 0, 1])),
+         lambda: torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([5, 0, 1]),
+                                                         enforce_sorted=False),
+         RuntimeError, "lengths must lie in"),
+        ("length past T", lambda: ours(x, None, None, w_ih, w_hh, lengths=torch.tensor([6, 1, 1])),
+         None, RuntimeError, "lengths must lie in"),
+        ("lengths shape", lambda: ours(x, None, None, w_ih, w_hh, lengths=torch.tensor([5, 1])),
+         None, RuntimeError, r"lengths must have shape \(3,\)"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(len(_error_cases())),
+                         ids=[case[0] for case in _error_cases()])
+def test_errors_have_torch_types_and_clear_messages(index):
+    """Each bad call raises the type torch's analog raises (nn.LSTMCell, torch.lstm,
+    pack_padded_sequence: asserted here where one exists), with a message naming the problem."""
+    _, ours, theirs, expected_type, message = _error_cases()[index]
+    with pytest.raises(expected_type, match=message):
+        ours()
+    if theirs is not None:
+        with pytest.raises(expected_type):
+            theirs()
 
 
 def test_forced_backend_unavailable_is_an_error(monkeypatch):

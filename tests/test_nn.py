@@ -337,15 +337,71 @@ def test_weight_reassignment_is_seen_by_forward():
     torch.testing.assert_close(ours(x)[0], theirs(x)[0])
 
 
-def test_bf16_autocast_runs_in_autocast_dtype():
-    theirs, ours = make_pair("LSTM", {"num_layers": 2}, dtype=torch.float32)
-    x = torch.randn(T, B, I)
+AUTOCAST_MODES = [m for m in ("LSTM", "GRU", "RNN") if hasattr(fastrnn, m)]
+
+
+def autocast_outputs(module, x, device_type, dtype):
+    # no_grad: torch's CPU fp16 LSTM with grad enabled fails inside oneDNN.
+    with torch.no_grad(), torch.autocast(device_type, dtype=dtype):
+        return flat_outputs(module(x))
+
+
+def assert_autocast_matches_torch(mode, device, dtype):
+    """Output dtypes under autocast equal torch.nn's (whose policy differs per module and
+    device), values are within twice torch's own error, and the results feed float32 code
+    (the next call with h_n, a Linear layer) outside autocast, as torch's do."""
+    theirs = TORCH_CLASSES.get(mode, getattr(nn, mode))(8, 16, num_layers=2).to(device)
+    ours = getattr(fastrnn, mode)(8, 16, num_layers=2).to(device)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(10, 4, 8, device=device)
+    expected = autocast_outputs(theirs, x, device.type, dtype)
+    actual = autocast_outputs(ours, x, device.type, dtype)
+    reference = flat_outputs(copy.deepcopy(theirs).double()(x.double()))
+    for name, a, e, r in zip(["output", "h_n", "c_n"], actual, expected, reference):
+        assert a.dtype == e.dtype, f"{name}: {a.dtype}, torch.nn gives {e.dtype}"
+        testing.assert_within_baseline(a, e, r, name)
+    hidden = tuple(actual[1:]) if mode == "LSTM" else actual[1]
+    expected_hidden = tuple(expected[1:]) if mode == "LSTM" else expected[1]
+    assert_same_outcome(lambda: theirs(x, expected_hidden), lambda: ours(x, hidden))
+    head = nn.Linear(16, 2).to(device)
+    assert_same_outcome(lambda: head(expected[0]), lambda: head(actual[0]))
+
+
+def assert_same_outcome(torch_fn, our_fn):
+    """Both succeed, or both raise the same exception type."""
+    outcomes = []
+    for fn in (torch_fn, our_fn):
+        try:
+            fn()
+            outcomes.append(None)
+        except Exception as error:  # noqa: BLE001 (the type is what is compared)
+            outcomes.append(type(error))
+    assert outcomes[1] == outcomes[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("mode", AUTOCAST_MODES)
+def test_cpu_autocast_follows_torch_policy(mode, dtype):
+    assert_autocast_matches_torch(mode, torch.device("cpu"), dtype)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("mode", AUTOCAST_MODES)
+def test_cuda_autocast_follows_torch_policy(mode, dtype):
+    assert_autocast_matches_torch(mode, torch.device("cuda"), dtype)
+
+
+def test_issue_gru_autocast_keeps_float32():
+    """The issue's case: torch.nn.GRU stays float32 under CPU bf16 autocast, and its outputs
+    work with float32 code afterwards."""
+    gru = fastrnn.GRU(8, 16, num_layers=2)
+    x = torch.randn(10, 4, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        expected, actual = flat_outputs(theirs(x)), flat_outputs(ours(x))
-    reference = flat_outputs(theirs.double()(x.double()))
-    for a, e, r in zip(actual, expected, reference):
-        assert a.dtype == e.dtype
-        testing.assert_within_baseline(a, e, r)
+        output, h_n = gru(x)
+    assert output.dtype == h_n.dtype == torch.float32
+    gru(x, h_n)
+    nn.Linear(16, 2)(output)
 
 
 # --- torch.compile -------------------------------------------------------------------

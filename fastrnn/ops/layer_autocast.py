@@ -1,0 +1,50 @@
+"""torch's autocast policy for its recurrent layers, read from torch at run time.
+
+Under autocast torch.nn's recurrent modules do not all follow one rule: on CPU in torch
+2.13, nn.LSTM and nn.RNN run in the autocast dtype while nn.GRU stays in float32, and the
+CUDA policy (cuDNN's RNN ops) differs again. Rather than copy those tables, fastrnn asks
+torch: it runs torch's own op for the mode (torch.lstm, torch.gru, torch.rnn_tanh,
+torch.rnn_relu, what nn.LSTM / GRU / RNN call) once on a 1x1x1 input under the active
+autocast state and reads the dtype of its output. The answer is cached per mode, device
+type, autocast dtype, input dtype and weight dtype, so each combination costs one tiny call.
+"""
+import functools
+import warnings
+from typing import Optional
+
+import torch
+
+# The function torch.nn.RNNBase subclasses call for each mode (nn.RNNBase.mode).
+_TORCH_OPS = {"LSTM": torch.lstm, "GRU": torch.gru, "RNN_TANH": torch.rnn_tanh,
+              "RNN_RELU": torch.rnn_relu}
+_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+
+
+def autocast_dtype(mode: str, device: torch.device, input_dtype: torch.dtype,
+                   weight_dtype: torch.dtype) -> Optional[torch.dtype]:
+    """The dtype torch.nn's `mode` module ("LSTM", "GRU", "RNN_TANH", "RNN_RELU") computes and
+    returns in for this input and weight dtype on `device` under the autocast state now
+    active there, or None when autocast is off for that device type."""
+    if not torch.is_autocast_enabled(device.type):
+        return None
+    return _probe(mode, device, torch.get_autocast_dtype(device.type), input_dtype, weight_dtype)
+
+
+@torch.compiler.assume_constant_result
+@functools.lru_cache(maxsize=None)
+def _probe(mode: str, device: torch.device, cast_to: torch.dtype, input_dtype: torch.dtype,
+           weight_dtype: torch.dtype) -> torch.dtype:
+    """Output dtype of torch's op for `mode` under autocast to `cast_to` on `device`.
+
+    `cast_to` is part of the cache key only: the caller's autocast state is the one used.
+    """
+    del cast_to
+    x = torch.zeros(1, 1, 1, dtype=input_dtype, device=device)
+    h = torch.zeros(1, 1, 1, dtype=input_dtype, device=device)
+    weights = [torch.zeros(_GATES[mode], 1, dtype=weight_dtype, device=device) for _ in range(2)]
+    hx = (h, h) if mode == "LSTM" else h
+    # cuDNN warns that these weights are not one contiguous buffer: irrelevant to a probe.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        output = _TORCH_OPS[mode](x, hx, weights, False, 1, 0.0, False, False, False)[0]
+    return output.dtype
