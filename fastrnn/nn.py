@@ -11,6 +11,7 @@ picks the backend (fastrnn.backends). Variable-length batches (PackedSequence) r
 padded time-major tensor plus per-sequence lengths, so the kernels stop each sequence at
 its own end; the reverse direction reverses each sequence over its own valid steps.
 """
+import warnings
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -383,19 +384,33 @@ def _original_type(module: nn.Module) -> type:
     return type(module)
 
 
+def _check_replaceable(rnn: nn.RNNBase) -> None:
+    """ValueError unless every weight of `rnn` is a plain Parameter it owns: a parametrized
+    weight or one a hook recomputes (the old torch.nn.utils.weight_norm) would not survive
+    the swap."""
+    name = _original_type(rnn).__name__
+    if parametrize.is_parametrized(rnn):
+        raise ValueError(f"replace_rnns: cannot replace a parametrized {name} "
+                         "(e.g. weight_norm); remove the parametrization first")
+    computed = [w for w in rnn._flat_weights_names if not isinstance(getattr(rnn, w), nn.Parameter)]
+    if computed:
+        raise ValueError(f"replace_rnns: cannot replace a {name} whose {', '.join(computed)} "
+                         "is computed by a hook (e.g. torch.nn.utils.weight_norm); remove it first")
+
+
 def _converted(rnn: nn.RNNBase) -> nn.RNNBase:
     """A fastrnn module holding the very Parameter objects of `rnn` (so optimizers that
     already hold them keep working), built on the meta device so no RNG is consumed."""
-    if parametrize.is_parametrized(rnn):
-        raise ValueError(f"replace_rnns: cannot replace a parametrized {_original_type(rnn).__name__} "
-                         "(e.g. weight_norm); remove the parametrization first")
     options = dict(num_layers=rnn.num_layers, bias=rnn.bias, batch_first=rnn.batch_first,
                    dropout=rnn.dropout, bidirectional=rnn.bidirectional)
     if isinstance(rnn, nn.LSTM):
         options["proj_size"] = rnn.proj_size
     if isinstance(rnn, nn.RNN):
         options["nonlinearity"] = rnn.nonlinearity
-    with torch.device("meta"):
+    # The original module gave its construction warnings (e.g. dropout with one layer)
+    # already: the swap repeats none of them.
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         new = _REPLACEMENTS[_original_type(rnn)](rnn.input_size, rnn.hidden_size, **options)
     for name in rnn._flat_weights_names:
         setattr(new, name, getattr(rnn, name))
@@ -406,17 +421,30 @@ def _converted(rnn: nn.RNNBase) -> nn.RNNBase:
 def replace_rnns(model: nn.Module) -> nn.Module:
     """Swap every torch.nn.LSTM / GRU / RNN inside `model` for fastrnn.LSTM / GRU / RNN,
     in place, keeping the parameters themselves (so their device, dtype, values and any
-    optimizer state), and the training mode.
+    optimizer state), and the training mode. A module reached through several parents is
+    replaced by one module.
 
     Only modules whose type is exactly nn.LSTM, nn.GRU or nn.RNN are swapped: a subclass may
     override forward, which the replacement would not keep. Hooks registered on a
     replaced module are not carried over. Returns `model`, or its replacement when
     `model` itself is an nn.LSTM / nn.GRU / nn.RNN.
+
+    Raises:
+        ValueError: an RNN's weights are parametrized (torch.nn.utils.parametrizations) or
+            computed by a hook (torch.nn.utils.weight_norm). Every module is checked before
+            any is swapped, so on error the model is unchanged.
     """
     if _original_type(model) in _REPLACEMENTS:
+        _check_replaceable(model)
         return _converted(model)
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if _original_type(child) in _REPLACEMENTS:
-                setattr(parent, name, _converted(child))
+    swaps = [(parent, name, child) for parent in model.modules()
+             for name, child in parent.named_children() if _original_type(child) in _REPLACEMENTS]
+    for _, _, child in swaps:
+        _check_replaceable(child)
+    replacements = {}
+    for _, _, child in swaps:
+        if id(child) not in replacements:
+            replacements[id(child)] = _converted(child)
+    for parent, name, child in swaps:
+        setattr(parent, name, replacements[id(child)])
     return model

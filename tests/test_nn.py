@@ -7,6 +7,7 @@ import io
 import pickle
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -476,10 +477,51 @@ def test_replace_rnns_on_a_bare_rnn_returns_the_replacement():
     assert replaced.weight_ih_l0 is lstm.weight_ih_l0
 
 
-def test_replace_rnns_refuses_parametrized_modules():
-    model = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.GRU(I, H), "weight_hh_l0"))
-    with pytest.raises(ValueError, match="parametrized GRU"):
+def _old_style_weight_norm(module, name):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # deprecated, still in use
+        return nn.utils.weight_norm(module, name)
+
+
+@pytest.mark.parametrize("weight_norm,message", [
+    (nn.utils.parametrizations.weight_norm, "cannot replace a parametrized GRU"),
+    (_old_style_weight_norm, "cannot replace a GRU whose weight_hh_l0 is computed by a hook"),
+], ids=["parametrizations", "old_style"])
+def test_replace_rnns_is_atomic_and_refuses_reparametrized_weights(weight_norm, message):
+    """The issue's model: a plain LSTM first, then a weight-normed GRU. Every module is
+    checked before any is swapped, so the error leaves the model exactly as it was."""
+    model = nn.ModuleDict({"first": nn.LSTM(10, 20, 2),
+                           "second": weight_norm(nn.GRU(20, 20, bias=False), "weight_hh_l0")})
+    children = dict(model.named_children())
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="replace_rnns: " + message):
         fastrnn.replace_rnns(model)
+    assert dict(model.named_children()) == children
+    assert type(model["first"]) is nn.LSTM
+    assert state.keys() == model.state_dict().keys()
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="replace_rnns: " + message):
+        fastrnn.replace_rnns(model["second"])
+
+
+def test_replace_rnns_emits_no_warnings_of_its_own():
+    """Construction warnings (dropout with one layer) were given when the user built the
+    modules; the swap does not repeat them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = nn.Sequential(nn.LSTM(3, 4, dropout=0.5), nn.GRU(4, 4, dropout=0.5))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fastrnn.replace_rnns(model)
+    assert [str(w.message) for w in caught] == []
+    assert type(model[0]) is fastrnn.LSTM and model[0].dropout == 0.5
+
+
+def test_replace_rnns_keeps_a_shared_module_shared():
+    gru = nn.GRU(I, H)
+    model = nn.ModuleDict({"a": gru, "b": nn.Sequential(gru)})
+    fastrnn.replace_rnns(model)
+    assert type(model["a"]) is fastrnn.GRU and model["b"][0] is model["a"]
 
 
 # --- PyTorch's own sample inputs -----------------------------------------------------
