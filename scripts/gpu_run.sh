@@ -1,26 +1,40 @@
 #!/usr/bin/env bash
-# Everything the GPU machine is for, in one call: build the extension, run the tests
-# (CUDA ones included), run the benchmarks. Logs and results go to $OUT (default ./out).
+# Everything the GPU machine is for, in one call of at most 10 minutes (the device budget is
+# 15 minutes in all, and the machine's start-up takes one or two of them). The stages run in
+# this order, the first three within about 4 minutes:
 #
-#   bash scripts/gpu_run.sh                       # build, test, bench
-#   STAGES="build bench" bash scripts/gpu_run.sh  # a subset; "demo" runs examples/char_lm.py
-#   BENCH_ARGS="--kernels lstm" TEST_ARGS="tests/ops" bash scripts/gpu_run.sh
+#   environment  GPU, driver, torch / Triton / CUDA versions, date, commit -> environment.txt
+#   check        python -m fastrnn.check: every backend against torch, TF32 off and on
+#   headline     LSTM and GRU B=16 T=1024 H=768 in fp16, bf16, fp32, forward and
+#                forward+backward, fastrnn-triton against cuDNN's nn.LSTM / nn.GRU, one run
+#   build        the CUDA extension fastrnn._C for sm_90 only, in place (no pip, no network)
+#   check-ext    python -m fastrnn.check --backends ext (the extension did not exist before)
+#   cuda-tests   the tests marked cuda (Triton kernels and the extension on the GPU)
+#   tests        the rest of the suite
+#   sweep        the benchmark sweep, for whatever time is left
 #
-# The machine has no network: nothing is installed from a registry here; without
-# matplotlib the benchmarks write CSV and Markdown only. Each stage has a time limit so
-# that the whole run fits in one 10-minute call; a failing stage is recorded in
-# $OUT/summary.txt and the next stage still runs. The exit status is that of the first
-# failing stage (0 when all pass).
+#   bash scripts/gpu_run.sh
+#   STAGES="check headline" bash scripts/gpu_run.sh        # a subset, in the order given
+#   COMMIT=$(git rev-parse --short HEAD) OUT=/tmp/out bash scripts/gpu_run.sh
+#
+# Everything goes to $OUT as it happens: environment.txt, one log per stage (<stage>.log),
+# check.json, junit XML of the tests, bench/ (results.csv with this run's rows appended to
+# the committed ones, results.md, PNGs when matplotlib is there), and summary.txt, which
+# gets one line per stage as soon as the stage ends. Each stage has its own time limit
+# (`timeout`), and no stage runs past TOTAL_LIMIT_S from the start, so a 10-minute call
+# returns what finished. A failing stage does not stop the next; the exit status is that
+# of the first failing stage (0 when all pass). The machine has no network: nothing is
+# installed here.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/out}
 PYTHON=${PYTHON:-python}
-STAGES=${STAGES:-"build test bench"}
-BUILD_LIMIT_S=${BUILD_LIMIT_S:-200}
-TEST_LIMIT_S=${TEST_LIMIT_S:-190}
-BENCH_LIMIT_S=${BENCH_LIMIT_S:-170}
-TEST_ARGS=${TEST_ARGS:-"-m 'not slow'"}
+STAGES=${STAGES:-"check headline build check-ext cuda-tests tests sweep"}
+TOTAL_LIMIT_S=${TOTAL_LIMIT_S:-570}
+TEST_ARGS=${TEST_ARGS:-"-m 'not cuda'"}
 BENCH_ARGS=${BENCH_ARGS:-}
+COMMIT=${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+export PYTHONUNBUFFERED=1
 mkdir -p "$OUT/bench"
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
@@ -28,49 +42,78 @@ status=0
 
 note() { echo "$*" | tee -a "$SUMMARY"; }
 
-# stage NAME LIMIT_S COMMAND...: runs COMMAND under a time limit, logs to $OUT/NAME.log.
+# Seconds left before TOTAL_LIMIT_S, less the 20 s `timeout` may wait before it kills.
+remaining() { echo $((TOTAL_LIMIT_S - SECONDS - 20)); }
+
+# stage NAME LIMIT_S COMMAND: runs COMMAND (a string for bash -c, which sees the limit as
+# $LIMIT) under min(LIMIT_S, time left), logs to $OUT/NAME.log, and appends its outcome and
+# the log's last line to the summary.
 stage() {
-  local name=$1 limit=$2; shift 2
+  local name=$1 limit=$2 cmd=$3
+  local left
+  left=$(remaining)
+  if [ "$left" -lt 30 ]; then
+    note "$name: not run, $left s left of TOTAL_LIMIT_S=$TOTAL_LIMIT_S"
+    return
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
   local start=$SECONDS
-  echo "=== $name (limit ${limit}s): $*"
-  timeout --signal=INT --kill-after=20 "$limit" bash -c "$*" > "$OUT/$name.log" 2>&1
+  echo "=== $name (limit ${limit}s): $cmd"
+  LIMIT=$limit timeout --signal=INT --kill-after=20 "$limit" bash -c "$cmd" > "$OUT/$name.log" 2>&1
   local rc=$?
-  note "$name: exit $rc after $((SECONDS - start))s (log: $name.log)"
+  local what="exit $rc"
+  [ "$rc" -eq 124 ] && what="time limit of ${limit}s reached (exit 124)"
+  note "$name: $what after $((SECONDS - start))s (log: $name.log) | $(tail -n 1 "$OUT/$name.log")"
   tail -n 15 "$OUT/$name.log"
   if [ "$rc" -ne 0 ] && [ "$status" -eq 0 ]; then status=$rc; fi
 }
 
+# The bench stages append to a copy of the committed results, so $OUT/bench/results.csv is
+# the repository's file plus this run's rows and results.md covers every device: copy the
+# folder back over benchmarks/results/ to commit the figures.
+cp benchmarks/results/results.csv benchmarks/results/not_measured_*.txt "$OUT/bench/" 2>/dev/null || true
+bench() {  # bench NAME LIMIT_S ARGS...: one benchmarks.run stage, then render (also after a kill)
+  local name=$1 limit=$2; shift 2
+  # No new case in the last 40 s: the one under way finishes before the limit.
+  stage "$name" "$limit" "$PYTHON -m benchmarks.run --out '$OUT/bench' --time-limit-s \$((LIMIT > 80 ? LIMIT - 40 : LIMIT / 2)) $*"
+  timeout 60 "$PYTHON" -m benchmarks.run --render-only --out "$OUT/bench" >> "$OUT/$name.log" 2>&1
+}
+
 {
-  date -u +"%Y-%m-%dT%H:%M:%SZ"
-  git rev-parse --short HEAD 2>/dev/null || echo "commit unknown"
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1
-  "$PYTHON" -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'gpu', torch.cuda.is_available())"
-  "$PYTHON" -c "import triton; print('triton', triton.__version__)" 2>&1
+  echo "date: $(date -u +"%Y-%m-%dT%H:%M:%SZ")"
+  echo "commit: $COMMIT"
+  echo "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1)"
+  "$PYTHON" -c "import sys, torch; print('python', sys.version.split()[0], '| torch', torch.__version__, '| cuda', torch.version.cuda, '| gpu available', torch.cuda.is_available())"
+  "$PYTHON" -c "import triton; print('triton', triton.__version__)" 2>&1 | tail -n 1
   "$PYTHON" -c "import matplotlib; print('matplotlib', matplotlib.__version__)" 2>&1 | tail -n 1
-  nvcc --version 2>&1 | tail -n 1
-} > "$OUT/environment.txt"
+  echo "nvcc: $(nvcc --version 2>&1 | tail -n 1)"
+} > "$OUT/environment.txt" 2>&1
 cat "$OUT/environment.txt"
+note "environment: written after ${SECONDS}s (environment.txt)"
 
 for s in $STAGES; do
   case $s in
+    check)
+      stage check 150 "$PYTHON -m fastrnn.check --json '$OUT/check.json'" ;;
+    headline)
+      bench headline 110 --kernels lstm,gru --shapes B16-T1024-H768 --modes forward,forward+backward \
+        --providers nn,fastrnn-triton ;;
     build)
-      # In place, without pip: nothing to fetch, and the later stages import fastrnn from
-      # this folder (python -m puts it on sys.path). build/ is kept between calls.
-      stage build "$BUILD_LIMIT_S" "MAX_JOBS=\${MAX_JOBS:-16} $PYTHON setup.py build_ext --inplace" ;;
-    test)
-      stage test "$TEST_LIMIT_S" "$PYTHON -m pytest -q -rs $TEST_ARGS --junitxml='$OUT/tests.xml'" ;;
-    bench)
-      # The committed results are copied first, so $OUT/bench/results.csv is the repository's
-      # file with this run's rows appended and results.md covers every device: copy the
-      # folder back over benchmarks/results/ to commit them.
-      cp benchmarks/results/results.csv benchmarks/results/not_measured_*.txt "$OUT/bench/" 2>/dev/null || true
-      stage bench "$BENCH_LIMIT_S" "$PYTHON -m benchmarks.run --out '$OUT/bench' --time-limit-s $((BENCH_LIMIT_S - 40)) $BENCH_ARGS"
-      # Rows are written as they are measured; render again in case the run was killed (a hung kernel).
-      timeout 60 "$PYTHON" -m benchmarks.run --render-only --out "$OUT/bench" >> "$OUT/bench.log" 2>&1 ;;
+      # In place, without pip: nothing to fetch, and the later stages import fastrnn from this
+      # folder. sm_90 only (the H200): one architecture halves the nvcc time.
+      stage build 240 "TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=\${MAX_JOBS:-16} $PYTHON setup.py build_ext --inplace" ;;
+    check-ext)
+      stage check-ext 90 "$PYTHON -m fastrnn.check --backends ext --json '$OUT/check-ext.json'" ;;
+    cuda-tests)
+      stage cuda-tests 150 "$PYTHON -m pytest -q -rs -m cuda --junitxml='$OUT/cuda-tests.xml'" ;;
+    tests)
+      stage tests 240 "$PYTHON -m pytest -q -rs $TEST_ARGS --junitxml='$OUT/tests.xml'" ;;
+    sweep)
+      bench sweep 600 $BENCH_ARGS ;;
     demo)
       stage demo "${DEMO_LIMIT_S:-240}" "PYTHONPATH='$PWD' $PYTHON examples/char_lm.py ${DEMO_ARGS:-}" ;;
     *) note "unknown stage $s"; status=2 ;;
   esac
 done
-note "overall: exit $status"
+note "overall: exit $status after ${SECONDS}s"
 exit "$status"
