@@ -48,6 +48,17 @@ TORCH_LIBRARY_FRAGMENT(fastrnn, m) {
         "str nonlinearity) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
+TORCH_LIBRARY_FRAGMENT(fastrnn, m) {
+  m.set_python_module("fastrnn.ops.sampling.ext");
+  // The C++ sampler (csrc/sampling.cpp). Per-row parameters as fastrnn.ops.sampling.op
+  // hands them to a backend. Outputs: tokens (B,) int64 (-1 on unusable rows) or the kept
+  // mask (B, V) bool, and status (B,) int32 (0 ok, 1 NaN, 2 +inf, 3 no finite logit).
+  m.def("ext_sampling_forward(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p, "
+        "Tensor min_p, Tensor uniform) -> (Tensor, Tensor)");
+  m.def("ext_sampling_mask(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p, "
+        "Tensor min_p) -> (Tensor, Tensor)");
+}
+
 // `import fastrnn._C` loads this library, which runs the registrations above; the Python
 // module itself is empty.
 extern "C" PyObject* PyInit__C(void) {

@@ -34,7 +34,7 @@ FEATURES = {
     "reference": {"lstm": {"proj", "lengths", "fp64"}, "gru": {"lengths", "fp64"},
                   "rnn": {"lengths", "fp64"}, "softmax": {"fp64"}, "sampling": {"fp64"}},
     "triton": {"lstm": {"lengths"}, "gru": {"lengths"}, "rnn": {"lengths"}},
-    "ext": {"lstm": {"proj", "lengths", "fp64"}, "gru": {"lengths", "fp64"},
+    "ext": {"lstm": {"proj", "lengths", "fp64"}, "gru": {"lengths", "fp64"}, "sampling": {"fp64"},
             "rnn": {"lengths", "fp64"}},
 }
 
@@ -61,6 +61,7 @@ def ext_module():
         return None
 
 
+@functools.lru_cache(maxsize=None)  # asked on every call of a small op (sampling)
 def ext_available(device_type: str, op: str = "lstm") -> bool:
     if ext_module() is None:
         return False

@@ -62,10 +62,12 @@ class _Rule:
     """A parameter's valid range, checked on host scalars and on device tensors alike."""
 
     def __init__(self, name: str, text: str, ok: Callable):
-        self.name, self.text, self.ok = name, text, ok  # ok: value(s) -> bool (tensor)
+        # ok: a number or a tensor -> bool or bool tensor (written with operators that
+        # mean the same on both)
+        self.name, self.text, self.ok = name, text, ok
 
     def check_scalar(self, fn: str, value):
-        if not self.ok(torch.tensor(value, dtype=torch.float64)):
+        if not self.ok(value):
             _fail(fn, f"{self.name} must be {self.text}, got {value}")
 
     def check_tensor(self, fn: str, values: Tensor):
@@ -74,6 +76,8 @@ class _Rule:
         if B == 0:
             return
         bad = ~self.ok(values)
+        if values.device.type != "cuda" and not bool(bad.any()):
+            return  # off CUDA, reading the flag costs no sync and spares the codes below
         row = torch.where(bad, torch.arange(B, device=values.device), B).amin()
         value = values[row.clamp_max(B - 1)].double()
         codes = torch.stack([row, value.view(torch.int64)])
@@ -94,8 +98,10 @@ _MIN_P = _Rule("min_p", "in [0, 1] (0 disables min-p)", lambda p: (p >= 0) & (p 
 
 
 def _per_row(fn: str, rule: _Rule, value: Param, default, B: int, dtype, device,
-             integer: bool = False) -> Tensor:
-    """A scalar or a (B,) tensor as a checked (B,) tensor of `dtype` on `device`."""
+             integer: bool = False, scalar_map: Callable = lambda v: v,
+             tensor_map: Callable = lambda t: t) -> Tensor:
+    """A scalar or a (B,) tensor as a checked (B,) tensor of `dtype` on `device`, with
+    scalar_map / tensor_map (the same rule) applied after the check."""
     name = rule.name
     if value is None:
         value = default
@@ -109,13 +115,13 @@ def _per_row(fn: str, rule: _Rule, value: Param, default, B: int, dtype, device,
         if integer and value.dtype.is_floating_point:
             _fail(fn, f"{name} must be an integer tensor, got {value.dtype}", TypeError)
         rule.check_tensor(fn, value.to(device))
-        return value.to(device=device, dtype=dtype)
+        return tensor_map(value.to(device=device, dtype=dtype))
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         _fail(fn, f"{name} must be a number or a Tensor, got {type(value).__name__}", TypeError)
     if integer and not isinstance(value, int):
         _fail(fn, f"{name} must be an int, got {value!r}", TypeError)
     rule.check_scalar(fn, value)
-    return torch.full((B,), value, dtype=dtype, device=device)
+    return torch.full((B,), scalar_map(value), dtype=dtype, device=device)
 
 
 def _parameters(fn: str, logits: Tensor, temperature: Param, top_k: Param, top_p: Param,
@@ -123,11 +129,15 @@ def _parameters(fn: str, logits: Tensor, temperature: Param, top_k: Param, top_p
     """(temperature, top_k, top_p, min_p) as the backends take them (module docstring)."""
     B, V = logits.shape
     device = logits.device
-    temperature = _per_row(fn, _TEMPERATURE, temperature, 1.0, B, torch.float32, device)
     # 1 / T overflows float32 below TINY_TEMPERATURE: the limit T -> 0 is the argmax.
-    temperature = torch.where(temperature < TINY_TEMPERATURE, 0.0, temperature)
-    top_k = _per_row(fn, _TOP_K, top_k, 0, B, torch.int64, device, integer=True)
-    top_k = torch.where(top_k == 0, V, top_k.clamp_max(V))
+    temperature = _per_row(
+        fn, _TEMPERATURE, temperature, 1.0, B, torch.float32, device,
+        scalar_map=lambda t: 0.0 if t < TINY_TEMPERATURE else t,
+        tensor_map=lambda t: torch.where(t < TINY_TEMPERATURE, 0.0, t))
+    # 0 disables top-k, like V or more.
+    top_k = _per_row(fn, _TOP_K, top_k, 0, B, torch.int64, device, integer=True,
+                     scalar_map=lambda k: V if k == 0 else min(k, V),
+                     tensor_map=lambda k: torch.where(k == 0, V, k.clamp_max(V)))
     top_p = _per_row(fn, _TOP_P, top_p, 1.0, B, torch.float64, device)
     min_p = _per_row(fn, _MIN_P, min_p, 0.0, B, torch.float32, device)
     return temperature, top_k, top_p, min_p
@@ -136,8 +146,8 @@ def _parameters(fn: str, logits: Tensor, temperature: Param, top_k: Param, top_p
 def _report_status(fn: str, status: Tensor):
     """ValueError naming the first row with a non-zero status (deferred on CUDA)."""
     B = status.shape[0]
-    if B == 0:
-        return
+    if B == 0 or (status.device.type != "cuda" and not bool(status.any())):
+        return  # off CUDA, reading the flag costs no sync and spares the codes below
     row = torch.where(status != 0, torch.arange(B, device=status.device), B).amin()
     codes = torch.stack([row, status[row.clamp_max(B - 1)].long()])
 
