@@ -1,10 +1,11 @@
-// Host launchers of the CUDA LSTM/GRU kernels, instantiated for float and double.
+// Host launchers of the CUDA LSTM/GRU/RNN kernels, instantiated for float and double.
 // Torch-free: CMake builds it alone with nvcc; setup.py links it into fastrnn._C.
 #include <algorithm>
 
 #include "fastrnn/cuda_launch.h"
 #include "fastrnn/gru_cuda.cuh"
 #include "fastrnn/lstm_cuda.cuh"
+#include "fastrnn/rnn_cuda.cuh"
 
 namespace fastrnn::cuda {
 namespace {
@@ -38,8 +39,12 @@ const void* persistent_kernel(int gates, bool backward) {
     return backward ? reinterpret_cast<const void*>(&lstm_backward_persistent_kernel<T>)
                     : reinterpret_cast<const void*>(&lstm_forward_persistent_kernel<T>);
   }
-  return backward ? reinterpret_cast<const void*>(&gru_backward_persistent_kernel<T>)
-                  : reinterpret_cast<const void*>(&gru_forward_persistent_kernel<T>);
+  if (gates == 3) {
+    return backward ? reinterpret_cast<const void*>(&gru_backward_persistent_kernel<T>)
+                    : reinterpret_cast<const void*>(&gru_forward_persistent_kernel<T>);
+  }
+  return backward ? reinterpret_cast<const void*>(&rnn_backward_persistent_kernel<T>)
+                  : reinterpret_cast<const void*>(&rnn_forward_persistent_kernel<T>);
 }
 
 }  // namespace
@@ -128,6 +133,29 @@ cudaError_t gru_backward_persistent(const PersistentPlan& plan, const Dims& d, c
 }
 
 template <typename T>
+cudaError_t rnn_forward_persistent(const PersistentPlan& plan, const Dims& d, bool relu,
+                                   const T* h0, const T* w_hh, const int64_t* lengths, T* y,
+                                   T* h_n, T* ws, T* h_buf, unsigned int* barrier,
+                                   cudaStream_t stream) {
+  Dims dims = d;
+  int units = plan.units;
+  void* args[] = {&dims, &units, &relu, &h0, &w_hh, &lengths, &y, &h_n, &ws, &h_buf, &barrier};
+  return launch_cooperative(&rnn_forward_persistent_kernel<T>, plan, args, stream);
+}
+
+template <typename T>
+cudaError_t rnn_backward_persistent(const PersistentPlan& plan, const Dims& d, bool relu,
+                                    const T* grad_y, const T* w_hh, const int64_t* lengths,
+                                    const T* ws, T* d_pre, T* dh_state, unsigned int* barrier,
+                                    cudaStream_t stream) {
+  Dims dims = d;
+  int units = plan.units;
+  void* args[] = {&dims, &units, &relu, &grad_y, &w_hh, &lengths, &ws, &d_pre, &dh_state,
+                  &barrier};
+  return launch_cooperative(&rnn_backward_persistent_kernel<T>, plan, args, stream);
+}
+
+template <typename T>
 void lstm_forward_step(const Dims& d, int64_t t, const T* pre_t, T* c_n, T* h_n, T* out, T* ws_t,
                        const int64_t* lengths, bool proj, cudaStream_t stream) {
   launch_elementwise(&lstm_forward_step_kernel<T>, d.B * d.H, stream,
@@ -176,6 +204,20 @@ void gru_backward_step(const Dims& d, int64_t t, const T* ws_t, const T* h_prev_
                      d, t, ws_t, h_prev_t, dh_state, gy_t, d_input_t, d_hidden_t, dh_prev, lengths);
 }
 
+template <typename T>
+void rnn_forward_step(const Dims& d, int64_t t, bool relu, const T* hg, T* h_n, T* y_t, T* ws_t,
+                      const int64_t* lengths, cudaStream_t stream) {
+  launch_elementwise(&rnn_forward_step_kernel<T>, d.B * d.H, stream,
+                     d, t, relu, hg, h_n, y_t, ws_t, lengths);
+}
+
+template <typename T>
+void rnn_backward_step(const Dims& d, int64_t t, bool relu, const T* ws_t, const T* dh_state,
+                       const T* gy_t, T* d_pre_t, const int64_t* lengths, cudaStream_t stream) {
+  launch_elementwise(&rnn_backward_step_kernel<T>, d.B * d.H, stream,
+                     d, t, relu, ws_t, dh_state, gy_t, d_pre_t, lengths);
+}
+
 #define FASTRNN_INSTANTIATE(T)                                                                  \
   template PersistentPlan plan_persistent<T>(int, bool, const Dims&, int);                      \
   template cudaError_t lstm_backward_persistent<T>(const PersistentPlan&, const Dims&, const T*, \
@@ -205,7 +247,17 @@ void gru_backward_step(const Dims& d, int64_t t, const T* ws_t, const T* h_prev_
   template void gru_forward_step<T>(const Dims&, int64_t, const T*, const T*, T*, T*, T*,       \
                                     const int64_t*, cudaStream_t);                              \
   template void gru_backward_step<T>(const Dims&, int64_t, const T*, const T*, const T*,        \
-                                     const T*, T*, T*, T*, const int64_t*, cudaStream_t);
+                                     const T*, T*, T*, T*, const int64_t*, cudaStream_t);      \
+  template cudaError_t rnn_forward_persistent<T>(const PersistentPlan&, const Dims&, bool,      \
+                                                 const T*, const T*, const int64_t*, T*, T*,    \
+                                                 T*, T*, unsigned int*, cudaStream_t);          \
+  template cudaError_t rnn_backward_persistent<T>(const PersistentPlan&, const Dims&, bool,     \
+                                                  const T*, const T*, const int64_t*, const T*, \
+                                                  T*, T*, unsigned int*, cudaStream_t);         \
+  template void rnn_forward_step<T>(const Dims&, int64_t, bool, const T*, T*, T*, T*,           \
+                                    const int64_t*, cudaStream_t);                              \
+  template void rnn_backward_step<T>(const Dims&, int64_t, bool, const T*, const T*, const T*,  \
+                                     T*, const int64_t*, cudaStream_t);
 
 FASTRNN_INSTANTIATE(float)
 FASTRNN_INSTANTIATE(double)
