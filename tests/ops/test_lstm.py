@@ -1,9 +1,11 @@
-"""The Triton LSTM layer against torch.nn.LSTM: outputs and every gradient.
+"""The Triton LSTM layer against torch.nn.LSTM and nn.LSTMCell: outputs and every gradient.
 
 The unmarked tests run on the GPU when there is one (compiled kernels), else under the
 Triton interpreter on CPU (tiny shapes); the cuda-marked ones need the GPU and compare
 larger shapes with cuDNN.
 """
+import functools
+
 import pytest
 import torch
 
@@ -14,7 +16,7 @@ from fastrnn.ops.recurrent.common import LSTM as LSTM_CELL
 from fastrnn.ops.recurrent.forward import run_forward
 from fastrnn.testing import assert_close_fp32, poisoned_empty
 
-from .layer_cases import LSTM, check_parity
+from .layer_cases import LSTM, assert_lengths_match_reference, check_parity
 
 SHAPES = [  # T, B, I, H: T=1, odd T, H not a power of two, batch 1
     pytest.param(1, 1, 3, 5, id="T1-B1-I3-H5"),
@@ -48,19 +50,14 @@ def _lstm_args(T, B, I, H, device, dtype=torch.float32):
 
 
 def test_variable_lengths_match_reference(triton_device):
+    """Against the reference and torch's own LSTM layer (PackedSequence) and cell (stepped
+    per sequence), all in float64: outputs and every gradient."""
     T, B, I, H = 6, 4, 5, 12
     args = [a.requires_grad_() for a in _lstm_args(T, B, I, H, triton_device)]
     # The longest sequence ends before T: the kernels skip the last step entirely.
     lengths = torch.tensor([3, 5, 1, 4], device=triton_device)
-    ours = functional.lstm_layer(*args, lengths=lengths, backend="triton")
-    expected = reference.lstm_layer(*[a.double() for a in args], lengths=lengths)
-    cotangents = [torch.randn_like(o) for o in ours]
-    grads = torch.autograd.grad(ours, args, cotangents)
-    expected_grads = torch.autograd.grad(expected, args, [c.double() for c in cotangents])
-    for name, a, e in zip(["y", "h_T", "c_T"], ours, expected):
-        assert_close_fp32(a, e, name)
-    for name, a, e in zip(["x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh"], grads, expected_grads):
-        assert_close_fp32(a, e, "d_" + name)
+    assert_lengths_match_reference(functools.partial(functional.lstm_layer, backend="triton"),
+                                   reference.lstm_layer, args, lengths, ["y", "h_T", "c_T"])
 
 
 @pytest.mark.parametrize("force_per_step,force_streamed", [(False, False), (True, False), (False, True)])
