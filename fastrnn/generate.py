@@ -33,11 +33,14 @@ from typing import Callable, List, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from fastrnn.ops.sampling.op import sample
+from fastrnn import errors
+from fastrnn.ops.sampling.op import report_status, row_seeds, sample
+from fastrnn.ops.sampling.reference import status as logits_status
 from fastrnn.ops.softmax.op import log_softmax
 
 # Added to a row's seed once per step, so each step draws fresh but reproducible numbers.
 _STEP_SEED_STRIDE = 0x632BE59BD9B4E01
+EARLY_STOPPING = (True, False, "never")
 
 
 def _fail(message: str, exc=ValueError):
@@ -70,11 +73,14 @@ def _last_logits(model, tokens: Tensor, state):
     if not isinstance(logits, Tensor) or logits.dim() != 3 or logits.shape[:2] != tokens.shape:
         _fail(f"model must return logits of shape (B, T, V) = ({tokens.shape[0]}, {tokens.shape[1]},"
               f" V), got {tuple(logits.shape) if isinstance(logits, Tensor) else type(logits)}")
+    if not logits.dtype.is_floating_point:
+        _fail(f"model must return floating-point logits, got {logits.dtype}", TypeError)
     return logits[:, -1].float(), state
 
 
 def _prefill(model, prompts: List[Tensor], state_batch_dim: int):
-    """Feed the prompts; equal lengths go in one batch, unequal ones one prompt at a time."""
+    """Feed the prompts; equal lengths go in one batch, unequal ones one prompt at a time
+    (never padded, so no prompt sees another's tokens)."""
     if len({p.shape[0] for p in prompts}) == 1:
         return _last_logits(model, torch.stack(prompts), None)
     outs = [_last_logits(model, p[None], None) for p in prompts]
@@ -93,23 +99,52 @@ def _as_prompts(input_ids) -> List[Tensor]:
     for p in prompts:
         if not isinstance(p, Tensor) or p.dim() != 1 or p.numel() == 0:
             _fail("each prompt must be a non-empty 1-D tensor of token ids")
-        if p.dtype.is_floating_point or p.dtype == torch.bool:
+        if p.dtype.is_floating_point or p.dtype == torch.bool or p.is_complex():
             _fail(f"token ids must be integers, got {p.dtype}", TypeError)
+        if p.device != prompts[0].device:
+            _fail(f"all prompts must be on one device, got {p.device} and {prompts[0].device}")
+    # Checked before the model sees them: a negative id would index from the end.
+    for i, p in enumerate(prompts):
+        if int(p.min()) < 0:
+            _fail(f"prompt {i} holds token id {int(p.min())}; ids must lie in [0, V)")
     return [p.long() for p in prompts]
+
+
+def _check_vocabulary(prompts: List[Tensor], V: int, eos: List[int], num_beams: int):
+    """Checks that need V, the size of the model's logits (known after the prefill)."""
+    for i, p in enumerate(prompts):
+        if int(p.max()) >= V:
+            _fail(f"prompt {i} holds token id {int(p.max())}; ids must lie in [0, V), V = {V}")
+    for e in eos:
+        if not 0 <= e < V:
+            _fail(f"eos_token_id {e} lies outside [0, V), V = {V}")
+    if num_beams > V:
+        _fail(f"num_beams = {num_beams} exceeds the {V} tokens a beam can continue with")
 
 
 def apply_repetition_penalty(scores: Tensor, seen: Tensor, penalty: float) -> Tensor:
     """Each token already in the row's sequence, once: negative scores times penalty,
-    others divided by it (the CTRL / Hugging Face rule). seen (B, L) token ids."""
+    others divided by it (the CTRL / Hugging Face rule).
+
+    scores (B, V) float; seen (B, V) bool, True for every token in the row's own prompt
+    and output so far (nothing from other rows, so no batch padding can count as seen).
+    """
     if penalty == 1.0:
         return scores
-    picked = scores.gather(1, seen)
-    picked = torch.where(picked < 0, picked * penalty, picked / penalty)
-    return scores.scatter(1, seen, picked)
+    penalised = torch.where(scores < 0, scores * penalty, scores / penalty)
+    return torch.where(seen, penalised, scores)
 
 
-def _processed_scores(logits, sequences, step, repetition_penalty, min_new_tokens, eos):
-    scores = apply_repetition_penalty(logits, sequences, repetition_penalty)
+def _seen_tokens(prompts: List[Tensor], V: int) -> Tensor:
+    """(B, V) bool: the tokens of each prompt."""
+    seen = torch.zeros(len(prompts), V, dtype=torch.bool, device=prompts[0].device)
+    for i, p in enumerate(prompts):
+        seen[i, p] = True
+    return seen
+
+
+def _processed_scores(logits, seen, step, repetition_penalty, min_new_tokens, eos):
+    scores = apply_repetition_penalty(logits, seen, repetition_penalty)
     if step < min_new_tokens and eos:
         scores[:, eos] = float("-inf")
     return scores
@@ -126,68 +161,112 @@ def _pad_rows(rows: List[Tensor], pad: int) -> Tensor:
 def generate(model, input_ids: Union[Tensor, Sequence[Tensor]], max_new_tokens: int, *,
              min_new_tokens: int = 0, do_sample: bool = False, temperature=1.0, top_k=None,
              top_p=None, min_p=None, repetition_penalty: float = 1.0, num_beams: int = 1,
-             length_penalty: float = 1.0, early_stopping: bool = False,
+             length_penalty: float = 1.0, early_stopping: Union[bool, str] = False,
              eos_token_id: Union[int, Sequence[int], None] = None, pad_token_id: Optional[int] = None,
              generator: Optional[torch.Generator] = None, seed=None, state_batch_dim: int = 1,
              backend: Optional[str] = None) -> Tensor:
     """Continue each prompt with up to max_new_tokens tokens from a recurrent LM.
 
+    A prompt's output does not depend on the other prompts in the batch, whatever the
+    options: prompts are never padded into one another (see _prefill), each row's
+    repetition penalty sees only its own tokens, and with per-row seeds each row draws
+    from its own stream.
+
     Args:
         model: follows the protocol in this module's docstring.
-        input_ids: (B, T) int64 prompts, or a list of 1-D prompts of any lengths.
+        input_ids: (B, T) integer prompts, or a list of 1-D prompts of any lengths; ids
+            must lie in [0, V), V the size of the model's logits.
         max_new_tokens / min_new_tokens: bounds on new tokens (EOS is barred before the min).
         do_sample: draw with fastrnn.sample (temperature, top_k, top_p, min_p, as there);
             otherwise greedy (argmax, ties to the lowest id), or beam search if num_beams > 1.
         repetition_penalty: > 0; 1 disables (see apply_repetition_penalty).
-        num_beams, length_penalty, early_stopping: beam search; a finished hypothesis scores
-            sum(log p) / new_tokens ** length_penalty; with early_stopping a prompt stops when
-            num_beams hypotheses are finished, otherwise when no running beam can still
-            beat the worst of them.
+        num_beams: 1 <= num_beams <= V.
+        length_penalty, early_stopping: beam search as Hugging Face's generate defines it
+            (GenerationConfig docs; the heuristic of its `_check_early_stop_heuristic`).
+            A finished hypothesis scores sum(log p) / new_tokens ** length_penalty (its EOS
+            counted); a prompt keeps the num_beams best. It is done when
+            - early_stopping=True: num_beams hypotheses are finished;
+            - early_stopping=False (the heuristic): num_beams are finished and the worst
+              of them scores at least best_running / cur_len ** length_penalty, where
+              best_running is the best running beam's sum(log p) and cur_len its length.
+              With length_penalty > 0 a longer continuation can still score higher, so
+              this may stop before the best hypothesis is found;
+            - early_stopping="never" (exact): as False, but with cur_len replaced by
+              max_new_tokens when length_penalty > 0, which makes the bound a true
+              upper bound on every continuation's score: stopping never changes the result.
         eos_token_id: id or ids that end a sequence; later positions get pad_token_id
             (default: the first eos id, or 0).
-        generator / seed: randomness for sampling; seed is an int, or (B,) ints giving each
-            prompt its own reproducible stream.
+        generator / seed: randomness for sampling. seed is an int (each row draws its own
+            stream, derived from the seed and the row index, as in fastrnn.sample) or (B,)
+            ints giving each prompt a stream that depends on its own seed only. At step
+            t, row i draws with seed_i + t * _STEP_SEED_STRIDE; the first step draws
+            exactly what fastrnn.sample(scores, seed=seed) would.
         state_batch_dim: the batch dimension of every state tensor.
 
     Returns:
         (B, L) int64: each prompt followed by its new tokens, padded on the right.
+
+    Raises:
+        ValueError: bad arguments (the message names them); logits with a NaN, a +inf or
+            no finite value at a step where a token is chosen (never a token drawn from
+            them). On CUDA the device-side checks of fastrnn.sample are collected with
+            fastrnn.check_errors() once per step, where the loop already synchronises
+            to test whether every row has finished.
+        TypeError: a model that breaks the protocol; non-integer prompts.
     """
     prompts = _as_prompts(input_ids)
     eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
     pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        _fail(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    if not 0 <= min_new_tokens <= max_new_tokens:
-        _fail(f"min_new_tokens must lie in [0, max_new_tokens], got {min_new_tokens}")
-    if not repetition_penalty > 0:
-        _fail(f"repetition_penalty must be > 0, got {repetition_penalty}")
-    if not isinstance(num_beams, int) or num_beams < 1:
-        _fail(f"num_beams must be an int >= 1, got {num_beams!r}")
-    if num_beams > 1 and do_sample:
-        _fail("beam sampling is not supported: use do_sample=False with num_beams > 1")
+    _check_arguments(max_new_tokens, min_new_tokens, repetition_penalty, num_beams, do_sample,
+                     early_stopping)
     if max_new_tokens == 0:
         return _pad_rows(prompts, pad)
     logits, state = _prefill(model, prompts, state_batch_dim)
+    _check_vocabulary(prompts, logits.shape[-1], eos, num_beams)
     common = dict(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                   repetition_penalty=repetition_penalty, eos=eos, pad=pad,
                   state_batch_dim=state_batch_dim, backend=backend)
     if num_beams > 1:
         return _beam_search(model, prompts, logits, state, num_beams, length_penalty,
                             early_stopping, **common)
-    draw = None
     if do_sample:
         draw = _sampler(len(prompts), logits.device, temperature, top_k, top_p, min_p, generator,
                         seed, backend)
+    else:
+        draw = lambda step, scores: sample(scores, temperature=0.0, backend=backend)  # noqa: E731
     return _greedy_or_sample(model, prompts, logits, state, draw, **common)
+
+
+def _check_arguments(max_new_tokens, min_new_tokens, repetition_penalty, num_beams, do_sample,
+                     early_stopping):
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        _fail(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    if isinstance(min_new_tokens, bool) or not isinstance(min_new_tokens, int) \
+            or not 0 <= min_new_tokens <= max_new_tokens:
+        _fail(f"min_new_tokens must be an int in [0, max_new_tokens], got {min_new_tokens!r}")
+    if not repetition_penalty > 0:
+        _fail(f"repetition_penalty must be > 0, got {repetition_penalty}")
+    if isinstance(num_beams, bool) or not isinstance(num_beams, int) or num_beams < 1:
+        _fail(f"num_beams must be an int >= 1, got {num_beams!r}")
+    if num_beams > 1 and do_sample:
+        _fail("beam sampling is not supported: use do_sample=False with num_beams > 1")
+    if not any(early_stopping is v or (isinstance(v, str) and early_stopping == v)
+               for v in EARLY_STOPPING):
+        _fail(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
 
 
 def _sampler(B, device, temperature, top_k, top_p, min_p, generator, seed, backend):
     """step, scores -> tokens, with the per-step randomness settled here."""
-    if isinstance(seed, int) and generator is None:
-        generator = torch.Generator(device=device).manual_seed(seed)
-        seed = None
-    if seed is not None:
-        seed = torch.as_tensor(seed, dtype=torch.int64, device=device).expand(B)
+    if seed is not None and generator is not None:
+        _fail("give a generator or a seed, not both")
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        seed = row_seeds(seed, B, device)
+    elif seed is not None:
+        if not isinstance(seed, Tensor) or seed.dtype.is_floating_point or seed.dtype == torch.bool:
+            _fail(f"seed must be an int or a tensor of ints, got {seed!r}", TypeError)
+        if seed.shape not in ((), (B,)):
+            _fail(f"seed must be an int or have shape ({B},), got {tuple(seed.shape)}")
+        seed = seed.to(device=device, dtype=torch.int64).expand(B)
 
     def draw(step, scores):
         step_seed = None if seed is None else seed + step * _STEP_SEED_STRIDE
@@ -200,21 +279,51 @@ def _greedy_or_sample(model, prompts, logits, state, draw, *, max_new_tokens, mi
                       repetition_penalty, eos, pad, state_batch_dim, backend):
     B = len(prompts)
     device = logits.device
-    history = _pad_rows(prompts, prompts[0][0].item())  # padding repeats a seen token: harmless
+    seen = _seen_tokens(prompts, logits.shape[-1])
+    rows = torch.arange(B, device=device)
     new = torch.full((B, 0), pad, dtype=torch.long, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     eos_ids = torch.tensor(eos, dtype=torch.long, device=device)
     for step in range(max_new_tokens):
-        seen = torch.cat([history, new], dim=1)
         scores = _processed_scores(logits, seen, step, repetition_penalty, min_new_tokens, eos)
-        token = draw(step, scores) if draw is not None else scores.argmax(-1)
+        # Finished rows emit pad whatever their logits say: no error from them either.
+        token = draw(step, torch.where(finished[:, None], 0.0, scores))
         token = torch.where(finished, pad, token)
         new = torch.cat([new, token[:, None]], dim=1)
+        seen[rows, token.clamp(0, seen.shape[1] - 1)] |= ~finished
         finished |= torch.isin(token, eos_ids)
-        if step + 1 == max_new_tokens or bool(finished.all()):
+        stop = step + 1 == max_new_tokens or bool(finished.all())  # synchronises on CUDA
+        errors.check_errors()  # so no token drawn from bad logits goes any further
+        if stop:
             break
         logits, state = _last_logits(model, token[:, None], state)
     return _pad_rows([torch.cat([p, n]) for p, n in zip(prompts, new)], pad)
+
+
+class _Hypotheses:
+    """The best `size` finished hypotheses of one prompt, best first (Hugging Face's
+    BeamHypotheses: the score is sum(log p) / length ** length_penalty)."""
+
+    def __init__(self, size: int, length_penalty: float):
+        self.size, self.length_penalty, self.items = size, length_penalty, []
+
+    def add(self, sum_logprob: float, tokens: Tensor):
+        score = sum_logprob / (tokens.shape[0] ** self.length_penalty)
+        self.items.append((score, tokens))
+        self.items.sort(key=lambda h: -h[0])  # stable: the earlier of equal scores first
+        del self.items[self.size:]
+
+    def done(self, best_running: float, length: int, max_length: int, early_stopping) -> bool:
+        """Whether no running beam can still enter the list (see generate's docstring)."""
+        if best_running == float("-inf"):
+            return True  # nothing left running
+        if len(self.items) < self.size:
+            return False
+        if early_stopping is True:
+            return True
+        if early_stopping == "never" and self.length_penalty > 0:
+            length = max_length
+        return self.items[-1][0] >= best_running / (length ** self.length_penalty)
 
 
 def _beam_search(model, prompts, logits, state, K, length_penalty, early_stopping, *,
@@ -225,22 +334,16 @@ def _beam_search(model, prompts, logits, state, K, length_penalty, early_stoppin
     expand = torch.arange(B, device=device).repeat_interleave(K)
     logits = logits[expand]
     state = map_state(state, lambda s: s.index_select(state_batch_dim, expand))
-    history = _pad_rows(prompts, prompts[0][0].item())[expand]
+    seen = _seen_tokens(prompts, V)[expand]
     beam_scores = torch.full((B, K), float("-inf"), dtype=torch.float64, device=device)
     beam_scores[:, 0] = 0.0  # all beams start equal: expand from one only
     tokens = torch.zeros(B * K, 0, dtype=torch.long, device=device)
-    hypotheses = [[] for _ in range(B)]  # (score, new tokens) per prompt, best K kept
+    hypotheses = [_Hypotheses(K, length_penalty) for _ in range(B)]
     done = [False] * B
 
-    def add(b, sum_logprob, seq):
-        score = sum_logprob / (seq.shape[0] ** length_penalty)
-        hypotheses[b].append((score, seq))
-        hypotheses[b].sort(key=lambda h: -h[0])
-        del hypotheses[b][K:]
-
     for step in range(max_new_tokens):
-        seen = torch.cat([history, tokens], dim=1)
         scores = _processed_scores(logits, seen, step, repetition_penalty, min_new_tokens, eos)
+        _check_beam_scores(scores, done, K)
         logp = log_softmax(scores, backend=backend).double()
         total = (beam_scores.reshape(-1, 1) + logp).reshape(B, K * V)
         top_scores, top_ids = total.topk(2 * K, dim=-1)
@@ -258,38 +361,35 @@ def _beam_search(model, prompts, logits, state, K, length_penalty, early_stoppin
                     break
                 if token in eos:
                     seq = torch.cat([tokens[b * K + beam], tokens.new_tensor([token])])
-                    add(b, score, seq)
+                    hypotheses[b].add(score, seq)
                     continue
                 next_beam[b, chosen], next_token[b, chosen], next_score[b, chosen] = beam, token, score
                 chosen += 1
                 if chosen == K:
                     break
-            done[b] = _beam_done(hypotheses[b], K, next_score[b].max().item(), step + 1,
-                                 length_penalty, early_stopping)
-        if all(done) or step + 1 == max_new_tokens:
-            tokens = torch.cat([tokens[(torch.arange(B)[:, None] * K + next_beam).reshape(-1)],
-                                next_token.reshape(-1, 1).to(device)], dim=1)
-            beam_scores = next_score.to(device)
-            break
+            done[b] = hypotheses[b].done(next_score[b].max().item(), step + 1, max_new_tokens,
+                                         early_stopping)
         rows = (torch.arange(B)[:, None] * K + next_beam).reshape(-1).to(device)
         tokens = torch.cat([tokens[rows], next_token.reshape(-1, 1).to(device)], dim=1)
-        history = history[rows]
         beam_scores = next_score.to(device)
+        if all(done) or step + 1 == max_new_tokens:
+            break
+        seen = seen[rows]
+        seen[torch.arange(B * K, device=device), tokens[:, -1]] = True
         state = map_state(state, lambda s: s.index_select(state_batch_dim, rows))
         logits, state = _last_logits(model, tokens[:, -1:], state)
 
     for b in range(B):
-        if not done[b]:
+        if not done[b]:  # at max_new_tokens: the running beams are hypotheses too
             for k in range(K):
                 if beam_scores[b, k].item() > float("-inf"):
-                    add(b, beam_scores[b, k].item(), tokens[b * K + k])
-    best = [hypotheses[b][0][1] for b in range(B)]
+                    hypotheses[b].add(beam_scores[b, k].item(), tokens[b * K + k])
+    best = [hypotheses[b].items[0][1] for b in range(B)]
     return _pad_rows([torch.cat([p, s.to(p.device)]) for p, s in zip(prompts, best)], pad)
 
 
-def _beam_done(hyps, K, best_running, length, length_penalty, early_stopping) -> bool:
-    if len(hyps) < K:
-        return best_running == float("-inf")
-    if early_stopping or best_running == float("-inf"):
-        return True
-    return hyps[-1][0] >= best_running / (length ** length_penalty)
+def _check_beam_scores(scores: Tensor, done: List[bool], K: int):
+    """ValueError for a beam of a running prompt whose scores have a NaN, a +inf or no
+    finite value (beam search reads its scores on the host every step anyway)."""
+    running = torch.tensor(done, device=scores.device).repeat_interleave(K).logical_not()
+    report_status("generate", torch.where(running, logits_status(scores), 0))

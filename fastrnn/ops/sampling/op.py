@@ -143,7 +143,7 @@ def _parameters(fn: str, logits: Tensor, temperature: Param, top_k: Param, top_p
     return temperature, top_k, top_p, min_p
 
 
-def _report_status(fn: str, status: Tensor):
+def report_status(fn: str, status: Tensor):
     """ValueError naming the first row with a non-zero status (deferred on CUDA)."""
     B = status.shape[0]
     if B == 0 or (status.device.type != "cuda" and not bool(status.any())):
@@ -262,7 +262,7 @@ def sample(logits: Tensor, temperature: Param = 1.0, top_k: Param = None, top_p:
     params = _parameters(fn, rows, temperature, top_k, top_p, min_p)
     uniform = _uniforms(fn, rows.shape[0], rows.device, generator, seed)
     tokens, status = backend_module(_backend(rows, backend)).sample(rows, *params, uniform)
-    _report_status(fn, status)
+    report_status(fn, status)
     return tokens.reshape(()) if logits.dim() == 1 else tokens
 
 
@@ -282,7 +282,7 @@ def sampling_mask(logits: Tensor, temperature: Param = 1.0, top_k: Param = None,
     rows = _check_logits(fn, logits)
     params = _parameters(fn, rows, temperature, top_k, top_p, min_p)
     mask, status = backend_module(_backend(rows, backend)).kept_mask(rows, *params)
-    _report_status(fn, status)
+    report_status(fn, status)
     return mask.reshape(logits.shape)
 
 
@@ -303,6 +303,6 @@ def filtered_probs(logits: Tensor, temperature: Param = 1.0, top_k: Param = None
     rows = _check_logits(fn, logits)
     params = _parameters(fn, rows, temperature, top_k, top_p, min_p)
     mask, status = backend_module(_backend(rows, backend)).kept_mask(rows, *params)
-    _report_status(fn, status)
+    report_status(fn, status)
     kept = torch.where(mask, probabilities(rows, params[0]), 0.0)
     return (kept / kept.sum(-1, keepdim=True)).reshape(logits.shape)

@@ -38,6 +38,14 @@ def probabilities(logits: Tensor, temperature: Tensor) -> Tensor:
     return e / e.double().sum(-1, keepdim=True).float()
 
 
+def status(logits: Tensor) -> Tensor:
+    """Per row (B,) int32: 0 usable, 1 has a NaN, 2 has +inf, 3 no finite logit (all -inf);
+    the codes of fastrnn.ops.sampling.op.STATUS."""
+    top = logits.amax(-1)  # NaN if the row has one
+    code = torch.where(top == float("inf"), 2, torch.where(top == float("-inf"), 3, 0))
+    return torch.where(torch.isnan(top), 1, code).to(torch.int32)
+
+
 def kept_mask_from_probs(probs: Tensor, top_k: Tensor, top_p: Tensor, min_p: Tensor) -> Tensor:
     """Kept set (B, V) bool of float32 probabilities under top-k, top-p and min-p.
 

@@ -26,7 +26,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from fastrnn.ops.sampling.reference import greedy_mask, probabilities
+from fastrnn.ops.sampling.reference import greedy_mask, probabilities, status
 
 # p <= 1.0 = 0x3F800000 < 2**30. Digits, most significant first, as (shift, width): the
 # first is the high 16-bit half (read through an int16 view: no shift over the whole row),
@@ -107,13 +107,6 @@ def _kept_threshold(probs: Tensor, top_k: Tensor, top_p: Tensor, min_p: Tensor) 
     floor = (min_p * probs.amax(-1)).view(torch.int32).long()
     by_min = torch.where(min_p > 0, floor, -1)
     return torch.maximum(torch.maximum(by_k, by_p), by_min)
-
-
-def status(logits: Tensor) -> Tensor:
-    """Per row (B,) int32: 0 usable, 1 has a NaN, 2 has +inf, 3 no finite logit (op.STATUS)."""
-    top = logits.amax(-1)  # NaN if the row has one
-    code = torch.where(top == float("inf"), 2, torch.where(top == float("-inf"), 3, 0))
-    return torch.where(torch.isnan(top), 1, code).to(torch.int32)
 
 
 def _usable(logits: Tensor):
