@@ -1,8 +1,12 @@
 """Sampling: kept sets against the sort-based reference (exact, ties included), draws
-against the renormalised distribution (chi-square), seeds, greedy limits, errors.
+against the renormalised distribution (chi-square), seeds, greedy limits, extreme and
+non-finite inputs, errors, on every backend CPU CI can run: the vectorised path
+("reference"), the C++ sampler ("ext") and the Triton kernel under the interpreter.
 
 The Triton kernel runs under the interpreter on tiny rows; the cuda-marked tests repeat
 the checks at real vocabulary sizes on a GPU."""
+import itertools
+
 import pytest
 import torch
 
@@ -11,6 +15,9 @@ from fastrnn.ops.sampling import reference, vectorized
 
 # Chi-square tests reject at this p-value: fixed seeds make each test deterministic.
 SIGNIFICANCE = 1e-3
+BACKENDS = ["reference", pytest.param("ext", marks=pytest.mark.ext),
+            pytest.param("triton", marks=pytest.mark.interpreter)]
+CPU_BACKENDS = ["reference", pytest.param("ext", marks=pytest.mark.ext)]
 
 
 def per_row(B, V, top_k=None, top_p=None, min_p=None, temperature=1.0):
@@ -60,32 +67,34 @@ def reference_on_backend_probs(backend, logits, params):
 
 # ---- kept sets: the vectorised CPU path, many random rows -------------------------------
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("ties", [False, True])
-def test_cpu_kept_set_equals_sort_reference(ties):
+def test_cpu_kept_set_equals_sort_reference(ties, backend):
     gen = torch.Generator().manual_seed(1 + ties)
     for V in (1, 2, 7, 100, 1000, 4099):
         logits, *params = random_case(gen, 6, V, ties)
         expected = reference.kept_mask(logits, *params)
-        assert torch.equal(backend_mask("reference", logits, params), expected), f"V={V}"
+        assert torch.equal(backend_mask(backend, logits, params), expected), f"V={V}"
 
 
-def test_cpu_kept_set_with_only_one_finite_logit_and_greedy_rows():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_cpu_kept_set_with_only_one_finite_logit_and_greedy_rows(backend):
     logits = torch.full((3, 9), float("-inf"))
     logits[:, 4] = 2.0
     logits[2] = torch.tensor([1.0, 5.0, 5.0, 0.0, 5.0, -1.0, 2.0, 3.0, 4.0])
     params = per_row(3, 9, top_k=3, top_p=0.5, min_p=0.1, temperature=torch.tensor([1.0, 0.7, 0.0]))
-    mask = backend_mask("reference", logits, params)
+    mask = backend_mask(backend, logits, params)
     assert torch.equal(mask, reference.kept_mask(logits, *params))
     assert mask[:2].sum().item() == 2 and mask[:2, 4].all()  # only the finite logit survives
     assert mask[2].nonzero().flatten().tolist() == [1]  # greedy: first of the tied maxima
 
 
-def test_top_k_keeps_ties_together():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_top_k_keeps_ties_together(backend):
     logits = torch.tensor([[3.0, 1.0, 3.0, 2.0, 2.0, 0.0]])
     for k, kept in ((1, [0, 2]), (2, [0, 2]), (3, [0, 2, 3, 4]), (5, [0, 1, 2, 3, 4])):
-        for backend in ("reference",):
-            mask = fastrnn.sampling_mask(logits, top_k=k, backend=backend)
-            assert mask[0].nonzero().flatten().tolist() == kept, k
+        mask = fastrnn.sampling_mask(logits, top_k=k, backend=backend)
+        assert mask[0].nonzero().flatten().tolist() == kept, k
 
 
 def exact_boundary_top_p(probs, head):
@@ -101,7 +110,7 @@ def exact_boundary_top_p(probs, head):
     pytest.skip("no float64 top_p lands exactly on this mass")
 
 
-@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=pytest.mark.interpreter)])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_exact_top_p_boundary(backend):
     logits = torch.tensor([[2.0, 0.5, 1.0, -1.0, 1.5, 0.0, -0.5]])
     probs = backend_probs(backend, logits, torch.ones(1))[0]
@@ -220,7 +229,7 @@ def test_same_seed_same_tokens_different_seeds_different_streams():
     assert torch.equal(fastrnn.sample(logits, generator=g1), fastrnn.sample(logits, generator=g2))
 
 
-@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=pytest.mark.interpreter)])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_tiny_top_p_top_k_one_and_zero_temperature_give_argmax(backend):
     gen = torch.Generator().manual_seed(11)
     logits = torch.randn(4, 23, generator=gen)
@@ -257,7 +266,7 @@ def test_bad_parameters_raise(kwargs, exc, match):
 
 
 @pytest.mark.parametrize("bad,match", [(float("nan"), "contains NaN"), (float("inf"), r"contains \+inf")])
-@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=pytest.mark.interpreter)])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_non_finite_logits_are_detected(bad, match, backend):
     logits = torch.randn(3, 6)
     logits[1, 2] = bad
@@ -379,3 +388,283 @@ def test_fast_path_per_row_parameters_with_greedy_rows():
         tokens, _ = vectorized.sample(logits, temperature, top_k, top_p, min_p, uniform)
         assert torch.equal(tokens[::4], logits[::4].argmax(-1))
         assert torch.equal(tokens, full_row_tokens(logits, (temperature, top_k, top_p, min_p), uniform))
+
+
+# ---- issue 15, case 2: extreme temperatures -------------------------------------------------
+
+def low_precision_dtypes(backend):
+    # The interpreter has no bfloat16.
+    return (torch.float32, torch.float16) if backend == "triton" else \
+        (torch.float32, torch.float16, torch.bfloat16)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tiny_temperature_is_the_argmax(backend):
+    # 1 / T overflows float32 for T < 1.18e-38: the limit T -> 0 is the argmax.
+    for dtype in low_precision_dtypes(backend):
+        logits = torch.tensor([[1.0, 2.0], [3.0, -1.0], [2.0, 2.0]], dtype=dtype)
+        for T in (1e-40, 1e-38, 5e-39):
+            tokens = fastrnn.sample(logits, temperature=T, seed=0, backend=backend)
+            assert tokens.tolist() == [1, 0, 0], (dtype, T)  # ties go to the lowest index
+            mask = fastrnn.sampling_mask(logits, temperature=T, backend=backend)
+            assert mask.tolist() == [[False, True], [True, False], [True, False]], (dtype, T)
+            probs = fastrnn.filtered_probs(logits, temperature=T, backend=backend)
+            assert probs.tolist() == [[0.0, 1.0], [1.0, 0.0], [1.0, 0.0]], (dtype, T)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_smallest_normal_temperature_does_not_overflow(backend):
+    # Just above the greedy cut, exp((l - max) / T) is 1 at the maxima and 0 elsewhere:
+    # the two tied maxima share the mass.
+    logits = torch.tensor([[2.0, 1.0, 2.0, -5.0]])
+    T = 2e-38
+    probs = fastrnn.filtered_probs(logits, temperature=T, backend=backend)
+    assert probs.tolist() == [[0.5, 0.0, 0.5, 0.0]]
+    tokens = fastrnn.sample(logits.expand(64, -1), temperature=T, seed=torch.arange(64), backend=backend)
+    assert set(tokens.tolist()) == {0, 2}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_infinite_temperature_is_uniform_over_finite_logits(backend):
+    logits = torch.tensor([[1.0, float("-inf"), 30.0, -4.0]])
+    inf = float("inf")
+    probs = fastrnn.filtered_probs(logits, temperature=inf, backend=backend)
+    assert torch.equal(probs, torch.tensor([[1 / 3, 0.0, 1 / 3, 1 / 3]]))
+    # Every finite token has p = max(p): min-p keeps them all, and only them.
+    mask = fastrnn.sampling_mask(logits, temperature=inf, min_p=0.5, backend=backend)
+    assert mask.tolist() == [[True, False, True, True]]
+    n = 60 if backend == "triton" else 3000
+    tokens = fastrnn.sample(logits.expand(n, -1), temperature=inf, seed=torch.arange(n),
+                            backend=backend)
+    assert chi_square_p_value(tokens, probs[0]) > SIGNIFICANCE
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_invalid_temperatures_raise_naming_them(backend):
+    logits = torch.tensor([[1.0, 2.0], [0.0, 1.0]])
+    for bad in (-1.0, float("nan"), -float("inf"), torch.tensor([1.0, float("nan")]),
+                torch.tensor([0.5, -0.1])):
+        with pytest.raises(ValueError, match="temperature must be >= 0"):
+            fastrnn.sample(logits, temperature=bad, backend=backend)
+        with pytest.raises(ValueError, match="temperature must be >= 0"):
+            fastrnn.sampling_mask(logits, temperature=bad, backend=backend)
+
+
+# ---- issue 15, case 3: non-finite logits ------------------------------------------------------
+
+BAD_ROWS = {
+    "contains NaN": [float("nan"), 1.0, 0.0],
+    r"contains \+inf": [0.0, float("inf"), 1.0],
+    r"has no finite logit \(all -inf\)": [float("-inf")] * 3,
+}
+
+
+def filter_combinations(backend):
+    """temperature x top_k x top_p x min_p, off or on (a few under the interpreter)."""
+    grid = list(itertools.product((0.0, 0.7), (None, 2), (None, 0.5), (None, 0.1)))
+    return grid[::5] if backend == "triton" else grid
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_finite_rows_raise_the_documented_error_for_every_filter(backend):
+    for reason, bad in BAD_ROWS.items():
+        logits = torch.tensor([[0.5, 1.0, 2.0], bad, [1.0, 1.0, 0.0]])
+        for T, k, p, m in filter_combinations(backend):
+            filters = dict(temperature=T, top_k=k, top_p=p, min_p=m)
+            with pytest.raises(ValueError, match=f"row 1 {reason}"):
+                fastrnn.sample(logits, **filters, seed=0, backend=backend)
+            with pytest.raises(ValueError, match=f"row 1 {reason}"):
+                fastrnn.sampling_mask(logits, **filters, backend=backend)
+
+
+def test_issue_examples_of_non_finite_logits():
+    with pytest.raises(ValueError, match="row 0 contains NaN"):
+        fastrnn.sample(torch.tensor([[float("nan"), 1.0]]), temperature=0.0)
+    with pytest.raises(ValueError, match=r"row 0 has no finite logit"):
+        fastrnn.sample(torch.full((1, 3), float("-inf")), top_p=0.5, seed=0)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "reference"] + ["reference"])
+def test_backend_marks_bad_rows_and_keeps_good_ones(backend):
+    """The backend interface itself: token -1 and an all-False mask row on bad rows, the
+    right answer on the others (op.py raises from these statuses)."""
+    if backend == "triton":
+        from fastrnn.ops.sampling import triton as module
+    elif backend == "ext":
+        from fastrnn.ops.sampling import ext as module
+    else:
+        module = vectorized
+    logits = torch.tensor([[0.5, 1.0, 2.0], BAD_ROWS["contains NaN"],
+                           BAD_ROWS[r"contains \+inf"], [float("-inf")] * 3, [3.0, 1.0, 3.0]])
+    params = per_row(5, 3, top_p=0.5, temperature=torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0]))
+    tokens, status = module.sample(logits, *params, torch.full((5,), 0.5, dtype=torch.float64))
+    assert status.tolist() == [0, 1, 2, 3, 0]
+    assert tokens.tolist() == [2, -1, -1, -1, 0]
+    mask, status = module.kept_mask(logits, *params)
+    assert status.tolist() == [0, 1, 2, 3, 0]
+    assert mask[1:4].sum() == 0 and mask[0].tolist() == [False, False, True]
+
+
+# ---- issue 15, case 4: seeds -----------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_scalar_seed_gives_independent_reproducible_rows(backend):
+    n = 80 if backend == "triton" else 4000
+    rows = DRAW_LOGITS.expand(n, -1)
+    tokens = fastrnn.sample(rows, **DRAW_FILTERS, seed=1234, backend=backend)
+    assert torch.equal(tokens, fastrnn.sample(rows, **DRAW_FILTERS, seed=1234, backend=backend))
+    # Independent rows follow the filtered distribution; one shared draw would not.
+    assert chi_square_p_value(tokens, expected_distribution(backend)) > SIGNIFICANCE
+    # Row i's draw comes from (seed, i): the first rows of a bigger batch draw the same.
+    assert torch.equal(fastrnn.sample(rows[:5], **DRAW_FILTERS, seed=1234, backend=backend), tokens[:5])
+
+
+def test_issue_example_of_one_scalar_seed():
+    gen = torch.Generator().manual_seed(4)
+    logits = torch.randn(1, 50, generator=gen)
+    tokens = fastrnn.sample(logits.expand(400, -1), temperature=0.8, top_k=5, seed=1234)
+    probs = fastrnn.filtered_probs(logits, temperature=0.8, top_k=5)[0]
+    agree = (tokens[:, None] == tokens[None, :]).double().mean().item()
+    assert abs(agree - (probs.double() ** 2).sum().item()) < 0.05  # not 1.0
+    assert chi_square_p_value(tokens, probs) > SIGNIFICANCE
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_per_row_seeds_do_not_depend_on_the_batch(backend):
+    gen = torch.Generator().manual_seed(8)
+    B, V = (6, 40) if backend == "triton" else (64, 300)
+    logits, *params = random_case(gen, B, V, ties=False)
+    seeds = torch.randint(0, 2 ** 62, (B,), generator=gen)
+    whole = fastrnn.sample(logits, *params, seed=seeds, backend=backend)
+    for rows in (torch.randperm(B, generator=gen)[: B // 2], torch.arange(B).flip(0), torch.tensor([3])):
+        part = fastrnn.sample(logits[rows], *[p[rows] for p in params], seed=seeds[rows], backend=backend)
+        assert torch.equal(part, whole[rows])
+
+
+# ---- the C++ sampler against the sort-based reference ---------------------------------------
+
+ext = pytest.mark.ext
+
+
+def inverse_cdf_oracle(logits, params, uniform):
+    """The documented draw, written out: over the reference's kept set in index order, the
+    first token whose float64 running mass exceeds u * (kept mass)."""
+    temperature = params[0]
+    probs = reference.probabilities(logits, temperature)
+    weight = torch.where(reference.kept_mask(logits, *params), probs.double(), 0.0)
+    running = weight.cumsum(-1)
+    token = torch.searchsorted(running, (uniform * running[:, -1])[:, None], right=True)[:, 0]
+    last = torch.where(weight > 0, torch.arange(logits.shape[1]), -1).amax(-1)
+    token = torch.minimum(token, last)
+    return torch.where(temperature == 0, logits.argmax(-1), token)
+
+
+@ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_ext_kept_sets_and_tokens_equal_the_reference(dtype):
+    from fastrnn.ops.sampling import ext as sampler
+    gen = torch.Generator().manual_seed(31)
+    for V in (1, 3, 64, 1000, 5003):
+        for ties in (False, True):
+            logits, *params = random_case(gen, 12, V, ties)
+            logits = logits.to(dtype)
+            params[0][2] = 0.0  # a greedy row
+            logits[4, : V // 2] = float("-inf")  # a row half -inf
+            mask, status = sampler.kept_mask(logits, *params)
+            assert status.eq(0).all()
+            assert torch.equal(mask, reference.kept_mask(logits, *params)), (V, ties)
+            uniform = torch.rand(12, dtype=torch.float64, generator=gen)
+            tokens, _ = sampler.sample(logits, *params, uniform)
+            assert torch.equal(tokens, inverse_cdf_oracle(logits, params, uniform)), (V, ties)
+            assert torch.equal(tokens, vectorized.sample(logits, *params, uniform)[0])
+
+
+@ext
+@pytest.mark.parametrize("V", [32000, 128256])
+def test_ext_kept_sets_at_vocabulary_sizes(V):
+    from fastrnn.ops.sampling import ext as sampler
+    gen = torch.Generator().manual_seed(V)
+    logits = torch.randn(8, V, generator=gen) * torch.tensor([0.1, 1, 3, 8, 1, 3, 0.5, 2])[:, None]
+    temperature = torch.tensor([1.0, 0.8, 0.7, 1.3, 1.0, 0.0, float("inf"), 0.9])
+    top_k = torch.tensor([V, 50, V, 1000, 40000, V, V, 7]).clamp_max(V)
+    top_p = torch.tensor([0.9, 1.0, 0.95, 0.5, 0.99, 0.9, 0.3, 1.0], dtype=torch.float64)
+    min_p = torch.tensor([0.0, 0.0, 0.05, 0.0, 0.01, 0.0, 0.0, 0.2])
+    params = (temperature, top_k, top_p, min_p)
+    mask, _ = sampler.kept_mask(logits, *params)
+    assert torch.equal(mask, reference.kept_mask(logits, *params))
+    uniform = torch.rand(8, dtype=torch.float64, generator=gen)
+    assert torch.equal(sampler.sample(logits, *params, uniform)[0],
+                       inverse_cdf_oracle(logits, params, uniform))
+
+
+@ext
+def test_ext_strided_rows_and_threads_change_nothing():
+    from fastrnn.ops.sampling import ext as sampler
+    gen = torch.Generator().manual_seed(5)
+    wide = torch.randn(16, 2 * 700, generator=gen) * 2
+    logits = wide[:, ::2]  # non-unit stride along V
+    _, *params = random_case(gen, 16, 700, ties=False)
+    uniform = torch.rand(16, dtype=torch.float64, generator=gen)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = sampler.sample(logits, *params, uniform)[0], sampler.kept_mask(logits, *params)[0]
+        torch.set_num_threads(2)
+        two = sampler.sample(logits, *params, uniform)[0], sampler.kept_mask(logits, *params)[0]
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+    assert torch.equal(one[1], reference.kept_mask(logits.contiguous(), *params))
+    assert torch.equal(one[0], inverse_cdf_oracle(logits.contiguous(), params, uniform))
+
+
+@ext
+def test_ext_draws_follow_filtered_distribution():
+    n = 4000
+    probs = expected_distribution("ext")
+    tokens = fastrnn.sample(DRAW_LOGITS.expand(n, -1), **DRAW_FILTERS, seed=torch.arange(n), backend="ext")
+    assert chi_square_p_value(tokens, probs) > SIGNIFICANCE
+
+
+@ext
+def test_ext_is_the_automatic_cpu_backend():
+    from fastrnn import backends
+    assert backends.choose("cpu", "sampling") == "ext"
+    assert backends.choose("cpu", "sampling", ("fp64",)) == "ext"
+
+
+def test_vectorised_path_is_the_fallback_without_the_extension(monkeypatch):
+    from fastrnn import backends
+    monkeypatch.setattr(backends, "ext_module", lambda: None)
+    backends.ext_available.cache_clear()
+    try:
+        assert backends.choose("cpu", "sampling") == "reference"
+    finally:
+        backends.ext_available.cache_clear()
+
+
+# ---- bad input ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(top_p=float("nan")), ValueError, r"top_p must be in \(0, 1\]"),
+    (dict(top_p=torch.tensor([0.5, 0.0])), ValueError, r"top_p must be in \(0, 1\].*row 1"),
+    (dict(top_k=torch.tensor([3, -1])), ValueError, r"top_k must be >= 0.*row 1"),
+    (dict(top_k=torch.tensor([2.0, 3.0])), TypeError, "top_k must be an integer tensor"),
+    (dict(top_k=True), TypeError, "top_k must be a number"),
+    (dict(min_p=-0.1), ValueError, r"min_p must be in \[0, 1\]"),
+    (dict(min_p=torch.tensor([0.1, float("nan")])), ValueError, r"min_p must be in \[0, 1\]"),
+    (dict(top_k=torch.tensor([1, 2, 3])), ValueError, r"top_k must be a scalar or have shape \(2,\)"),
+    (dict(seed=torch.tensor([1, 2, 3])), ValueError, r"seed must be an int or have shape \(2,\)"),
+    (dict(seed=1.5), TypeError, "seed must be an int"),
+    (dict(seed=1, generator=torch.Generator()), ValueError, "generator or seeds"),
+])
+def test_more_bad_parameters_raise(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        fastrnn.sample(torch.randn(2, 5), **kwargs)
+
+
+def test_top_k_zero_disables_top_k():
+    logits = torch.randn(3, 20)
+    assert fastrnn.sampling_mask(logits, top_k=0).all()
+    assert torch.equal(fastrnn.sampling_mask(logits, top_k=0, top_p=0.5),
+                       fastrnn.sampling_mask(logits, top_p=0.5))
