@@ -588,6 +588,23 @@ def environment(device: torch.device) -> Dict[str, str]:
     return env
 
 
+def print_header(env: Dict[str, str]):
+    for key, value in env.items():
+        print(f"{key + ':':22} {value}")
+    print("rules:")
+    for rule, text in RULES.items():
+        print(f"  {rule:8} {text}")
+    print("\n" + table_header(), flush=True)
+
+
+def write_json(path: str, env: Dict[str, str], rows: List[Row], not_run: NotRun, summary_line: str):
+    with open(path, "w") as f:
+        json.dump({"environment": env, "rows": [dataclasses.asdict(r) for r in rows],
+                   "not_run": [{"backend": b, "reason": why, "dtypes_by_op": ops}
+                               for (b, why), ops in not_run.items()],
+                   "summary": summary_line}, f, indent=1)
+
+
 def print_not_run(not_run: NotRun):
     """One line per backend and reason; ops missing the same dtypes share a group."""
     if not_run:
@@ -616,7 +633,8 @@ def summary(rows: List[Row], seconds: float, interrupted: bool) -> str:
 def parse_args(argv=None):
     ops = list(all_ops())
     p = argparse.ArgumentParser(prog="python -m fastrnn.check", description=__doc__.split("\n\n")[0])
-    p.add_argument("--ops", type=lambda s: s.split(","), default=ops, help="comma-separated subset of " + ",".join(ops))
+    p.add_argument("--ops", type=lambda s: s.split(","), default=ops,
+                   help="comma-separated subset of " + ",".join(ops))
     p.add_argument("--backends", type=lambda s: s.split(","), default=list(backends.BACKENDS),
                    help="comma-separated subset of " + ",".join(backends.BACKENDS))
     p.add_argument("--dtypes", type=lambda s: s.split(","), default=list(DTYPES),
@@ -636,14 +654,11 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     """Run the checks; returns the exit status (1 if any check failed or none ran)."""
     args = parse_args(argv)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(args.device)
     env = environment(device)
-    for key, value in env.items():
-        print(f"{key + ':':22} {value}")
-    print("rules:")
-    for rule, text in RULES.items():
-        print(f"  {rule:8} {text}")
-    print("\n" + table_header(), flush=True)
+    print_header(env)
     ops = [op for name, op in all_ops().items() if name in args.ops]
     rows: List[Row] = []
 
@@ -656,18 +671,15 @@ def main(argv=None) -> int:
         with tf32(False), warnings.catch_warnings():
             # numpy warns where the interpreter takes log2(0) = -inf, which a GPU does silently
             warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"triton\.runtime\.interpreter")
-            not_run = run_checks(ops, args.backends, [DTYPES[d] for d in args.dtypes], device, args.quick, emit)
+            dtypes = [DTYPES[d] for d in args.dtypes]
+            not_run = run_checks(ops, args.backends, dtypes, device, args.quick, emit)
     except KeyboardInterrupt:  # a time limit (scripts/gpu_run.sh): report what finished
         interrupted = True
     print_not_run(not_run)
     line = summary(rows, time.perf_counter() - start, interrupted)
     print("\n" + line, flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"environment": env, "rows": [dataclasses.asdict(r) for r in rows],
-                       "not_run": [{"backend": b, "reason": why, "dtypes_by_op": ops_}
-                                   for (b, why), ops_ in not_run.items()],
-                       "summary": line}, f, indent=1)
+        write_json(args.json, env, rows, not_run, line)
     return 1 if line.endswith("FAIL") else 0
 
 
