@@ -574,9 +574,12 @@ def environment(device: torch.device) -> Dict[str, str]:
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         env["device"] = f"{props.name} (sm_{props.major}{props.minor}, {props.multi_processor_count} SMs)"
-        env["driver / CUDA"] = f"driver {_driver_version() or 'unknown'}, CUDA runtime {torch.version.cuda}"
+        env["driver / CUDA"] = (f"driver {_driver_version() or 'unknown'}, CUDA runtime {torch.version.cuda}, "
+                                f"cuDNN {torch.backends.cudnn.version()}")
         env["TF32"] = ("float32 with tf32 off (cuDNN and matmul TF32 disabled: exact float32) and, at the "
-                       "headline size, on (both enabled; bound: 2x torch's own TF32 error)")
+                       "headline size, on (both enabled; bound: 2x torch's own TF32 error); this "
+                       f"process started with cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}, "
+                       f"cuda.matmul.allow_tf32={torch.backends.cuda.matmul.allow_tf32}")
         env["triton kernels"] = "compiled for this GPU"
     else:
         env["device"] = f"{_cpu_name()} (no CUDA GPU)"
