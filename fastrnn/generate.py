@@ -213,6 +213,8 @@ def generate(model, input_ids: Union[Tensor, Sequence[Tensor]], max_new_tokens: 
             fastrnn.check_errors() once per step, where the loop already synchronises
             to test whether every row has finished.
         TypeError: a model that breaks the protocol; non-integer prompts.
+        An IndexError or RuntimeError the model raises on the prompts (an embedding given
+        an id >= V) passes through with a note naming the largest prompt id.
     """
     prompts = _as_prompts(input_ids)
     eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
@@ -221,7 +223,13 @@ def generate(model, input_ids: Union[Tensor, Sequence[Tensor]], max_new_tokens: 
                      early_stopping)
     if max_new_tokens == 0:
         return _pad_rows(prompts, pad)
-    logits, state = _prefill(model, prompts, state_batch_dim)
+    try:
+        logits, state = _prefill(model, prompts, state_batch_dim)
+    except (IndexError, RuntimeError) as e:  # e.g. an embedding given an id >= V
+        largest = max(int(p.max()) for p in prompts)
+        e.add_note(f"fastrnn.generate: the model failed on the prompts; token ids must lie in "
+                   f"[0, V) (the largest here is {largest})")
+        raise
     _check_vocabulary(prompts, logits.shape[-1], eos, num_beams)
     common = dict(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                   repetition_penalty=repetition_penalty, eos=eos, pad=pad,
@@ -348,7 +356,9 @@ def _beam_search(model, prompts, logits, state, K, length_penalty, early_stoppin
         total = (beam_scores.reshape(-1, 1) + logp).reshape(B, K * V)
         top_scores, top_ids = total.topk(2 * K, dim=-1)
         next_beam = torch.zeros(B, K, dtype=torch.long)
-        next_token = torch.full((B, K), pad, dtype=torch.long)
+        # Slots left empty hold dead beams (score -inf): token 0 keeps the model's input
+        # valid; they are never chosen again.
+        next_token = torch.zeros(B, K, dtype=torch.long)
         next_score = torch.full((B, K), float("-inf"), dtype=torch.float64)
         top_scores_l, top_ids_l = top_scores.tolist(), top_ids.tolist()
         for b in range(B):

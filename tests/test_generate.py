@@ -2,6 +2,8 @@
 against a hand-built model whose best sequence is known, eos / min tokens / repetition
 penalty, unequal prompts, seeds, and the state protocol (prefill once, then one token)."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -145,3 +147,244 @@ def test_bad_arguments_raise(model, kwargs, match):
 def test_bad_model_output_raises():
     with pytest.raises(TypeError, match=r"\(logits, state\)"):
         fastrnn.generate(lambda tokens, state: tokens, torch.tensor([[1]]), 2)
+
+
+# ---- issue 15, case 1: a prompt's output does not depend on the batch -------------------------
+
+class ConstantLM(torch.nn.Module):
+    """The same logits at every position and state: token 5 = 1.0, token 3 = 0.9, others -1."""
+
+    def forward(self, tokens, state):
+        logits = torch.full((10,), -1.0)
+        logits[5], logits[3] = 1.0, 0.9
+        B, T = tokens.shape
+        return logits.expand(B, T, 10).clone(), torch.zeros(1, B, 1)
+
+
+def test_issue_example_of_batch_dependent_repetition_penalty():
+    prompts = [torch.tensor([5, 6, 7]), torch.tensor([9])]
+    out = fastrnn.generate(ConstantLM(), prompts, 3, repetition_penalty=2.0)
+    # By hand: [9] sees only 9, so 5 (1.0) beats 3 (0.9); then 5 is seen (0.5 < 0.9): 3;
+    # then both are seen (0.5 > 0.45): 5. [5, 6, 7] sees 5 from the start: 3, 5, 5.
+    assert out[1, :4].tolist() == [9, 5, 3, 5]
+    assert out[0].tolist() == [5, 6, 7, 3, 5, 5]
+    assert fastrnn.generate(ConstantLM(), prompts[1:], 3, repetition_penalty=2.0)[0].tolist() == [9, 5, 3, 5]
+
+
+class BigramLM(torch.nn.Module):
+    """logits[t] = A[token_t] + C[token_{t-1}]: table lookups, so each row's logits are
+    bitwise the same whatever else is in the batch. State: the last token, (1, B)."""
+
+    def __init__(self, V=9, seed=0):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.A = torch.randn(V, V, generator=gen) * 2
+        self.C = torch.randn(V, V, generator=gen)
+
+    def forward(self, tokens, state):
+        first = tokens[:, :1] if state is None else state.T
+        previous = torch.cat([first, tokens[:, :-1]], dim=1)
+        return self.A[tokens] + self.C[previous], tokens[:, -1:].T.clone()
+
+
+def strip(row, prompt_len, pad):
+    """A generated row without its right padding."""
+    row = row.tolist()
+    while len(row) > prompt_len and row[-1] == pad:
+        row.pop()
+    return row
+
+
+BATCH_OPTIONS = [
+    dict(repetition_penalty=1.7),
+    dict(repetition_penalty=1.3, min_new_tokens=4, eos_token_id=[2, 4], pad_token_id=8),
+    dict(num_beams=3, repetition_penalty=1.5, eos_token_id=2, pad_token_id=8),
+    dict(num_beams=2, eos_token_id=[1, 2], early_stopping="never", pad_token_id=8),
+    dict(do_sample=True, top_k=4, temperature=1.2, repetition_penalty=1.4,
+         seed=torch.tensor([11, 22, 33, 44]), eos_token_id=6, pad_token_id=8),
+    dict(do_sample=True, top_p=0.8, min_p=0.05, seed=torch.tensor([5, 6, 7, 8])),
+]
+
+
+@pytest.mark.parametrize("options", BATCH_OPTIONS)
+def test_output_does_not_depend_on_the_rest_of_the_batch(options):
+    model = BigramLM()
+    prompts = [torch.tensor([1, 7, 7, 3]), torch.tensor([0]), torch.tensor([5, 5]), torch.tensor([3, 8, 1])]
+    pad = options.get("pad_token_id", 0)
+    together = fastrnn.generate(model, prompts, 7, **options)
+    for i, prompt in enumerate(prompts):
+        alone_options = dict(options)
+        if isinstance(options.get("seed"), torch.Tensor):
+            alone_options["seed"] = options["seed"][i:i + 1]
+        alone = fastrnn.generate(model, [prompt], 7, **alone_options)[0]
+        assert strip(together[i], len(prompt), pad) == strip(alone, len(prompt), pad), i
+
+
+def test_sampled_first_tokens_do_not_depend_on_the_batch():
+    # The issue's count: 200 prompts of unequal lengths, first tokens drawn with per-row seeds.
+    model = BigramLM(V=9, seed=3)
+    gen = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(0, 9, (int(n),), generator=gen) for n in torch.randint(1, 6, (200,), generator=gen)]
+    seeds = torch.arange(200) * 7919
+    kwargs = dict(do_sample=True, temperature=1.5, repetition_penalty=3.0)
+    together = fastrnn.generate(model, prompts, 1, seed=seeds, **kwargs)
+    for i in range(0, 200, 9):
+        alone = fastrnn.generate(model, [prompts[i]], 1, seed=seeds[i:i + 1], **kwargs)[0]
+        assert together[i, len(prompts[i])] == alone[-1], i
+
+
+# ---- issue 15, case 3: never a token from NaN logits -------------------------------------------
+
+class TurnsNaN(torch.nn.Module):
+    """Prefers token 5 until `finite_calls` model calls have been made, then returns NaN.
+    State: the number of calls so far, (1, B)."""
+
+    def __init__(self, finite_calls=3, rows=None):
+        super().__init__()
+        self.finite_calls, self.rows = finite_calls, rows
+
+    def forward(self, tokens, state):
+        calls = 1 if state is None else int(state[0, 0]) + 1
+        B, T = tokens.shape
+        logits = torch.zeros(B, T, 6)
+        logits[..., 5] = 3.0
+        if calls > self.finite_calls:
+            rows = slice(None) if self.rows is None else self.rows
+            logits[rows] = float("nan")
+        return logits, torch.full((1, B), calls)
+
+
+@pytest.mark.parametrize("options", [dict(), dict(do_sample=True, seed=0), dict(do_sample=True, top_p=0.5, seed=1),
+                                     dict(num_beams=2)])
+def test_nan_logits_raise_instead_of_emitting_a_token(options):
+    # The issue: greedy returned [1, 2, 5, 5, 0, 0, 0], a stream of token 0 from NaN logits.
+    with pytest.raises(ValueError, match="contains NaN"):
+        fastrnn.generate(TurnsNaN(), torch.tensor([[1, 2]]), 5, **options)
+    with pytest.raises(ValueError, match="row 1 contains NaN"):
+        fastrnn.generate(TurnsNaN(rows=1), torch.tensor([[1, 2], [3, 4]]), 5, **options)
+
+
+def test_nan_logits_after_the_last_step_are_never_read():
+    out = fastrnn.generate(TurnsNaN(finite_calls=3), torch.tensor([[1, 2]]), 3)
+    assert out[0].tolist() == [1, 2, 5, 5, 5]
+
+
+# ---- issue 15, case 4: generate's seeds behave as fastrnn.sample's -----------------------------
+
+def test_generate_int_seed_draws_as_sample_does():
+    model = BigramLM(V=9, seed=4)
+    prompts = torch.tensor([[1, 2], [3, 4], [5, 6]])
+    kwargs = dict(temperature=1.3, top_k=6)
+    out = fastrnn.generate(model, prompts, 1, do_sample=True, seed=77, **kwargs)
+    logits, _ = model(prompts, None)
+    assert torch.equal(out[:, -1], fastrnn.sample(logits[:, -1], **kwargs, seed=77))
+    rows = fastrnn.generate(model, prompts[:1].expand(300, 2), 1, do_sample=True, seed=77, **kwargs)[:, -1]
+    assert len(set(rows.tolist())) > 1  # one int seed, independent rows
+
+
+# ---- issue 15, case 5: beam search and early_stopping -------------------------------------------
+
+class IssueMarkovLM(torch.nn.Module):
+    """After the prompt token 5: token 0 (p .4), token 3 (p .4), token 1 (p .2); after token
+    1: token 0 (p .99). Tokens 0 and 3 end the sequence."""
+
+    def __init__(self):
+        super().__init__()
+        table = torch.full((6, 6), 1e-9)
+        table[5, 0], table[5, 3], table[5, 1] = 0.4, 0.4, 0.2
+        table[1, 0], table[1, 2] = 0.99, 0.01
+        for t in (0, 2, 3, 4):
+            table[t, t] = 1.0
+        self.log_table = (table / table.sum(-1, keepdim=True)).log()
+
+    def forward(self, tokens, state):
+        return self.log_table[tokens], tokens[:, -1:].T.clone()
+
+
+def test_issue_example_of_beam_search_stopping_early():
+    kwargs = dict(num_beams=2, eos_token_id=[0, 3], length_penalty=1.0)
+    prompt = torch.tensor([[5]])
+    # [1, 0] scores log(.2 * .99) / 2 = -0.810, above [0] or [3] at log(.4) = -0.916.
+    exact = fastrnn.generate(IssueMarkovLM(), prompt, 4, early_stopping="never", **kwargs)
+    assert exact[0, 1:3].tolist() == [1, 0]
+    # Hugging Face's heuristic (False) and True stop after the first step, as documented.
+    for early in (False, True):
+        out = fastrnn.generate(IssueMarkovLM(), prompt, 4, early_stopping=early, **kwargs)
+        assert out[0, 1:].tolist() in ([0], [3])
+
+
+class RandomMarkovLM(torch.nn.Module):
+    def __init__(self, V, seed):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.table = torch.randn(V, V, generator=gen) * 1.5
+
+    def forward(self, tokens, state):
+        return self.table[tokens], tokens[:, -1:].T.clone()
+
+
+def exhaustive_best(model, start, V, eos, max_new, length_penalty):
+    """The best-scoring finished sequence over every sequence: ended by an eos token, or
+    of length max_new; score = sum(log p) / length ** length_penalty."""
+    logp = torch.log_softmax(model.table, -1).double()
+    best, best_score = None, float("-inf")
+    for n in range(1, max_new + 1):
+        for seq in itertools.product(range(V), repeat=n):
+            if any(t in eos for t in seq[:-1]) or (n < max_new and seq[-1] not in eos):
+                continue
+            total, previous = 0.0, start
+            for t in seq:
+                total, previous = total + logp[previous, t].item(), t
+            score = total / n ** length_penalty
+            if score > best_score:
+                best, best_score = list(seq), score
+    return best
+
+
+@pytest.mark.parametrize("length_penalty", [-1.0, 0.0, 1.0, 2.0])
+def test_never_early_stopping_equals_exhaustive_search(length_penalty):
+    # V = num_beams = 4 with two eos tokens and 3 new tokens: beam search keeps every
+    # partial sequence, so only stopping early could miss the best one.
+    V, eos, max_new = 4, [0, 1], 3
+    for seed in range(12):
+        model = RandomMarkovLM(V, seed)
+        start = seed % V
+        out = fastrnn.generate(model, torch.tensor([[start]]), max_new, num_beams=V, eos_token_id=eos,
+                               length_penalty=length_penalty, early_stopping="never", pad_token_id=9)
+        found = [t for t in out[0, 1:].tolist() if t != 9]
+        assert found == exhaustive_best(model, start, V, eos, max_new, length_penalty), seed
+
+
+# ---- bad input ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("prompt,kwargs,match", [
+    ([[1, -2]], dict(), r"prompt 0 holds token id -2"),
+    ([[1]], dict(num_beams=13), "num_beams = 13 exceeds the 12 tokens"),
+    ([[1]], dict(eos_token_id=[3, 12]), r"eos_token_id 12 lies outside \[0, V\)"),
+    ([[1]], dict(num_beams=2, early_stopping="always"), "early_stopping must be True, False or 'never'"),
+    ([[1]], dict(do_sample=True, seed=1, generator=torch.Generator()), "generator or a seed"),
+    ([[1]], dict(do_sample=True, seed=torch.tensor([1, 2])), r"seed must be an int or have shape \(1,\)"),
+    ([[1]], dict(do_sample=True, top_p=1.5), r"top_p must be in \(0, 1\]"),
+    ([[1]], dict(do_sample=True, top_k=-3), "top_k must be >= 0"),
+    ([[1]], dict(do_sample=True, temperature=-1.0), "temperature must be >= 0"),
+])
+def test_bad_input_raises_a_clear_error(model, prompt, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fastrnn.generate(model, torch.tensor(prompt), 3, **kwargs)
+
+
+def test_prompt_ids_beyond_the_vocabulary_raise():
+    # A model that does not index with the ids: generate checks them against V itself.
+    with pytest.raises(ValueError, match=r"prompt 1 holds token id 10; ids must lie in \[0, V\), V = 10"):
+        fastrnn.generate(ConstantLM(), torch.tensor([[1, 2], [3, 10]]), 3)
+
+
+def test_model_errors_on_out_of_range_prompts_name_the_ids(model):
+    with pytest.raises(IndexError) as caught:
+        fastrnn.generate(model, torch.tensor([[1, 2], [3, 12]]), 3)
+    assert any("token ids must lie in [0, V) (the largest here is 12)" in n for n in caught.value.__notes__)
+
+
+def test_non_integer_prompts_raise(model):
+    with pytest.raises(TypeError, match="token ids must be integers"):
+        fastrnn.generate(model, torch.tensor([[1.0, 2.0]]), 3)
