@@ -9,9 +9,10 @@ Kernels and providers:
               baseline), reference (plain PyTorch cell loop with autograd), compiled
               (the reference cell under torch.compile, in a Python loop)
   softmax     fastrnn-triton, torch (torch.softmax; the baseline)
-  sampling    fastrnn-triton, fastrnn-vectorized (fastrnn.sample's sort-free PyTorch
-              path), torch-sort (the sort-based reference, filtering as Hugging Face
-              does; the baseline). All draw top-p 0.9 at temperature 0.8.
+  sampling    fastrnn-triton, fastrnn-ext (the C++ sampler, fastrnn.sample's CPU path),
+              fastrnn-vectorized (the sort-free PyTorch path, its fallback), torch-sort
+              (the sort-based reference, filtering as Hugging Face does; the baseline).
+              All draw top-p 0.9 at temperature 0.8.
 
 Modes: "forward" (a training forward, autograd recording), "backward" (backward only,
 on a retained graph), "forward+backward". Softmax and sampling are timed in forward only.
@@ -276,7 +277,7 @@ def vocab_callable(case: Case, provider: str, mode: str, device) -> Callable:
     if provider == "torch-sort":
         params = _row_params(logits)
         return lambda: sampling_reference.sample(logits, *params, generator=generator)
-    backend = "triton" if provider == "fastrnn-triton" else "reference"
+    backend = {"fastrnn-triton": "triton", "fastrnn-ext": "ext"}.get(provider, "reference")
     if case.kernel == "softmax":
         return lambda: fastrnn.softmax(logits, temperature=TEMPERATURE, backend=backend)
     return lambda: fastrnn.sample(logits, temperature=TEMPERATURE, top_p=TOP_P, generator=generator,
@@ -285,8 +286,9 @@ def vocab_callable(case: Case, provider: str, mode: str, device) -> Callable:
 
 VOCAB_PROVIDERS = {
     "softmax": {"fastrnn-triton": _vocab_unavailable("triton"), "torch": lambda c, d: None},
-    # fastrnn-vectorized: fastrnn.sample's sort-free PyTorch path (its CPU path).
+    # fastrnn-ext: the C++ sampler; fastrnn-vectorized: the sort-free PyTorch path.
     "sampling": {"fastrnn-triton": _vocab_unavailable("triton"),
+                 "fastrnn-ext": _vocab_unavailable("ext"),
                  "fastrnn-vectorized": _vocab_unavailable("reference"),
                  "torch-sort": lambda c, d: None},
 }
