@@ -19,12 +19,13 @@ from fastrnn.ops.sampling import vectorized
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def expected_backends():
-    """The backends the command must have run rows for: the LSTM's, on this machine. In
-    the subprocess without a GPU the command sets TRITON_INTERPRET=1 itself."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    names = [b for b in ("ext", "reference") if backends._why_unavailable(b, device, "lstm") is None]
-    return (["triton"] if backends.triton_importable() else []) + names
+def available_checks():
+    """(backend, op) pairs the command must have run on this machine: the same availability
+    rule as the command's (in the subprocess without a GPU the command sets
+    TRITON_INTERPRET=1 itself, as tests/conftest.py has set it here)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return {(backend, name) for name, op in check.all_ops().items() for backend in backends.BACKENDS
+            if op.why_unavailable(backend, device, torch.float32) is None}
 
 
 def test_command_runs_every_available_backend_and_passes(tmp_path):
@@ -33,12 +34,15 @@ def test_command_runs_every_available_backend_and_passes(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "fastrnn.check", "--quick", "--json", str(report)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert "TF32:" in proc.stdout and "fastrnn.check:" in proc.stdout
+    assert "TF32:" in proc.stdout and proc.stdout.rstrip().endswith(": OK")
     rows = json.loads(report.read_text())["rows"]
     assert rows and all(r["verdict"] == "ok" for r in rows)
-    for backend in expected_backends():
-        for op in ("lstm", "gru"):
-            assert any(r["backend"] == backend and r["op"] == op for r in rows), (backend, op)
+    ops = check.all_ops()
+    printed = [line.split() for line in proc.stdout.splitlines()]
+    assert len([p for p in printed if len(p) > 2 and p[0] in backends.BACKENDS and p[1] in ops]) == len(rows)
+    assert available_checks() <= {(r["backend"], r["op"]) for r in rows}
+    if hasattr(check.fastrnn, "RNN"):
+        assert {"rnn_tanh", "rnn_relu"} <= {r["op"] for r in rows}
     if not torch.cuda.is_available():
         assert "not applicable on CPU" in proc.stdout
 
