@@ -32,7 +32,7 @@ Ties are kept together (thresholds are values). Tokens with p < 2^-61 weigh 0 in
 draw and are never drawn.
 
 The draw is by inverse CDF over the kept tokens in index order: the first kept token whose
-running mass exceeds u * Z_kept (float64 comparison of the exact int64 running mass).
+exact int64 running mass exceeds the float64 product u * Z_kept.
 
 Rows whose status is not 0 (1 NaN, 2 +inf, 3 all -inf; see op.STATUS) get token -1 and an
 all-False mask row. Temperature 0 is greedy: the first index of the largest logit.
@@ -241,7 +241,8 @@ def _draw_kernel(x_ptr, stride, V, chunk, t_ptr, k_ptr, top_p_ptr, part_max_ptr,
                  min_p_ptr, u_ptr, kept_ptr, out_ptr, PARTS: tl.constexpr, BINS: tl.constexpr,
                  BLOCK: tl.constexpr):
     """The token of each row, written by the one program whose chunk holds it: the first
-    kept token whose running mass exceeds u * Z_kept, else the last kept token of weight
+    kept token whose running mass exceeds u * Z_kept (float64 product, compared exactly
+    with the int64 running mass), else the last kept token of weight
     > 0 (when rounding puts the target at the very end). Greedy rows: the argmax; rows
     with a bad status: -1 (both written by program 0)."""
     row, part = tl.program_id(0), tl.program_id(1)
@@ -257,9 +258,9 @@ def _draw_kernel(x_ptr, stride, V, chunk, t_ptr, k_ptr, top_p_ptr, part_max_ptr,
     total = tl.sum(chunk_mass, axis=0)
     base = tl.sum(tl.where(i < part, chunk_mass, 0), axis=0)
     mine = tl.sum(tl.where(i == part, chunk_mass, 0), axis=0)
-    target = tl.load(u_ptr + row) * total.to(tl.float64)
-    holds = (base.to(tl.float64) <= target) & (mine > 0) & (
-        ((base + mine).to(tl.float64) > target) | (base + mine == total))
+    # Integer masses cross the float64 target u * Z_kept exactly where they pass its floor.
+    target = (tl.load(u_ptr + row) * total.to(tl.float64)).to(tl.int64)
+    holds = (base <= target) & (mine > 0) & ((base + mine > target) | (base + mine == total))
     if holds & (status == 0) & (~greedy):
         hist = row * (5 * BINS)
         floor = _floor(count_ptr + hist, mass_ptr + hist, k, top_p, use_k, use_p,
@@ -274,7 +275,7 @@ def _draw_kernel(x_ptr, stride, V, chunk, t_ptr, k_ptr, top_p_ptr, part_max_ptr,
             p = probs(tl.load(row_ptr + offs, mask=inside, other=float("-inf")), t, M, S)
             w = tl.where(inside & (p.to(tl.int32, bitcast=True) >= floor), _fixed(p), 0)
             cumulative = running + tl.cumsum(w, axis=0)
-            crossed = (w > 0) & (cumulative.to(tl.float64) > target)
+            crossed = (w > 0) & (cumulative > target)
             found = tl.minimum(found, tl.min(tl.where(crossed, offs, 2147483647), axis=0))
             last = tl.maximum(last, tl.max(tl.where(w > 0, offs, -1), axis=0))
             running += tl.sum(w, axis=0)
@@ -357,9 +358,9 @@ def static_configs() -> Iterator[dict]:
             draw = dict(common, min_p_ptr="*fp32", u_ptr="*fp64", kept_ptr="*i64", out_ptr="*i64")
             launches.append(("draw", {"kernel": _draw_kernel, "args": draw, "constexprs": sizes}))
             for name, launch in launches:
+                # Full reads of V per row by the call: sampling_mask 8, sample 8 + one chunk.
                 row = {"kernel": "sampling", "mode": name, "dtype": dtype, "B": B, "V": V,
                        "programs": B * p.parts, "programs_per_row": p.parts,
-                       "passes_over_v": {"mask": 8, "draw": 9},
-                       "counting": "int32 counts, int64 fixed-point masses (atomics)"}
+                       "passes_over_v": 8, "counting": "int32 counts, int64 fixed-point masses"}
                 yield softmax_triton.config_dict(launch, p, row)
     return softmax_triton.dedupe(configs())

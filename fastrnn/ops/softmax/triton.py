@@ -38,7 +38,8 @@ import triton.language as tl
 
 from fastrnn.backends import interpreter_enabled
 
-BLOCK_MAX = 1024            # tile width along V (interpreter: 256, to keep tests quick)
+BLOCK_MAX = 1024            # tile width along V on a GPU
+INTERPRETER_BLOCK = 64      # on CPU tensors (the interpreter): tiny rows still split
 MAX_PARTS = 256             # programs per row at most (one vector of partials)
 PROGRAMS_PER_SM = 2         # launch about this many programs per SM in total
 NUM_WARPS = 4
@@ -78,10 +79,11 @@ def plan(B: int, V: int, device: torch.device, programs_per_row: Optional[int] =
     """The launch plan for B rows of V tokens: about PROGRAMS_PER_SM programs per SM in
     total, at most MAX_PARTS and at most one per tile per row. `programs_per_row` forces
     the split (tests); `sms` replaces the device's SM count (static checks)."""
-    block = min(256 if interpreter_enabled() else BLOCK_MAX, triton.next_power_of_2(V))
+    device = torch.device(device)
+    block = min(BLOCK_MAX if device.type == "cuda" else INTERPRETER_BLOCK, triton.next_power_of_2(V))
     blocks = triton.cdiv(V, block)
     if programs_per_row is None:
-        sms = sm_count(torch.device(device)) if sms is None else sms
+        sms = sm_count(device) if sms is None else sms
         programs_per_row = triton.cdiv(PROGRAMS_PER_SM * sms, max(B, 1))
     parts = max(1, min(programs_per_row, blocks, MAX_PARTS))
     blocks_per_part = triton.cdiv(blocks, parts)
@@ -111,13 +113,18 @@ class RowStats:
 
 @triton.jit
 def scaled_logit(x, t, M):
-    """(x - M) / t in float32 for logits x (any float dtype), with the limits spelled out:
-    0 at the max whatever t is (also t = 0, t = +inf and M = +inf), -inf at -inf (also
-    for t = +inf, where -inf / inf is NaN) and wherever x - M overflows, NaN at NaN."""
+    """(x - M) / t in float32 for logits x (any float dtype) and t in (0, +inf], with the
+    limits spelled out: exactly 0 at the max whatever t is; -inf at -inf logits; where
+    x - M is -inf (it overflowed, or M = +inf) the limit is -inf, except for a finite x
+    below a finite M at t = +inf, where it is 0 (the uniform limit; -inf / inf is NaN).
+    NaN at NaN."""
     x = x.to(tl.float32)
     d = x - M
     z = tl.where(x == M, 0.0, d / t)
-    return tl.where((x == float("-inf")) | (d == float("-inf")), float("-inf"), z)
+    # (tl.where, not &, between the scalar and the block: the interpreter rejects that &)
+    uniform = tl.where((t == float("inf")) & (M != float("inf")), x != float("-inf"), False)
+    z = tl.where(d == float("-inf"), tl.where(uniform, 0.0, float("-inf")), z)
+    return tl.where(x == float("-inf"), float("-inf"), z)
 
 
 @triton.jit
