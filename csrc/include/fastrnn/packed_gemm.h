@@ -7,6 +7,7 @@
 // gets one zmm register per vector, other clones split it (correct, slower).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -36,15 +37,24 @@ static_assert(sizeof(Vec64<float>) == 64 && sizeof(Vec64<double>) == 64, "64-byt
 // Rows per register tile: kRows x kVecs accumulators (16 with 4 vectors).
 constexpr int64_t kPackedRows = 4;
 
-// out[r][0 : NV * L] = A[r][0:K] @ panel (K, NV * L) for MR rows of A (row stride lda).
-template <typename T, int MR, int NV>
+// Bytes of a panel the row tiles share before moving on along K: a K chunk of the panel
+// stays in L1 while every row tile uses it, instead of each tile streaming the whole panel
+// (K x 256 bytes, past L1 for K >= 256) from L2. Measured on one core of a Xeon (AVX-512),
+// B=32 x K=512 x 512 fp32 per step: 16 KB chunks ~24 GMAC/s against ~19.5 unchunked, in
+// the same run (32 KB: the same; 64 KB: no gain).
+constexpr int64_t kPackedChunkBytes = 16 * 1024;
+
+// out[r][0 : NV * L] (+)= A[r][0:K] @ panel (K, NV * L) for MR rows of A (row stride lda);
+// ACC: add to what out holds (the previous K chunks' sums), same order of additions.
+template <typename T, int MR, int NV, bool ACC>
 __attribute__((always_inline)) inline void packed_tile(const T* A, int64_t lda, int64_t K,
                                                        const T* panel, T* out) {
   using V = Vec64<T>;
   constexpr int64_t L = kLanes<T>;
   V acc[MR][NV];
   for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = V{};
+    for (int v = 0; v < NV; ++v)
+      acc[r][v] = ACC ? *reinterpret_cast<const V*>(out + r * NV * L + v * L) : V{};
   for (int64_t k = 0; k < K; ++k) {
     const T* p = panel + k * NV * L;
     V b[NV];
@@ -58,20 +68,33 @@ __attribute__((always_inline)) inline void packed_tile(const T* A, int64_t lda, 
     for (int v = 0; v < NV; ++v) *reinterpret_cast<V*>(out + r * NV * L + v * L) = acc[r][v];
 }
 
-// out (M, NV * L) = A (M, K) @ panel, in tiles of kPackedRows rows.
+// out (M, NV * L) (+)= A (M, K) @ panel over the K range of one chunk, in tiles of
+// kPackedRows rows.
+template <typename T, int NV, bool ACC>
+__attribute__((always_inline)) inline void packed_rows_chunk(int64_t M, const T* A, int64_t lda,
+                                                             int64_t K, const T* panel, T* out) {
+  constexpr int64_t W = NV * kLanes<T>;
+  int64_t m = 0;
+  for (; m + kPackedRows <= M; m += kPackedRows) {
+    packed_tile<T, kPackedRows, NV, ACC>(A + m * lda, lda, K, panel, out + m * W);
+  }
+  switch (M - m) {
+    case 3: packed_tile<T, 3, NV, ACC>(A + m * lda, lda, K, panel, out + m * W); break;
+    case 2: packed_tile<T, 2, NV, ACC>(A + m * lda, lda, K, panel, out + m * W); break;
+    case 1: packed_tile<T, 1, NV, ACC>(A + m * lda, lda, K, panel, out + m * W); break;
+    default: break;
+  }
+}
+
+// out (M, NV * L) = A (M, K) @ panel, K chunk by K chunk (see kPackedChunkBytes).
 template <typename T, int NV>
 __attribute__((always_inline)) inline void packed_rows(int64_t M, const T* A, int64_t lda,
                                                        int64_t K, const T* panel, T* out) {
   constexpr int64_t W = NV * kLanes<T>;
-  int64_t m = 0;
-  for (; m + kPackedRows <= M; m += kPackedRows) {
-    packed_tile<T, kPackedRows, NV>(A + m * lda, lda, K, panel, out + m * W);
-  }
-  switch (M - m) {
-    case 3: packed_tile<T, 3, NV>(A + m * lda, lda, K, panel, out + m * W); break;
-    case 2: packed_tile<T, 2, NV>(A + m * lda, lda, K, panel, out + m * W); break;
-    case 1: packed_tile<T, 1, NV>(A + m * lda, lda, K, panel, out + m * W); break;
-    default: break;
+  constexpr int64_t kChunk = kPackedChunkBytes / (W * static_cast<int64_t>(sizeof(T)));
+  packed_rows_chunk<T, NV, false>(M, A, lda, std::min(K, kChunk), panel, out);
+  for (int64_t k0 = kChunk; k0 < K; k0 += kChunk) {
+    packed_rows_chunk<T, NV, true>(M, A + k0, lda, std::min(kChunk, K - k0), panel + k0 * W, out);
   }
 }
 
