@@ -5,9 +5,10 @@ runner (python -m benchmarks.run). A provider either builds a callable for a cas
 says why it cannot run here; nothing is ever substituted for a missing provider.
 
 Kernels and providers:
-  lstm, gru   fastrnn-triton, fastrnn-ext, nn (cuDNN on GPU, ATen/oneDNN on CPU; the
-              baseline), reference (plain PyTorch cell loop with autograd), compiled
-              (the reference cell under torch.compile, in a Python loop)
+  lstm, gru,  fastrnn-triton, fastrnn-ext, nn (cuDNN on GPU, ATen/oneDNN on CPU; the
+  rnn         baseline), reference (plain PyTorch cell loop with autograd), compiled
+              (the reference cell under torch.compile, in a Python loop). rnn is the
+              Elman RNN with tanh (nn.RNN's default).
   softmax     fastrnn-triton, torch (torch.softmax; the baseline)
   sampling    fastrnn-triton, fastrnn-ext (the C++ sampler, fastrnn.sample's CPU path),
               fastrnn-vectorized (the sort-free PyTorch path, its fallback), torch-sort
@@ -28,18 +29,20 @@ from fastrnn import backends
 from fastrnn import functional
 from fastrnn.ops.gru import reference as gru_reference
 from fastrnn.ops.lstm import reference as lstm_reference
+from fastrnn.ops.rnn import reference as rnn_reference
 from fastrnn.ops.sampling import reference as sampling_reference
 
 RNN_MODES = ("forward", "backward", "forward+backward")
 SAMPLING_MODES = ("forward",)
-BASELINE = {"lstm": "nn", "gru": "nn", "softmax": "torch", "sampling": "torch-sort"}
+RECURRENT = ("lstm", "gru", "rnn")
+BASELINE = {"lstm": "nn", "gru": "nn", "rnn": "nn", "softmax": "torch", "sampling": "torch-sort"}
 TOP_P = 0.9
 TEMPERATURE = 0.8
 
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    kernel: str                   # "lstm", "gru", "softmax", "sampling"
+    kernel: str                   # "lstm", "gru", "rnn", "softmax", "sampling"
     dims: Tuple[Tuple[str, int], ...]   # (("B", 16), ("T", 1024), ("H", 768)) or (("B", 1), ("V", 32000))
     dtype: torch.dtype
 
@@ -57,7 +60,7 @@ class Case:
 
     @property
     def is_rnn(self) -> bool:
-        return self.kernel in ("lstm", "gru")
+        return self.kernel in RECURRENT
 
     @property
     def modes(self) -> Tuple[str, ...]:
@@ -96,7 +99,7 @@ def gpu_sweep(kernels) -> List[Case]:
     headline cases come first, so a time-limited run still covers each kernel."""
     headline, rest = [], []
     for kernel in kernels:
-        if kernel in ("lstm", "gru"):
+        if kernel in RECURRENT:
             headline += [rnn(kernel, 16, 1024, 768, dt) for dt in (torch.float32, torch.bfloat16, torch.float16)]
             rest += [rnn(kernel, B, 256, H, torch.bfloat16) for B in (1, 8, 64, 256) for H in (256, 512, 1024, 2048)]
         else:
@@ -111,7 +114,7 @@ def cpu_sweep(kernels) -> List[Case]:
     shapes without B=256."""
     cases = []
     for kernel in kernels:
-        if kernel in ("lstm", "gru"):
+        if kernel in RECURRENT:
             cases.append(rnn(kernel, 16, 64, 768, torch.float32))
             cases += [rnn(kernel, B, 32, H, torch.float32) for B in (1, 8, 64) for H in (256, 512)]
         else:
@@ -122,9 +125,9 @@ def cpu_sweep(kernels) -> List[Case]:
 # ---------------------------------------------------------------------------- inputs
 
 def rnn_module(case: Case, device) -> torch.nn.Module:
-    """nn.LSTM / nn.GRU with input_size = hidden_size = H, its default random init."""
+    """nn.LSTM / nn.GRU / nn.RNN with input_size = hidden_size = H, its default random init."""
     H = case.dim["H"]
-    cls = torch.nn.LSTM if case.kernel == "lstm" else torch.nn.GRU
+    cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[case.kernel]
     return cls(H, H, device=device, dtype=case.dtype)
 
 
@@ -162,6 +165,8 @@ def _fastrnn_forward(backend: str):
         w = layer_weights(module)
         if case.kernel == "lstm":
             return lambda: functional.lstm_layer(inputs["x"], inputs["h0"], inputs["c0"], *w, backend=backend)
+        if case.kernel == "rnn":
+            return lambda: functional.rnn_layer(inputs["x"], inputs["h0"], *w, backend=backend)
         return lambda: functional.gru_layer(inputs["x"], inputs["h0"], *w, backend=backend)
     return build
 
@@ -183,6 +188,8 @@ def _reference_forward(case, module, inputs):
     w = layer_weights(module)
     if case.kernel == "lstm":
         return lambda: lstm_reference.lstm_layer(inputs["x"], inputs["h0"], inputs["c0"], *w)
+    if case.kernel == "rnn":
+        return lambda: rnn_reference.rnn_layer(inputs["x"], inputs["h0"], *w)
     return lambda: gru_reference.gru_layer(inputs["x"], inputs["h0"], *w)
 
 
@@ -193,7 +200,8 @@ def _compiled_cell(kernel: str) -> Callable:
     """The reference cell under torch.compile, compiled once per kernel with dynamic shapes
     (compiling the whole T-step loop unrolls it and takes minutes for long sequences)."""
     if kernel not in _COMPILED_CELLS:
-        cell = lstm_reference.lstm_cell if kernel == "lstm" else gru_reference.gru_cell
+        cell = {"lstm": lstm_reference.lstm_cell, "gru": gru_reference.gru_cell,
+                "rnn": rnn_reference.rnn_cell}[kernel]
         _COMPILED_CELLS[kernel] = torch.compile(cell, dynamic=True)
     return _COMPILED_CELLS[kernel]
 
@@ -208,6 +216,8 @@ def _compiled_forward(case, module, inputs):
         for t in range(x_proj.shape[0]):
             if case.kernel == "lstm":
                 h, c, _ = cell(x_proj[t], h, c, w_hh, b_hh, None)
+            elif case.kernel == "rnn":
+                h = cell(x_proj[t], h, w_hh, b_hh, "tanh")
             else:
                 h, _ = cell(x_proj[t], h, w_hh, b_hh)
             ys.append(h)
@@ -298,7 +308,7 @@ VOCAB_PROVIDERS = {
 
 def providers_for(kernel: str) -> List[str]:
     """The kernel's providers, its baseline first (so every later row has its speedup)."""
-    names = list(RNN_PROVIDERS) if kernel in ("lstm", "gru") else list(VOCAB_PROVIDERS[kernel])
+    names = list(RNN_PROVIDERS) if kernel in RECURRENT else list(VOCAB_PROVIDERS[kernel])
     return [BASELINE[kernel]] + [n for n in names if n != BASELINE[kernel]]
 
 

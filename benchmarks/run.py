@@ -27,7 +27,7 @@ from benchmarks.timing import device_name, measure
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join(HERE, "results")
-KERNELS = ("lstm", "gru", "softmax", "sampling")
+KERNELS = ("lstm", "gru", "rnn", "softmax", "sampling")
 
 
 def versions() -> str:
