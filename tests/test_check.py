@@ -107,3 +107,31 @@ def test_nothing_checked_is_a_failure(capsys):
     """A run that checks nothing (every requested backend unavailable) must not pass."""
     assert check.main(["--ops", "softmax", "--backends", "ext"]) == 1
     assert "nothing was checked" in capsys.readouterr().out
+
+
+def test_rules_fail_what_they_should():
+    """The rules of the GPU-only rows too (relative RMS at T=1024, 2x torch for TF32 and
+    16-bit): exact results pass, 1% noise and NaN fail."""
+    ref = torch.randn(1000, dtype=torch.float64)
+    oracles = {"nn.LSTM": {"output": ref}}
+    exact = {"output": ref.float()}
+    noisy = {"output": (ref + 0.01 * torch.randn_like(ref)).float()}
+    nan = {"output": torch.full_like(ref, float("nan")).float()}
+    baseline = {"output": (ref + 1e-4 * torch.randn_like(ref)).float()}  # torch's own, e.g. TF32
+    for rule in (check.ELEMENTWISE, check.REL_RMS, check.TWICE_TORCH):
+        assert check.compare(rule, exact, oracles, baseline).passed, rule
+        assert not check.compare(rule, noisy, oracles, baseline).passed, rule
+        assert not check.compare(rule, nan, oracles, baseline).passed, rule
+
+
+def test_tf32_on_and_off_at_the_headline_size_on_a_gpu_only():
+    lstm = check.all_ops()["lstm"]
+    headline, tiny = check.Case("headline", lstm.headline), check.Case("tiny", lstm.tiny)
+
+    def fp32(on_gpu, case):
+        return [s.label for s in lstm.settings(on_gpu, case) if s.dtype == torch.float32]
+    assert fp32(True, headline) == ["off", "on"]
+    assert fp32(True, tiny) == ["off"]
+    assert fp32(False, tiny) == ["-"]
+    assert check.float_rule(headline, check.Setting(torch.float32, True), long_sequence=True) == check.TWICE_TORCH
+    assert check.float_rule(headline, check.Setting(torch.float32, False), long_sequence=True) == check.REL_RMS
