@@ -14,8 +14,8 @@ from triton.compiler import ASTSource
 
 from fastrnn.ops.recurrent.backward import _bptt_kernel
 from fastrnn.ops.recurrent.forward import recurrent_forward_kernel
-from fastrnn.ops.sampling.triton import NPIV, _sampling_kernel
-from fastrnn.ops.softmax.triton import _softmax_bwd_kernel, _softmax_fwd_kernel
+from fastrnn.ops.sampling import triton as sampling_triton
+from fastrnn.ops.softmax import triton as softmax_triton
 
 def forward_signature(dtype: str):
     types = {"xproj_ptr": dtype, "w_hh_ptr": dtype, "b_hh_ptr": dtype, "lengths_ptr": "*i64",
@@ -63,24 +63,19 @@ def main(arch: int):
 
 
 def compile_row_kernels(arch: int):
-    """Softmax and sampling: one program per row, no barrier."""
-    for dtype in ("*fp32", "*bf16"):
-        for log in (False, True):
-            compile_kernel(_softmax_fwd_kernel, {"x_ptr": dtype, "t_ptr": "*fp32", "y_ptr": dtype, "V": "i32",
-                                                 "stride_x": "i32", "stride_y": "i32"},
-                           {"LOG": log, "BLOCK": 4096}, arch, num_warps=8)
-            compile_kernel(_softmax_bwd_kernel, {"dy_ptr": dtype, "y_ptr": dtype, "t_ptr": "*fp32",
-                                                 "dx_ptr": dtype, "V": "i32"},
-                           {"LOG": log, "BLOCK": 4096}, arch, num_warps=8)
-            print(f"softmax {'log ' if log else ''}{dtype[1:]} sm_{arch}: compiled")
-        for write_mask in (False, True):
-            compile_kernel(_sampling_kernel,
-                           {"logits_ptr": dtype, "stride": "i32", "V": "i32", "t_ptr": "*fp32",
-                            "k_ptr": "*i64", "top_p_ptr": "*fp64", "min_p_ptr": "*fp32",
-                            "u_ptr": "*fp64", "out_ptr": "*i8" if write_mask else "*i64",
-                            "status_ptr": "*i32"},
-                           {"WRITE_MASK": write_mask, "BLOCK": 4096, "NPIV": NPIV}, arch, num_warps=8)
-            print(f"sampling {'mask' if write_mask else 'draw'} {dtype[1:]} sm_{arch}: compiled")
+    """Softmax and sampling: every launch their modules list in static_configs(), for
+    bfloat16 logits (the interpreter has no bfloat16); benchmarks/gpu_static.py compiles
+    all of them with run-time specialisation and reports their resources."""
+    for module in (softmax_triton, sampling_triton):
+        for config in module.static_configs():
+            row = config["row"]
+            if row["dtype"] != "bf16":
+                continue
+            signature = {name: "i32" if isinstance(value, int) else value
+                         for name, value in config["args"].items()}
+            compile_kernel(config["kernel"], signature, config["constexprs"], arch,
+                           num_warps=config["num_warps"])
+            print(f"{row['kernel']} {row['mode']} bf16 sm_{arch}: compiled")
 
 
 def report(name, compiled):

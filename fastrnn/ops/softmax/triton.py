@@ -378,5 +378,9 @@ def static_configs() -> Iterator[dict]:
 
 
 def config_dict(launch: dict, p: Plan, row: dict) -> dict:
-    return {"kernel": launch["kernel"], "args": launch["args"], "constexprs": launch["constexprs"],
-            "num_warps": p.num_warps, "num_stages": 3, "row": row}
+    """A static_configs() entry; args in the kernel's parameter order (callers of the
+    hook may pass them positionally)."""
+    kernel, constexprs = launch["kernel"], launch["constexprs"]
+    args = {name: launch["args"][name] for name in kernel.arg_names if name not in constexprs}
+    return {"kernel": kernel, "args": args, "constexprs": constexprs, "num_warps": p.num_warps,
+            "num_stages": 3, "row": row}
