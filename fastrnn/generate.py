@@ -209,9 +209,10 @@ def generate(model, input_ids: Union[Tensor, Sequence[Tensor]], max_new_tokens: 
     Raises:
         ValueError: bad arguments (the message names them); logits with a NaN, a +inf or
             no finite value at a step where a token is chosen (never a token drawn from
-            them). On CUDA the device-side checks of fastrnn.sample are collected with
+            them). On CUDA the device-side checks are collected with
             fastrnn.check_errors() once per step, where the loop already synchronises
-            to test whether every row has finished.
+            (greedy and sampling: to test whether every row has finished; beam search:
+            to read the candidates on the host).
         TypeError: a model that breaks the protocol; non-integer prompts.
         An IndexError or RuntimeError the model raises on the prompts (an embedding given
         an id >= V) passes through with a note naming the largest prompt id.
@@ -360,7 +361,8 @@ def _beam_search(model, prompts, logits, state, K, length_penalty, early_stoppin
         # valid; they are never chosen again.
         next_token = torch.zeros(B, K, dtype=torch.long)
         next_score = torch.full((B, K), float("-inf"), dtype=torch.float64)
-        top_scores_l, top_ids_l = top_scores.tolist(), top_ids.tolist()
+        top_scores_l, top_ids_l = top_scores.tolist(), top_ids.tolist()  # synchronises on CUDA
+        errors.check_errors()  # the scores' checks, before any of them is used
         for b in range(B):
             if done[b]:
                 continue

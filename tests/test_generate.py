@@ -246,12 +246,12 @@ class TurnsNaN(torch.nn.Module):
     def forward(self, tokens, state):
         calls = 1 if state is None else int(state[0, 0]) + 1
         B, T = tokens.shape
-        logits = torch.zeros(B, T, 6)
+        logits = torch.zeros(B, T, 6, device=tokens.device)
         logits[..., 5] = 3.0
         if calls > self.finite_calls:
             rows = slice(None) if self.rows is None else self.rows
             logits[rows] = float("nan")
-        return logits, torch.full((1, B), calls)
+        return logits, torch.full((1, B), calls, device=tokens.device)
 
 
 @pytest.mark.parametrize("options", [dict(), dict(do_sample=True, seed=0), dict(do_sample=True, top_p=0.5, seed=1),
@@ -262,6 +262,14 @@ def test_nan_logits_raise_instead_of_emitting_a_token(options):
         fastrnn.generate(TurnsNaN(), torch.tensor([[1, 2]]), 5, **options)
     with pytest.raises(ValueError, match="row 1 contains NaN"):
         fastrnn.generate(TurnsNaN(rows=1), torch.tensor([[1, 2], [3, 4]]), 5, **options)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("options", [dict(), dict(do_sample=True, seed=0), dict(num_beams=2)])
+def test_nan_logits_raise_on_cuda(options):
+    # The checks are deferred on CUDA; generate collects them once per step.
+    with pytest.raises(ValueError, match="row 1 contains NaN"):
+        fastrnn.generate(TurnsNaN(rows=1), torch.tensor([[1, 2], [3, 4]], device="cuda"), 5, **options)
 
 
 def test_nan_logits_after_the_last_step_are_never_read():

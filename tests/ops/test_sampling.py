@@ -311,6 +311,31 @@ def test_cuda_draws_follow_filtered_distribution():
     assert chi_square_p_value(tokens.cpu(), probs.cpu()) > SIGNIFICANCE
 
 
+@pytest.mark.cuda
+def test_cuda_sampling_does_not_synchronise():
+    B = 4
+    logits = torch.randn(B, 1000, device="cuda")
+    params = dict(temperature=torch.full((B,), 0.8, device="cuda"),
+                  top_k=torch.full((B,), 50, device="cuda"),
+                  top_p=torch.full((B,), 0.9, dtype=torch.float64, device="cuda"), min_p=0.05)
+    seeds = torch.arange(B, device="cuda")
+    fastrnn.sample(logits, **params, seed=seeds)  # compiles the kernels
+    fastrnn.check_errors()
+    bad = logits.clone()
+    bad[1, 3] = float("nan")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fastrnn.sample(logits, **params, seed=seeds)
+        fastrnn.sample(logits, temperature=0.7, top_p=0.9, seed=3)
+        fastrnn.sampling_mask(logits, **params)
+        fastrnn.sample(bad, **params, seed=seeds)  # the error is deferred, not raised here
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    with pytest.raises(ValueError, match="row 1 contains NaN"):
+        fastrnn.check_errors()
+
+
 # ---- the CPU fast path (candidates per row) and its fallback ---------------------------------
 
 def fast_path_rows(logits, params):

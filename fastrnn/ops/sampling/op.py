@@ -78,9 +78,9 @@ class _Rule:
         bad = ~self.ok(values)
         if values.device.type != "cuda" and not bool(bad.any()):
             return  # off CUDA, reading the flag costs no sync and spares the codes below
-        row = torch.where(bad, torch.arange(B, device=values.device), B).amin()
-        value = values[row.clamp_max(B - 1)].double()
-        codes = torch.stack([row, value.view(torch.int64)])
+        row = _first_row(bad)
+        value = values.index_select(0, row.clamp_max(B - 1)).double()
+        codes = torch.cat([row, value.view(torch.int64)])
 
         def message(codes):
             if codes[0] == B:
@@ -88,6 +88,13 @@ class _Rule:
             value = struct.unpack("<d", struct.pack("<q", codes[1]))[0]
             return f"fastrnn.{fn}: {self.name} must be {self.text}, got {value:g} (row {codes[0]})"
         errors.report(codes, message, ValueError)
+
+
+def _first_row(bad: Tensor) -> Tensor:
+    """(1,) int64 on bad's device: the first True row of bad (B,), or B if none. Computed
+    and later indexed on the device (indexing with a 0-d tensor would read it on the host)."""
+    B = bad.shape[0]
+    return torch.where(bad, torch.arange(B, device=bad.device), B).amin().reshape(1)
 
 
 # NaN fails every comparison below, so it is rejected by each rule.
@@ -148,8 +155,8 @@ def report_status(fn: str, status: Tensor):
     B = status.shape[0]
     if B == 0 or (status.device.type != "cuda" and not bool(status.any())):
         return  # off CUDA, reading the flag costs no sync and spares the codes below
-    row = torch.where(status != 0, torch.arange(B, device=status.device), B).amin()
-    codes = torch.stack([row, status[row.clamp_max(B - 1)].long()])
+    row = _first_row(status != 0)
+    codes = torch.cat([row, status.index_select(0, row.clamp_max(B - 1)).long()])
 
     def message(codes):
         if codes[0] == B:
