@@ -1,6 +1,9 @@
 // Sort-free sampling of one logits row on the CPU: temperature, top-k, top-p, min-p and
 // greedy, with the semantics of fastrnn/ops/sampling/reference.py (DESIGN.md section 3).
 // Torch-free; the binding (csrc/sampling.cpp) runs rows in parallel, one Workspace each.
+// A row is one call, with no temporary tensors: its logits are read for the max and again
+// (from cache) for the exponentials; everything after works on the row's probabilities in
+// the thread's workspace, which stays in cache.
 //
 // Per row, over its V logits:
 //   1. scan: max, first argmax, NaN / +inf / all -inf status;
@@ -11,7 +14,10 @@
 //      non-negative floats, so their bit patterns order like the values, and a threshold
 //      is found by radix selection on those bits: a weighted histogram of the top bits
 //      (a count for top-k, a double mass for top-p), then the same inside the one bucket
-//      that holds it. Exact whatever the ties; nothing is sorted;
+//      that holds it. Exact whatever the ties; nothing is sorted. One difference from
+//      the reference remains possible: top-p masses are float64 sums in another order
+//      than its sorted prefix sums (both exact when every survivor has p >= 2^-29), so a
+//      token whose mass above lies within float64 rounding of top_p * Z could differ;
 //   4. the draw: the first kept token, in index order, whose running double mass exceeds
 //      u * (kept mass), summed in index order as the vectorised path's cumsum does, so a
 //      shared uniform gives the same token.
