@@ -265,3 +265,14 @@ def test_plan_fills_the_gpu_at_small_batch():
     for B, V, parts in ((1, 128256, 126), (32, 128256, 9), (256, 128256, 2), (1, 32000, 32)):
         p = softmax.plan(B, V, torch.device("cuda"), sms=132)
         assert p.parts == parts and p.chunk % p.block == 0 and (p.parts - 1) * p.chunk < V
+
+
+def test_softmax_checks_tensor_temperatures_on_the_device():
+    import fastrnn
+    x = torch.randn(3, 5)
+    with pytest.raises(ValueError, match=r"temperature must be > 0.*got -0.5 \(row 1\)"):
+        fastrnn.softmax(x, torch.tensor([1.0, -0.5, float("nan")]), backend="triton")
+    with pytest.raises(ValueError, match=r"temperature must be > 0.*got nan"):
+        fastrnn.softmax(x, float("nan"), backend="triton")
+    y = fastrnn.softmax(x, torch.tensor([1.0, INF, 1e-30]), backend="triton")
+    assert torch.allclose(y[1], torch.full((5,), 0.2)) and not y.isnan().any()

@@ -7,12 +7,13 @@ backend modules provide forward(x, temperature, log) and backward(grad, y, tempe
 log). Gradients flow to x only; temperature is treated as a constant.
 """
 import importlib
+import struct
 from typing import Optional, Union
 
 import torch
 from torch import Tensor
 
-from fastrnn import backends
+from fastrnn import backends, errors
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -62,10 +63,13 @@ def _fail(fn: str, message: str, exc=ValueError):
 
 
 def _row_temperature(fn: str, temperature: Union[float, Tensor], rows_shape, device) -> Tensor:
-    """temperature as a (R,) float32 tensor, R = prod(rows_shape); must be > 0."""
+    """temperature as a (R,) float32 tensor, R = prod(rows_shape); must be > 0 (+inf is
+    the uniform limit). A number is checked here; a tensor on its device, the error
+    reported through fastrnn.errors (at once on CPU, deferred on CUDA: no host sync)."""
     R = 1
     for n in rows_shape:
         R *= n
+    rule = "temperature must be > 0 (greedy decoding, T = 0, belongs to fastrnn.sample)"
     if isinstance(temperature, Tensor):
         if temperature.dim() != 0 and tuple(temperature.shape) != tuple(rows_shape):
             _fail(fn, f"temperature must be a number, a 0-d tensor or shaped like the rows "
@@ -73,14 +77,30 @@ def _row_temperature(fn: str, temperature: Union[float, Tensor], rows_shape, dev
         if not temperature.dtype.is_floating_point:
             temperature = temperature.float()
         t = temperature.detach().to(device=device, dtype=torch.float32).expand(rows_shape).reshape(R)
+        if R:
+            _report_first_bad_row(fn, rule, t)
     elif isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
+        if not temperature > 0:  # NaN fails too
+            _fail(fn, f"{rule}, got {temperature}")
         t = torch.full((R,), float(temperature), dtype=torch.float32, device=device)
     else:
         _fail(fn, f"temperature must be a number or a Tensor, got {type(temperature).__name__}",
               TypeError)
-    if not torch.compiler.is_compiling() and R and not bool((t > 0).all()):
-        _fail(fn, "temperature must be > 0 (greedy decoding, T = 0, belongs to fastrnn.sample)")
     return t.contiguous()
+
+
+def _report_first_bad_row(fn: str, rule: str, t: Tensor):
+    """Raise (via fastrnn.errors) naming the first row whose temperature is not > 0."""
+    R = t.shape[0]
+    row = torch.where(t > 0, R, torch.arange(R, device=t.device)).amin()
+    codes = torch.stack([row, t[row.clamp_max(R - 1)].double().view(torch.int64)])
+
+    def message(codes):
+        if codes[0] == R:
+            return None
+        value = struct.unpack("<d", struct.pack("<q", codes[1]))[0]
+        return f"fastrnn.{fn}: {rule}, got {value:g} (row {codes[0]})"
+    errors.report(codes, message, ValueError)
 
 
 def _softmax(fn: str, x: Tensor, temperature, dim: int, log: bool, backend: Optional[str]) -> Tensor:
@@ -109,7 +129,8 @@ def softmax(x: Tensor, temperature: Union[float, Tensor] = 1.0, dim: int = -1,
 
     Args:
         x: float tensor of any shape.
-        temperature: > 0: a number, or one value per row (x's shape without `dim`).
+        temperature: > 0 (+inf: uniform over the finite entries): a number, or one value
+            per row (x's shape without `dim`).
         dim: the dimension normalised.
         backend: "triton", "reference" or None (automatic: Triton for CUDA tensors).
 
