@@ -155,13 +155,13 @@ def _rnn_step_backward(dh, ws_row, mask, offs_h, dg_row, active, RELU: tl.conste
     tl.store(dg_row + offs_h[None, :], tl.where(active[:, None], dpre, 0.0), mask=mask)
 
 
-# T and the iteration range change from call to call: specialising on them (== 1,
+# T, B and the iteration range change from call to call: specialising on them (== 1,
 # multiples of 16) would compile a new variant for each.
-@triton.jit(do_not_specialize=["t_hi", "t_lo", "T"])
+@triton.jit(do_not_specialize=["t_hi", "t_lo", "T", "B"])
 def _bptt_kernel(grad_y_ptr, workspace_ptr, y_ptr, h0_ptr, c0_ptr, w_hh_ptr, lengths_ptr,
                  dg_hidden_ptr, dg_input_ptr, dh_state_ptr, carry_ptr,
                  barrier_ptr, error_ptr, t_hi, t_lo, T, B, H,
-                 CELL: tl.constexpr, PROGRAMS_H: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                 CELL: tl.constexpr, GRID_BARRIER: tl.constexpr, DOT_PRECISION: tl.constexpr,
                  RANGE_SCALE: tl.constexpr, RESIDENT: tl.constexpr,
                  BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
                  MAX_POLLS: tl.constexpr, ABORT: tl.constexpr):
@@ -216,8 +216,8 @@ def _bptt_kernel(grad_y_ptr, workspace_ptr, y_ptr, h0_ptr, c0_ptr, w_hh_ptr, len
             # Step t+1 ran in this launch: wait until every program wrote its gate
             # gradients (a launch boundary does this when it ran in the previous launch).
             arrivals += 1
-            ok = common.step_barrier(barrier_ptr + pid_b, arrivals * PROGRAMS_H, error_ptr,
-                                     PROGRAMS_H, MAX_POLLS, ABORT)
+            ok = common.step_barrier(barrier_ptr + pid_b, arrivals, error_ptr, GRID_BARRIER,
+                                     MAX_POLLS, ABORT)
         if ok:
             if t + 1 < block_end:
                 # Finish step t+1. int64 row offsets: t * B * G * H can pass 2^31.
@@ -270,7 +270,7 @@ def _state_buffer(t: torch.Tensor) -> torch.Tensor:
 def kernel_meta(cell: int, plan: common.LaunchPlan, dtype: torch.dtype) -> dict:
     """Constexprs and launch options of the BPTT kernel for `plan` (also what the static
     GPU check compiles)."""
-    return dict(CELL=cell, PROGRAMS_H=plan.programs_h if plan.persistent else 1,
+    return dict(CELL=cell, GRID_BARRIER=plan.cooperative,
                 DOT_PRECISION=common.dot_precision(dtype), RANGE_SCALE=dtype == torch.float16,
                 RESIDENT=plan.resident, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h,
                 BLOCK_K=plan.block_k, MAX_POLLS=common.MAX_BARRIER_POLLS, ABORT=common.BARRIER_ABORT,

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Callable, List, Optional, Tuple
 
 import torch
@@ -84,15 +85,16 @@ def grid_barrier(counter_ptr, target, error_ptr, MAX_POLLS: tl.constexpr, ABORT:
 
 
 @triton.jit
-def step_barrier(counter_ptr, target, error_ptr, PROGRAMS_H: tl.constexpr,
+def step_barrier(counter_ptr, arrivals, error_ptr, GRID_BARRIER: tl.constexpr,
                  MAX_POLLS: tl.constexpr, ABORT: tl.constexpr):
-    """Between two steps: the grid barrier when the hidden size is split across programs,
-    else a CTA barrier (this program's threads exchange h through global memory too)."""
-    if PROGRAMS_H > 1:
-        ok = grid_barrier(counter_ptr, target, error_ptr, MAX_POLLS, ABORT)
+    """Between two steps: the grid barrier of the batch block's programs (`arrivals` per
+    program so far) when the hidden size is split across programs, else a CTA barrier
+    (this program's threads exchange h through global memory too)."""
+    if GRID_BARRIER:
+        ok = grid_barrier(counter_ptr, arrivals * tl.num_programs(1), error_ptr, MAX_POLLS, ABORT)
     else:
         tl.debug_barrier()
-        ok = target >= 0
+        ok = arrivals >= 0
     return ok
 
 
@@ -141,6 +143,21 @@ class Resources:
     spill_bytes: int    # per thread
     shared_bytes: int   # per program
     num_warps: int
+    replicated: bool = False   # some warps compute another warp's MMA tile again
+
+
+MMA_LAYOUT = re.compile(r"warpsPerCTA = \[(\d+), (\d+)\], instrShape = \[(\d+), (\d+)")
+
+
+def mma_replicated(ttgir: str, block_b: int, block_h: int) -> bool:
+    """Whether the MMA layout of a (block_b, block_h) product puts more warps along a
+    dimension than it has instruction tiles (Triton's choice, read from the TTGIR: it
+    gives a 16x16 tile on 2 warps warpsPerCTA [2, 1], so both compute the same rows)."""
+    m = MMA_LAYOUT.search(ttgir)
+    if not m:
+        return False
+    warps_m, warps_n, instr_m, instr_n = (int(v) for v in m.groups())
+    return warps_m * instr_m > block_b or warps_n * instr_n > block_h
 
 
 def programs_per_sm(res: Resources, limits: DeviceLimits) -> int:
@@ -207,52 +224,51 @@ def max_useful_warps(block_b: int, block_h: int) -> int:
     return max(1, min(8, (block_b // 16) * (block_h // 8)))
 
 
-def candidate_plans(batch: int, hidden: int, gates: int, sms: int) -> List[LaunchPlan]:
-    """Launch plans in order of preference: resident tiles from the one that spreads the
-    hidden size over most SMs to larger ones, then streamed tiles, then one launch per
-    step. Each tile gets the warp counts that do not replicate MMA work, most first."""
+# A resident W_hh slice is a loop-carried value: it lives in registers, spread over the
+# program's threads. Past this many elements per thread (64 registers' worth at 16 bits,
+# 64 registers at 32) it cannot stay there beside the step's working set; such tiles are
+# not even compiled (ptxas spends minutes on them, and they spill).
+RESIDENT_ELEMENTS_PER_THREAD = {2: 128, 4: 64}
+
+
+def resident_fits(plan: "LaunchPlan", gates: int, element_size: int) -> bool:
+    per_thread = gates * plan.block_h * plan.block_k // (32 * plan.num_warps)
+    return per_thread <= RESIDENT_ELEMENTS_PER_THREAD[min(element_size, 4)]
+
+
+def candidate_plans(batch: int, hidden: int, gates: int, sms: int,
+                    element_size: int = 2) -> List[LaunchPlan]:
+    """Launch plans in order of preference: resident tiles from those that spread the work
+    over most SMs (one program per SM) to larger ones, then streamed tiles in the same
+    order, then one launch per step. Each tile gets the warp counts that do not replicate
+    MMA work, most first; resident tiles only where their weights fit in registers."""
     full_k = _pow2_at_least_16(hidden)
+    tiles = [(block_b, block_h) for block_b in (16, 32, 64) if block_b <= min(_pow2_at_least_16(batch), 64)
+             for block_h in _unit_blocks(full_k)
+             if triton.cdiv(batch, block_b) * triton.cdiv(hidden, block_h) <= sms]
+    # Most programs first; among equals, wider batch blocks (fewer barrier groups).
+    tiles.sort(key=lambda tile: (-triton.cdiv(batch, tile[0]) * triton.cdiv(hidden, tile[1]), -tile[0]))
     plans = []
-    for block_b in _batch_blocks(batch, hidden, sms):
-        programs_b = triton.cdiv(batch, block_b)
-        for resident in (True, False):
-            for block_h in _unit_blocks(hidden, programs_b, sms, full_k):
-                block_k = full_k if resident else min(STREAM_BLOCK_K, full_k)
-                for warps in (8, 4, 2, 1):
-                    if warps <= max_useful_warps(block_b, block_h):
-                        plans.append(LaunchPlan(block_b, block_h, block_k, programs_b,
-                                                triton.cdiv(hidden, block_h), resident, True, warps))
+    for resident in (True, False):
+        for block_b, block_h in tiles:
+            block_k = full_k if resident else min(STREAM_BLOCK_K, full_k)
+            for warps in (8, 4, 2, 1):
+                plan = LaunchPlan(block_b, block_h, block_k, triton.cdiv(batch, block_b),
+                                  triton.cdiv(hidden, block_h), resident, True, warps)
+                if warps <= max_useful_warps(block_b, block_h) and (
+                        not resident or resident_fits(plan, gates, element_size)):
+                    plans.append(plan)
     # The per-step fallback: no barrier, any grid; streamed so that any size compiles.
     block_b = min(_pow2_at_least_16(batch), 64)
     block_h = min(64, full_k)
     plans.append(LaunchPlan(block_b, block_h, min(STREAM_BLOCK_K, full_k), triton.cdiv(batch, block_b),
-                            triton.cdiv(hidden, block_h), False, False,
-                            max_useful_warps(block_b, block_h) if block_b * block_h >= 1024 else 4))
+                            triton.cdiv(hidden, block_h), False, False, max_useful_warps(block_b, block_h)))
     return plans
 
 
-def _batch_blocks(batch: int, hidden: int, sms: int) -> List[int]:
-    """Batch rows per program: all rows in one block up to 64; smaller blocks first when
-    the hidden dimension alone cannot fill the SMs (H/16 programs at most)."""
-    widest = min(_pow2_at_least_16(batch), 64)
-    blocks = [b for b in (16, 32, 64) if b <= widest]
-    units_programs = triton.cdiv(hidden, MIN_BLOCK)
-    # Prefer the block that brings programs closest to the SM count without passing it.
-    blocks.sort(key=lambda b: (triton.cdiv(batch, b) * units_programs > sms,
-                               -min(triton.cdiv(batch, b) * units_programs, sms), -b))
-    return blocks
-
-
-def _unit_blocks(hidden: int, programs_b: int, sms: int, full_k: int) -> List[int]:
-    """Hidden units per program, from the smallest whose grid fits on the SMs (most SMs
-    busy) upwards."""
-    blocks = []
-    block_h = MIN_BLOCK
-    while block_h <= full_k:
-        if programs_b * triton.cdiv(hidden, block_h) <= sms:
-            blocks.append(block_h)
-        block_h *= 2
-    return blocks
+def _unit_blocks(full_k: int) -> List[int]:
+    """Hidden units per program: powers of two from 16 (tl.dot's minimum) to all of H."""
+    return [1 << i for i in range(MIN_BLOCK.bit_length() - 1, full_k.bit_length()) if 1 << i <= full_k]
 
 
 def runtime_resources(kernel, args, grid, meta) -> Resources:
@@ -261,7 +277,8 @@ def runtime_resources(kernel, args, grid, meta) -> Resources:
     same specialisation reuses this compiled kernel."""
     compiled = kernel.warmup(*args, grid=grid, **meta)
     compiled._init_handles()
-    return Resources(compiled.n_regs, compiled.n_spills, compiled.metadata.shared, meta["num_warps"])
+    return Resources(compiled.n_regs, compiled.n_spills, compiled.metadata.shared, meta["num_warps"],
+                     mma_replicated(compiled.asm["ttgir"], meta["BLOCK_B"], meta["BLOCK_H"]))
 
 
 def check_plan(plan: LaunchPlan, res: Resources, limits: DeviceLimits) -> List[str]:
@@ -271,6 +288,8 @@ def check_plan(plan: LaunchPlan, res: Resources, limits: DeviceLimits) -> List[s
         problems.append(f"shared memory {res.shared_bytes} B > {limits.shared_per_block} B per block")
     if res.spill_bytes:
         problems.append(f"{res.spill_bytes} B of register spills per thread")
+    if res.replicated:
+        problems.append("warps replicate each other's MMA work")
     per_sm = programs_per_sm(res, limits)
     if plan.cooperative and plan.programs > per_sm * limits.sms:
         problems.append(f"{plan.programs} programs cannot be co-resident "
@@ -307,7 +326,7 @@ def plan_for(kernel, args: list, meta_of: Callable[[LaunchPlan], dict], batch: i
     its constexprs and launch options. resources_of(kernel, args, grid, meta) compiles
     (runtime_resources on the GPU at hand; the static check compiles for a target without
     one). mode restricts the candidates ("streamed", "per-step"; tests force them)."""
-    candidates = candidate_plans(batch, hidden, gates, limits.sms)
+    candidates = candidate_plans(batch, hidden, gates, limits.sms, args[0].dtype.itemsize)
     if mode is not None:
         candidates = [p for p in candidates if p.mode == mode]
     return choose_plan(candidates, lambda plan: resources_of(kernel, args, plan.grid, meta_of(plan)),

@@ -121,15 +121,15 @@ def cell_step(CELL: tl.constexpr, xproj_ptr, x_base, ws_base, units, H, tile_ok,
     return h_new, c_new
 
 
-# T and the step range change from call to call: specialising on them (== 1, multiples
-# of 16) would compile a new variant for each.
-@triton.jit(do_not_specialize=["T", "t_begin", "t_end"])
+# T, B and the step range change from call to call: specialising on them (== 1,
+# multiples of 16) would compile a new variant for each.
+@triton.jit(do_not_specialize=["T", "B", "t_begin", "t_end"])
 def recurrent_forward_kernel(
         xproj_ptr, w_hh_ptr, b_hh_ptr, lengths_ptr, hbuf_ptr, h_state_ptr, c_state_ptr, ws_ptr,
         counter_ptr, error_ptr, T, B, H, t_begin, t_end,
         CELL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LENGTHS: tl.constexpr,
         BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
-        RESIDENT: tl.constexpr, PROGRAMS_H: tl.constexpr, DOT_PRECISION: tl.constexpr,
+        RESIDENT: tl.constexpr, GRID_BARRIER: tl.constexpr, DOT_PRECISION: tl.constexpr,
         MAX_POLLS: tl.constexpr, ABORT: tl.constexpr):
     G: tl.constexpr = 4 if CELL == 0 else (3 if CELL == 1 else 1)
     W: tl.constexpr = 5 if CELL == 0 else (4 if CELL == 1 else 1)
@@ -217,8 +217,8 @@ def recurrent_forward_kernel(
         ok = t < t_stop
         if ok:
             # Every program of this batch block has written its slice of h_t.
-            ok = common.step_barrier(counter_ptr + pid_b, (t - t_begin) * PROGRAMS_H, error_ptr,
-                                     PROGRAMS_H, MAX_POLLS, ABORT)
+            ok = common.step_barrier(counter_ptr + pid_b, t - t_begin, error_ptr, GRID_BARRIER,
+                                     MAX_POLLS, ABORT)
 
     tl.store(h_state_ptr + state_offsets, h_state, mask=tile_ok)
     if CELL == 0:
@@ -231,7 +231,7 @@ def kernel_meta(cell: int, plan: common.LaunchPlan, dtype: torch.dtype, has_bias
     static GPU check compiles)."""
     return dict(CELL=cell, HAS_BIAS=has_bias, HAS_LENGTHS=has_lengths, BLOCK_B=plan.block_b,
                 BLOCK_H=plan.block_h, BLOCK_K=plan.block_k, RESIDENT=plan.resident,
-                PROGRAMS_H=plan.programs_h, DOT_PRECISION=common.dot_precision(dtype),
+                GRID_BARRIER=plan.cooperative, DOT_PRECISION=common.dot_precision(dtype),
                 MAX_POLLS=common.MAX_BARRIER_POLLS, ABORT=common.BARRIER_ABORT,
                 num_warps=plan.num_warps, num_stages=1,
                 **({"launch_cooperative_grid": True} if plan.cooperative else {}))

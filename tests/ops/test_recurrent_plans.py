@@ -1,0 +1,204 @@
+"""Launch planning, the barrier abort, TF32 and fp16 range safety of the recurrent Triton
+kernels (fastrnn/ops/recurrent/).
+
+The planner is tested with stated resources (what a compile would report), so the rules
+hold whatever this machine can compile; the barrier abort and the fp16 product run the
+real kernels under the interpreter.
+"""
+import dataclasses
+import time
+
+import pytest
+import torch
+
+from fastrnn.ops.lstm import reference as lstm_reference
+from fastrnn.ops.recurrent import backward, common, forward
+
+H100 = common.SM90
+
+
+def resources(regs=128, spills=0, shared=16 * 1024, warps=4):
+    return common.Resources(regs, spills, shared, warps)
+
+
+# ------------------------------------------------------------------ the planner
+
+
+def test_candidates_never_replicate_warps_and_spread_over_the_sms():
+    for B in (1, 16, 64, 256, 3, 100):
+        for H in (96, 128, 768, 1000, 2048):
+            plans = common.candidate_plans(B, H, 4, H100.sms)
+            for plan in plans:
+                assert plan.num_warps <= common.max_useful_warps(plan.block_b, plan.block_h), plan
+                assert plan.block_b * plan.programs_b >= B and plan.block_h * plan.programs_h >= H
+                if plan.persistent:
+                    assert plan.programs <= H100.sms, plan
+            first = plans[0]
+            assert first.persistent
+            # Resident plans come first, and no persistent candidate spreads the work
+            # over more SMs than the first of its mode.
+            modes = [p.mode for p in plans]
+            assert modes == sorted(modes, key=["persistent", "streamed", "per-step"].index)
+            for mode in ("persistent", "streamed"):
+                same = [p for p in plans if p.mode == mode]
+                assert all(p.programs <= same[0].programs for p in same)
+            for plan in plans:
+                if plan.resident:
+                    assert common.resident_fits(plan, 4, 2)
+
+
+def test_headline_shape_first_choice_streams_16_unit_slices():
+    """B=16, H=768: an LSTM program's W_hh slice (4 x 16 x 768) cannot stay in the
+    registers of the warps a 16x16 tile can use, so W_hh is streamed from L2."""
+    plan = common.candidate_plans(16, 768, 4, H100.sms)[0]
+    assert (plan.mode, plan.block_b, plan.block_h, plan.programs) == ("streamed", 16, 16, 48)
+    assert plan.num_warps == 2        # (16/16) x (16/8) MMA tiles at most
+
+
+def test_choose_plan_skips_what_cannot_launch_or_be_resident():
+    """Candidates planned for 132 SMs on a GPU where only 100 are available to us (as
+    under MIG or SM partitioning): more programs than can be resident are refused."""
+    plans = common.candidate_plans(64, 1024, 4, H100.sms)
+    partitioned = dataclasses.replace(H100, sms=100)
+
+    def compiled(plan):
+        if plan.resident:       # resident tiles need more shared memory than a block has
+            return resources(shared=H100.shared_per_block + 1, warps=plan.num_warps)
+        return resources(regs=255, shared=150 * 1024, warps=plan.num_warps)   # one per SM
+
+    chosen = common.choose_plan(plans, compiled, partitioned)
+    assert chosen.mode == "streamed" and chosen.programs <= 100
+    assert any(p.programs > 100 for p in plans if not p.resident)
+    assert "shared memory" in chosen.reason and "co-resident" in chosen.reason
+    assert not common.check_plan(chosen, compiled(chosen), partitioned)
+
+
+def test_fallback_order_resident_then_streamed_then_per_step():
+    plans = common.candidate_plans(16, 768, 4, H100.sms)
+    seen = []
+
+    def compiled(plan):
+        seen.append(plan.mode)
+        return resources(spills=64, warps=plan.num_warps)   # every persistent plan spills
+
+    chosen = common.choose_plan(plans, compiled, H100)
+    assert chosen.mode == "per-step"
+    order = [m for i, m in enumerate(seen) if i == 0 or seen[i - 1] != m]
+    assert order == ["persistent", "streamed", "per-step"]
+
+
+def test_no_plan_fits_raises():
+    plans = common.candidate_plans(16, 768, 4, H100.sms)
+    with pytest.raises(RuntimeError, match="no launch plan"):
+        common.choose_plan(plans, lambda p: resources(shared=10**6), H100)
+
+
+def test_occupancy_from_registers_threads_and_shared_memory():
+    assert common.programs_per_sm(resources(regs=255, warps=8, shared=0), H100) == 1
+    assert common.programs_per_sm(resources(regs=64, warps=4, shared=0), H100) == 65536 // (64 * 128)
+    assert common.programs_per_sm(resources(regs=32, warps=4, shared=0), H100) == 2048 // 128
+    assert common.programs_per_sm(resources(regs=32, warps=4, shared=100 * 1024), H100) == 2
+    assert common.programs_per_sm(resources(regs=32, warps=4, shared=230 * 1024), H100) == 0
+
+
+def test_plan_is_chosen_once_per_key():
+    calls = []
+    key = ("test", object())
+    for _ in range(3):
+        common.cached_plan(key, lambda: calls.append(1) or common.interpreter_plan(4, 8, False, False))
+    assert len(calls) == 1
+
+
+def test_tf32_follows_torch_switch():
+    old = torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = True
+        assert common.dot_precision(torch.float32) == "tf32"
+        torch.backends.cudnn.allow_tf32 = False
+        assert common.dot_precision(torch.float32) == "ieee"
+    finally:
+        torch.backends.cudnn.allow_tf32 = old
+
+
+# ------------------------------------------------------------------ the barrier abort
+
+
+def _lstm_args(T, B, I, H, device, dtype=torch.float32, scale=0.3):
+    g = torch.Generator().manual_seed(1)
+
+    def rand(*shape):
+        return (torch.randn(*shape, generator=g) * scale).to(device=device, dtype=dtype)
+    return (rand(T, B, I), rand(B, H), rand(B, H), rand(4 * H, I), rand(4 * H, H), rand(4 * H),
+            rand(4 * H))
+
+
+@pytest.mark.interpreter
+def test_barrier_that_never_completes_aborts_quickly_with_a_named_error(monkeypatch):
+    """Two programs share the hidden size, but under the interpreter the first runs alone
+    until it gives up: the launch must end (every program leaves its loop) and the call
+    raise the RuntimeError that names the cause and the way out."""
+    monkeypatch.setattr(common, "MAX_BARRIER_POLLS", 50)
+    T, B, I, H = 4, 2, 3, 32
+    split = common.LaunchPlan(16, 16, 32, 1, 2, True, True, 4)
+    monkeypatch.setattr(forward, "_plan", lambda *args: split)
+    start = time.time()
+    with pytest.raises(RuntimeError, match="grid barrier.*timed out.*FASTRNN_BACKEND=ext"):
+        forward.run_forward(common.LSTM, *_lstm_args(T, B, I, H, "cpu"), None)
+    assert time.time() - start < 60
+
+
+@pytest.mark.interpreter
+def test_bptt_barrier_that_never_completes_aborts(monkeypatch):
+    monkeypatch.setattr(common, "MAX_BARRIER_POLLS", 50)
+    T, B, I, H = 4, 2, 3, 32
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh = _lstm_args(T, B, I, H, "cpu")
+    y, _, _, workspace = forward.run_forward(common.LSTM, x, h0, c0, w_ih, w_hh, b_ih, b_hh, None)
+    split = common.LaunchPlan(16, 16, 32, 1, 2, True, True, 4)
+    monkeypatch.setattr(backward, "_plan", lambda *args: split)
+    with pytest.raises(RuntimeError, match="BPTT kernel timed out"):
+        backward.lstm_backward(torch.ones_like(y), torch.zeros_like(h0), torch.zeros_like(c0), x, h0,
+                               c0, w_ih, w_hh, y, workspace, None)
+
+
+# ------------------------------------------------------------------ fp16 range
+
+
+@pytest.mark.interpreter
+def test_fp16_backward_with_gradscaler_scale_matches_the_exact_gradients(monkeypatch):
+    """Upstream gradients scaled by 2^16 (GradScaler's default) push the fp32 gate
+    gradients past fp16's 65504. Wherever the exact gradient (fp64 reference) is finite in
+    fp16, ours must be finite and as close as fp16 allows; a plain fp16 cast of the gate
+    gradients before the recurrent product would turn such entries into inf."""
+    T, B, I, H = 4, 2, 3, 16
+    g = torch.Generator().manual_seed(1)
+
+    def rand(*shape, scale):
+        return (torch.randn(*shape, generator=g) * scale).half()
+    # A large W_hh grows the gradient backward in time; a small W_ih keeps dx in range.
+    x, h0, c0 = rand(T, B, I, scale=1.0), rand(B, H, scale=0.5), rand(B, H, scale=0.5)
+    w_ih, w_hh = rand(4 * H, I, scale=3e-4), rand(4 * H, H, scale=2.0)
+    b_ih, b_hh = rand(4 * H, scale=0.5), rand(4 * H, scale=0.5)
+    y, _, _, workspace = forward.run_forward(common.LSTM, x, h0, c0, w_ih, w_hh, b_ih, b_hh, None)
+    grad_y = torch.zeros(T, B, H, dtype=torch.float16)
+    grad_y[-1] = 2.0 ** 15     # a loss gradient of 0.5 times GradScaler's 2^16
+    zeros = torch.zeros_like(h0)
+    names = ["dx", "dh0", "dc0", "dw_ih", "dw_hh", "dbias"]
+
+    def ours():
+        return backward.lstm_backward(grad_y, zeros, zeros, x, h0, c0, w_ih, w_hh, y, workspace, None)
+
+    exact = lstm_reference.lstm_layer_backward(
+        grad_y.double(), zeros.double(), zeros.double(), x.double(), h0.double(), c0.double(),
+        w_ih.double(), w_hh.double(), None, y.double(), workspace.double(), None)
+    exact = exact[:6]   # the last is dW_hr (no projection here)
+    representable = [torch.isfinite(e.half()) for e in exact]
+    for name, got, e, ok in zip(names, ours(), exact, representable):
+        assert torch.isfinite(got[ok]).all(), name
+        tol = 1e-2 * e[ok].abs().max().item()
+        assert (got[ok].double() - e[ok]).abs().max().item() <= tol, name
+    # The case really needs the scaling: a plain fp16 cast of the gate gradients
+    # overflows where the exact result is representable.
+    plain_meta = backward.kernel_meta
+    monkeypatch.setattr(backward, "kernel_meta",
+                        lambda *args: dict(plain_meta(*args), RANGE_SCALE=False))
+    assert any((~torch.isfinite(got) & ok).any() for got, ok in zip(ours(), representable))
