@@ -58,7 +58,7 @@ def test_headline_shape_first_choice_streams_16_unit_slices():
 def test_choose_plan_skips_what_cannot_launch_or_be_resident():
     """Candidates planned for 132 SMs on a GPU where only 100 are available to us (as
     under MIG or SM partitioning): more programs than can be resident are refused."""
-    plans = common.candidate_plans(64, 1024, 4, H100.sms)
+    plans = common.candidate_plans(64, 512, 4, H100.sms)
     partitioned = dataclasses.replace(H100, sms=100)
 
     def compiled(plan):
