@@ -74,7 +74,7 @@ def test_choose_plan_skips_what_cannot_launch_or_be_resident():
 
 
 def test_fallback_order_resident_then_streamed_then_per_step():
-    plans = common.candidate_plans(16, 768, 4, H100.sms)
+    plans = common.candidate_plans(64, 512, 4, H100.sms)
     seen = []
 
     def compiled(plan):
