@@ -11,6 +11,7 @@
 
 #include "fastrnn/gru_cpu.h"
 #include "fastrnn/lstm_cpu.h"
+#include "fastrnn/rnn_cpu.h"
 
 namespace {
 
@@ -304,6 +305,112 @@ void test_gru(const Case& c, unsigned seed) {
   check_fd(&GruParams::h0, dh0, "dh0");
 }
 
+// ---- Elman RNN -------------------------------------------------------------------------
+
+struct RnnParams {
+  Vec xg;    // (T, B, H): x W_ih^T
+  Vec bias;  // (H,): b_ih + b_hh
+  Vec h0;
+  Vec w_hh;  // (H, H)
+  std::vector<int64_t> lengths;
+};
+
+// The naive RNN: returns y (T,B,H) followed by h_T (B,H).
+Vec naive_rnn(const Case& c, const RnnParams& p, bool relu) {
+  const int64_t T = c.T, B = c.B, H = c.H;
+  Vec h = p.h0, y(T * B * H, 0.0);
+  for (int64_t t = 0; t < T; ++t) {
+    Vec h_new(B * H);
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t j = 0; j < H; ++j) {
+        double s = p.xg[(t * B + b) * H + j] + p.bias[j];
+        for (int64_t q = 0; q < H; ++q) s += h[b * H + q] * p.w_hh[j * H + q];
+        h_new[b * H + j] = relu ? std::max(s, 0.0) : std::tanh(s);
+      }
+    }
+    for (int64_t b = 0; b < B; ++b) {
+      const bool active = p.lengths.empty() || t < p.lengths[b];
+      for (int64_t j = 0; j < H; ++j) {
+        y[(t * B + b) * H + j] = active ? h_new[b * H + j] : 0.0;
+        if (active) h[b * H + j] = h_new[b * H + j];
+      }
+    }
+  }
+  y.insert(y.end(), h.begin(), h.end());
+  return y;
+}
+
+// Runs the header forward in precision T; returns y and h_T concatenated, and the workspace.
+template <typename T>
+Vec header_rnn_forward(const Case& c, const RnnParams& p, bool relu, std::vector<T>* workspace) {
+  const int64_t TT = c.T, B = c.B, H = c.H;
+  auto h0 = cast<T>(p.h0), bias = cast<T>(p.bias), w_hh_t = cast<T>(transpose(p.w_hh, H, H));
+  *workspace = cast<T>(p.xg);
+  std::vector<T> y(TT * B * H), h_n(B * H);
+  fastrnn::RnnForward<T> a{{TT, B, H, H}, h0.data(), w_hh_t.data(), bias.data(),
+                           p.lengths.empty() ? nullptr : p.lengths.data(), workspace->data(),
+                           y.data(), h_n.data()};
+  if (relu) {
+    fastrnn::rnn_forward<true>(a, fastrnn::SerialFor());
+  } else {
+    fastrnn::rnn_forward<false>(a, fastrnn::SerialFor());
+  }
+  Vec out(y.begin(), y.end());
+  out.insert(out.end(), h_n.begin(), h_n.end());
+  return out;
+}
+
+void test_rnn(const Case& c, bool relu, unsigned seed) {
+  std::mt19937 gen(seed);
+  const int64_t T = c.T, B = c.B, H = c.H;
+  RnnParams p;
+  p.xg = random_vec(gen, T * B * H);
+  p.bias = random_vec(gen, H);
+  p.h0 = random_vec(gen, B * H);
+  p.w_hh = random_vec(gen, H * H, 1.0 / std::sqrt(double(H)));
+  if (c.lengths) {
+    for (int64_t b = 0; b < B; ++b) p.lengths.push_back(1 + (b * 2) % T);
+  }
+  const std::string name = std::string(relu ? "rnn relu" : "rnn tanh") + " T=" +
+                           std::to_string(T) + " B=" + std::to_string(B) + " H=" +
+                           std::to_string(H) + (c.lengths ? " lengths" : "");
+  const Vec expected = naive_rnn(c, p, relu);
+  std::vector<double> ws_d;
+  std::vector<float> ws_f;
+  const Vec got_d = header_rnn_forward<double>(c, p, relu, &ws_d);
+  const Vec got_f = header_rnn_forward<float>(c, p, relu, &ws_f);
+  for (size_t i = 0; i < expected.size(); ++i) {
+    expect_close(name + " forward fp64 [" + std::to_string(i) + "]", got_d[i], expected[i], 1e-12);
+    expect_close(name + " forward fp32 [" + std::to_string(i) + "]", got_f[i], expected[i], 2e-6);
+  }
+
+  const Vec weights = random_vec(gen, expected.size(), 1.0);
+  const Vec gy(weights.begin(), weights.begin() + T * B * H);
+  const Vec ghT(weights.begin() + T * B * H, weights.end());
+  std::vector<double> d_pre(T * B * H), dh0(B * H);
+  fastrnn::RnnBackward<double> a{{T, B, H, H}, gy.data(), ghT.data(), p.w_hh.data(),
+                                 p.lengths.empty() ? nullptr : p.lengths.data(), ws_d.data(),
+                                 d_pre.data(), dh0.data()};
+  if (relu) {
+    fastrnn::rnn_backward<true>(a, fastrnn::SerialFor());
+  } else {
+    fastrnn::rnn_backward<false>(a, fastrnn::SerialFor());
+  }
+  const double eps = 1e-6;
+  auto check_fd = [&](Vec RnnParams::*field, const std::vector<double>& grad, const char* what) {
+    for (size_t i = 0; i < grad.size(); ++i) {
+      RnnParams plus = p, minus = p;
+      (plus.*field)[i] += eps;
+      (minus.*field)[i] -= eps;
+      const double fd = (dot(naive_rnn(c, plus, relu), weights) -
+                         dot(naive_rnn(c, minus, relu), weights)) / (2 * eps);
+      expect_close(name + " " + what + "[" + std::to_string(i) + "]", grad[i], fd, 1e-6);
+    }
+  };
+  check_fd(&RnnParams::xg, d_pre, "d_pre");  // the gradient of x W_ih^T is d_pre itself
+  check_fd(&RnnParams::h0, dh0, "dh0");
+}
+
 void test_gemm() {
   std::mt19937 gen(7);
   const int64_t M = 3, N = 300, K = 5;  // N crosses a column block
@@ -334,6 +441,11 @@ int main() {
   for (const Case& c : {Case{1, 1, 1, 1, false, false}, Case{3, 2, 3, 3, false, false},
                         Case{4, 3, 5, 5, false, true}}) {
     test_gru(c, seed++);
+  }
+  // H = 70 spans three fp64 panels of the RNN kernels (32 units each), the last partial.
+  for (const Case& c : {Case{1, 1, 1, 1, false, false}, Case{3, 2, 3, 3, false, false},
+                        Case{4, 3, 5, 5, false, true}, Case{3, 2, 70, 70, false, true}}) {
+    for (bool relu : {false, true}) test_rnn(c, relu, seed++);
   }
   if (failures) {
     std::printf("%d check(s) failed\n", failures);

@@ -111,21 +111,13 @@ void gru_forward_packed(const GruForward<T>& a, const For& parallel_for) {
   std::vector<T> hbuf(static_cast<size_t>(2 * B * H));
   std::vector<T> scratch(static_cast<size_t>(B * 3 * H));
   std::memcpy(hbuf.data(), a.h0, sizeof(T) * B * H);
-  const int team = team_size(parallel_for, B * H * 3 * H, panels);
-  run_team(team, [&](int tid, int n, SpinBarrier& barrier) {
-    const int64_t p0 = panels * tid / n, p1 = panels * (tid + 1) / n;
-    for (int64_t t = 0; t < a.d.T; ++t) {
-      const T* h_prev = hbuf.data() + (t & 1) * B * H;
-      T* h_next = hbuf.data() + ((t + 1) & 1) * B * H;
-      for (int64_t p = p0; p < p1; ++p) {
-        T* out = scratch.data() + p * B * W;
-        packed_gemm3(B, h_prev, H, H, packed.data() + p * H * W, out);
-        gru_forward_panel(B, out, bias.data(), a.gates_x + t * B * 3 * H,
-                          a.workspace + t * B * 4 * H, a.y + t * B * H, h_prev, h_next,
-                          a.lengths, t, p * L, H);
-      }
-      barrier.wait();
-    }
+  run_panel_steps(parallel_for, a.d.T, panels, B * H * 3 * H, [&](int64_t t, int64_t p) {
+    const T* h_prev = hbuf.data() + (t & 1) * B * H;
+    T* h_next = hbuf.data() + ((t + 1) & 1) * B * H;
+    T* out = scratch.data() + p * B * W;
+    packed_gemm3(B, h_prev, H, H, packed.data() + p * H * W, out);
+    gru_forward_panel(B, out, bias.data(), a.gates_x + t * B * 3 * H, a.workspace + t * B * 4 * H,
+                      a.y + t * B * H, h_prev, h_next, a.lengths, t, p * L, H);
   });
   std::memcpy(a.h_n, hbuf.data() + (a.d.T & 1) * B * H, sizeof(T) * B * H);
 }
@@ -249,20 +241,15 @@ void gru_backward_packed(const GruBackward<T>& a, const For& parallel_for) {
     packed_gemm4(B, a.d_hidden + next * B * 3 * H, 3 * H, K, packed.data() + p * K * W, out);
     gru_dh_from_next(B, W, out, dh_direct.data(), a.dh0, a.lengths, next, p * W, H);
   };
-  const int team = team_size(parallel_for, B * K * H, panels);
-  run_team(team, [&](int tid, int n, SpinBarrier& barrier) {
-    const int64_t p0 = panels * tid / n, p1 = panels * (tid + 1) / n;
-    for (int64_t t = a.d.T - 1; t >= 0; --t) {
-      const T* h_prev_t = t > 0 ? a.y + (t - 1) * B * H : a.h0;
-      for (int64_t p = p0; p < p1; ++p) {
-        if (t + 1 < a.d.T) dh_from(t + 1, p);
-        gru_backward_panel(B, W, a.workspace + t * B * 4 * H, h_prev_t, a.dh0,
-                           a.grad_y + t * B * H, dh_direct.data(), a.d_input + t * B * 3 * H,
-                           a.d_hidden + t * B * 3 * H, a.lengths, t, p * W, H);
-      }
-      barrier.wait();
-    }
-    for (int64_t p = p0; p < p1; ++p) dh_from(0, p);
+  // Step s runs t = T-1-s; a last step takes dh0 from step 0.
+  run_panel_steps(parallel_for, a.d.T + 1, panels, B * K * H, [&](int64_t s, int64_t p) {
+    const int64_t t = a.d.T - 1 - s;
+    if (t + 1 < a.d.T) dh_from(t + 1, p);
+    if (t < 0) return;
+    const T* h_prev_t = t > 0 ? a.y + (t - 1) * B * H : a.h0;
+    gru_backward_panel(B, W, a.workspace + t * B * 4 * H, h_prev_t, a.dh0, a.grad_y + t * B * H,
+                       dh_direct.data(), a.d_input + t * B * 3 * H, a.d_hidden + t * B * 3 * H,
+                       a.lengths, t, p * W, H);
   });
 }
 

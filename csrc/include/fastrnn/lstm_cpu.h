@@ -130,25 +130,13 @@ void lstm_forward_packed(const LstmForward<T>& a, const For& parallel_for) {
   std::vector<T> scratch(static_cast<size_t>(B * 4 * H));
   std::memcpy(hbuf.data(), a.h0, sizeof(T) * B * P);
   std::memcpy(a.c_n, a.c0, sizeof(T) * B * H);
-  const int team = team_size(parallel_for, B * K * 4 * H, panels);
-  run_team(team, [&](int tid, int n, SpinBarrier& barrier) {
-  const int64_t p0 = panels * tid / n, p1 = panels * (tid + 1) / n;
-  for (int64_t t = 0; t < a.d.T; ++t) {
-    T* pre = a.gates + t * B * 4 * H;
-    T* y_t = a.y + t * B * P;
-    T* ws_t = a.workspace + t * B * 5 * H;
+  run_panel_steps(parallel_for, a.d.T, panels, B * K * 4 * H, [&](int64_t t, int64_t p) {
     const T* h_prev = hbuf.data() + (t & 1) * B * P;
     T* h_next = hbuf.data() + ((t + 1) & 1) * B * P;
-    {
-      for (int64_t p = p0; p < p1; ++p) {
-        T* out = scratch.data() + p * B * W;
-        packed_gemm4(B, h_prev, P, K, packed.data() + p * K * W, out);
-        lstm_forward_panel(B, out, pre, ws_t, a.c_n, y_t, h_prev, h_next, a.lengths, t,
-                           p * L, H, P);
-      }
-    }
-    barrier.wait();
-  }
+    T* out = scratch.data() + p * B * W;
+    packed_gemm4(B, h_prev, P, K, packed.data() + p * K * W, out);
+    lstm_forward_panel(B, out, a.gates + t * B * 4 * H, a.workspace + t * B * 5 * H, a.c_n,
+                       a.y + t * B * P, h_prev, h_next, a.lengths, t, p * L, H, P);
   });
   std::memcpy(a.h_n, hbuf.data() + (a.d.T & 1) * B * P, sizeof(T) * B * P);
 }
@@ -239,33 +227,26 @@ void lstm_backward_packed(const LstmBackward<T>& a, const For& parallel_for) {
       }
     }
   };
-  const int team = team_size(parallel_for, B * K * P, panels);
-  run_team(team, [&](int tid, int n, SpinBarrier& barrier) {
-  const int64_t p0 = panels * tid / n, p1 = panels * (tid + 1) / n;
-  for (int64_t t = a.d.T - 1; t >= 0; --t) {
+  // Step s runs t = T-1-s; a last step takes dh0 from step 0.
+  run_panel_steps(parallel_for, a.d.T + 1, panels, B * K * P, [&](int64_t s, int64_t p) {
+    const int64_t t = a.d.T - 1 - s;
+    if (t + 1 < a.d.T) dh_from(t + 1, p);
+    if (t < 0) return;
     const T* gy_t = a.grad_y + t * B * P;
     const T* ws_t = a.workspace + t * B * 5 * H;
     T* dg_t = a.dgates + t * B * 4 * H;
-    {
-      for (int64_t p = p0; p < p1; ++p) {
-        if (t + 1 < a.d.T) dh_from(t + 1, p);
-        const int64_t j0 = p * W, j1 = j0 + W;
-        for (int64_t b = 0; b < B; ++b) {
-          T* dg_b = dg_t + b * 4 * H;
-          if (!step_active(a.lengths, b, t)) {
-            for (int k = 0; k < 4; ++k) std::fill(dg_b + k * H + j0, dg_b + k * H + j1, T(0));
-            continue;
-          }
-          const T* ws_b = ws_t + b * 5 * H;
-          const T* c_prev = t > 0 ? ws_b - B * 5 * H + 4 * H : a.c0 + b * H;
-          lstm_backward_row(ws_b, c_prev, a.dh0 + b * P, gy_t + b * P, a.dc0 + b * H, dg_b, j0,
-                            j1, H);
-        }
+    const int64_t j0 = p * W, j1 = j0 + W;
+    for (int64_t b = 0; b < B; ++b) {
+      T* dg_b = dg_t + b * 4 * H;
+      if (!step_active(a.lengths, b, t)) {
+        for (int k = 0; k < 4; ++k) std::fill(dg_b + k * H + j0, dg_b + k * H + j1, T(0));
+        continue;
       }
+      const T* ws_b = ws_t + b * 5 * H;
+      const T* c_prev = t > 0 ? ws_b - B * 5 * H + 4 * H : a.c0 + b * H;
+      lstm_backward_row(ws_b, c_prev, a.dh0 + b * P, gy_t + b * P, a.dc0 + b * H, dg_b, j0, j1,
+                        H);
     }
-    barrier.wait();
-  }
-  for (int64_t p = p0; p < p1; ++p) dh_from(0, p);
   });
 }
 
