@@ -56,12 +56,15 @@ struct RowParams {
 struct Workspace {
   std::vector<float> probs;      // p of the row
   std::vector<uint32_t> bits;    // bit patterns inside the bucket being refined
+  std::vector<int32_t> list_a, list_b;  // candidate token indices, in index order
   std::vector<int32_t> kept;     // kept token indices, in index order
-  double histograms[4 << 10];    // first_level_histogram's interleaved copies
+  double histograms[4 << 10];    // first_digit_histogram's interleaved copies
   void reserve(int64_t V) {
     if (static_cast<int64_t>(probs.size()) < V) {
       probs.resize(V);
       bits.resize(V);
+      list_a.resize(V);
+      list_b.resize(V);
       kept.resize(V);
     }
   }
@@ -197,122 +200,142 @@ inline float bits_float(uint32_t b) {
   return x;
 }
 
-// The first digit's weighted histogram of the eligible values (bits >= floor), added to
-// `hist`. Neighbouring values mostly share a bucket, so the adds go to kCopies interleaved
-// histograms: consecutive updates of one bucket would otherwise wait on each other.
+// The tokens a selection looks at, in index order: the whole row, or a list of indices.
+struct Source {
+  const int32_t* index;  // nullptr: tokens 0 .. n - 1
+  int64_t n;
+  int64_t at(int64_t i) const { return index == nullptr ? i : index[i]; }
+};
+
+// The first digit's weighted histogram (a count, or with kMass a double mass) of the
+// eligible probabilities among `src` (bits >= floor), into `hist`. Neighbouring tokens
+// mostly share a bucket, so the adds go to kCopies interleaved histograms: consecutive
+// updates of one bucket would otherwise wait on each other.
 template <bool kMass>
-void first_level_histogram(const float* p, int64_t V, uint32_t floor, double* hist,
+void first_digit_histogram(const float* p, const Source& src, uint32_t floor, double* hist,
                            Workspace& ws) {
   constexpr int kCopies = 4;
   double* copies = ws.histograms;
   std::fill(copies, copies + kCopies * kBuckets, 0.0);
-  int64_t j = 0;
-  for (; j + kCopies <= V; j += kCopies) {
-    for (int c = 0; c < kCopies; ++c) {
-      const uint32_t b = float_bits(p[j + c]);
-      const double w = b >= floor ? (kMass ? static_cast<double>(p[j + c]) : 1.0) : 0.0;
-      copies[c * kBuckets + digit(b, 0)] += w;
-    }
-  }
-  for (; j < V; ++j) {
+  auto add = [&](int c, int64_t j) {
     const uint32_t b = float_bits(p[j]);
-    copies[digit(b, 0)] += b >= floor ? (kMass ? static_cast<double>(p[j]) : 1.0) : 0.0;
+    const double w = b >= floor ? (kMass ? static_cast<double>(p[j]) : 1.0) : 0.0;
+    copies[c * kBuckets + digit(b, 0)] += w;
+  };
+  int64_t i = 0;
+  for (; i + kCopies <= src.n; i += kCopies) {
+    for (int c = 0; c < kCopies; ++c) add(c, src.at(i + c));
   }
-  for (int c = 0; c < kCopies; ++c) {
-    for (int d = 0; d < kBuckets; ++d) hist[d] += copies[c * kBuckets + d];
+  for (; i < src.n; ++i) add(0, src.at(i));
+  for (int d = 0; d < kBuckets; ++d) {
+    double sum = 0.0;
+    for (int c = 0; c < kCopies; ++c) sum += copies[c * kBuckets + d];
+    hist[d] = sum;
   }
 }
 
-// Per row, the bit pattern of the smallest value v among the eligible probabilities
-// (bits >= floor) whose weight strictly above it is < bound: a count (kMass false) or
-// a double mass. Such a value exists as long as bound > 0 (the largest one has nothing
-// above it). Zero-weight buckets are never selected.
+// The lowest non-empty bucket whose weight above (outside + the buckets above it) is still
+// below the bound, and that weight; -1 when there is none.
+inline int choose_bucket(const double* hist, double outside, double bound, double* above_it) {
+  int chosen = -1;
+  double above = outside;
+  for (int d = kBuckets - 1; d >= 0; --d) {
+    if (hist[d] <= 0.0) continue;
+    if (!(above < bound)) break;
+    chosen = d;
+    *above_it = above;
+    above += hist[d];
+  }
+  return chosen;
+}
+
+// A threshold and the tokens that can pass it: every token of the row with
+// bits(p) >= threshold is in `candidates` (in index order).
+struct Selection {
+  uint32_t threshold;
+  Source candidates;
+};
+
+// The bit pattern of the smallest value v among the eligible probabilities of `src`
+// (bits >= floor) whose weight strictly above it is < the bound: a count, bound = limit
+// (top-k: limit = k), or with kMass a double mass, bound = limit * (eligible mass) (top-p:
+// limit = top_p). Such a value exists for a positive bound (the largest value has nothing
+// above it); zero-weight buckets are never selected. The candidates (written to `list`)
+// are the eligible tokens whose first digit is at least the threshold's.
 template <bool kMass>
-uint32_t radix_threshold(const float* p, int64_t V, uint32_t floor, double bound,
-                         Workspace& ws) {
+Selection radix_select(const float* p, const Source& src, uint32_t floor, double limit,
+                       int32_t* list, Workspace& ws) {
   double hist[kBuckets];
-  double outside = 0.0;   // weight of the eligible values above the current bucket
-  uint32_t prefix = 0;    // digits chosen so far
-  int64_t n = 0;          // candidates in ws.bits (levels after the first)
-  for (int level = 0; level < kLevels; ++level) {
+  first_digit_histogram<kMass>(p, src, floor, hist, ws);
+  double bound = limit;
+  if (kMass) {
+    double eligible = 0.0;
+    for (int d = 0; d < kBuckets; ++d) eligible += hist[d];
+    bound = limit * eligible;
+  }
+  double outside = 0.0;  // weight of the eligible values above the chosen bucket
+  int chosen = choose_bucket(hist, 0.0, bound, &outside);
+  if (chosen < 0) return {floor, src};  // cannot happen for a positive bound
+  uint32_t prefix = static_cast<uint32_t>(chosen);
+  // Branch-free appends: whether a token is inside is unpredictable near the threshold.
+  // The values inside the chosen bucket go to ws.bits for the next digits.
+  int64_t m = 0, n = 0;
+  for (int64_t i = 0; i < src.n; ++i) {
+    const int64_t j = src.at(i);
+    const uint32_t b = float_bits(p[j]);
+    const bool eligible = b >= floor;
+    list[m] = static_cast<int32_t>(j);
+    m += eligible && digit(b, 0) >= prefix;
+    ws.bits[n] = b;
+    n += eligible && digit(b, 0) == prefix;
+  }
+  for (int level = 1; level < kLevels; ++level) {
     std::fill(hist, hist + kBuckets, 0.0);
-    if (level == 0) {
-      first_level_histogram<kMass>(p, V, floor, hist, ws);
-    } else {
-      for (int64_t i = 0; i < n; ++i) {
-        const uint32_t b = ws.bits[i];
-        hist[digit(b, level)] += kMass ? static_cast<double>(bits_float(b)) : 1.0;
-      }
+    for (int64_t i = 0; i < n; ++i) {
+      const uint32_t b = ws.bits[i];
+      hist[digit(b, level)] += kMass ? static_cast<double>(bits_float(b)) : 1.0;
     }
-    // The lowest non-empty bucket whose weight above is still below the bound.
-    int chosen = -1;
-    double above = outside, chosen_above = outside;
-    for (int d = kBuckets - 1; d >= 0; --d) {
-      if (hist[d] <= 0.0) continue;
-      if (!(above < bound)) break;
-      chosen = d;
-      chosen_above = above;
-      above += hist[d];
-    }
-    if (chosen < 0) return floor;  // bound <= outside: cannot happen for bound > 0
-    outside = chosen_above;
+    chosen = choose_bucket(hist, outside, bound, &outside);
     prefix = (prefix << kDigitBits) | static_cast<uint32_t>(chosen);
     if (level + 1 == kLevels) break;
-    // Keep only the candidates inside the chosen bucket for the next level.
     const int shift = kDigitBits * (kLevels - 1 - level);
-    // Branch-free appends: whether a value is inside is unpredictable near the threshold.
-    if (level == 0) {
-      n = 0;
-      for (int64_t j = 0; j < V; ++j) {
-        const uint32_t b = float_bits(p[j]);
-        ws.bits[n] = b;
-        n += b >= floor && (b >> shift) == prefix;
-      }
-    } else {
-      int64_t m = 0;
-      for (int64_t i = 0; i < n; ++i) {
-        const uint32_t b = ws.bits[i];
-        ws.bits[m] = b;
-        m += (b >> shift) == prefix;
-      }
-      n = m;
+    int64_t kept = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const uint32_t b = ws.bits[i];
+      ws.bits[kept] = b;
+      kept += (b >> shift) == prefix;
     }
+    n = kept;
   }
-  return prefix;
+  return {prefix, {list, m}};
 }
 
-// The double mass of the probabilities whose bits are >= floor.
-FASTRNN_CPU_CLONES inline double mass_at_or_above(const float* p, int64_t V, uint32_t floor) {
-  double mass = 0.0;
-  FASTRNN_SIMD_REDUCE(reduction(+ : mass))
-  for (int64_t j = 0; j < V; ++j) mass += float_bits(p[j]) >= floor ? p[j] : 0.0f;
-  return mass;
-}
-
-// Bit pattern of the smallest kept probability: token j is kept iff bits(p_j) >= it.
-inline uint32_t kept_threshold(const float* p, int64_t V, const RowParams& prm, float p_max,
-                               Workspace& ws) {
-  uint32_t threshold = 0;
+// The kept set's threshold (token j is kept iff bits(p_j) >= it) and its candidates.
+inline Selection kept_threshold(const float* p, int64_t V, const RowParams& prm, float p_max,
+                                Workspace& ws) {
+  Selection s{0, {nullptr, V}};
   if (prm.top_k < V) {
-    threshold = radix_threshold<false>(p, V, 0, static_cast<double>(prm.top_k), ws);
+    s = radix_select<false>(p, s.candidates, 0, static_cast<double>(prm.top_k),
+                            ws.list_a.data(), ws);
   }
   if (prm.top_p < 1.0) {
-    const double survivors = mass_at_or_above(p, V, threshold);  // Z of top-p
-    const uint32_t by_p = radix_threshold<true>(p, V, threshold, prm.top_p * survivors, ws);
-    threshold = by_p > threshold ? by_p : threshold;
+    // Z of top-p is the mass of the top-k survivors: the eligible mass above s.threshold.
+    int32_t* list = s.candidates.index == ws.list_a.data() ? ws.list_b.data() : ws.list_a.data();
+    const Selection by_p = radix_select<true>(p, s.candidates, s.threshold, prm.top_p, list, ws);
+    s = {by_p.threshold > s.threshold ? by_p.threshold : s.threshold, by_p.candidates};
   }
   if (prm.min_p > 0.0f) {
     const uint32_t by_min = float_bits(prm.min_p * p_max);
-    threshold = by_min > threshold ? by_min : threshold;
+    s.threshold = by_min > s.threshold ? by_min : s.threshold;
   }
-  return threshold;
+  return s;
 }
 
-// The row's probabilities in ws.probs and its kept threshold; the row must be usable and
-// not greedy.
+// The row's probabilities in ws.probs, its kept threshold and candidates; the row must be
+// usable and not greedy.
 template <typename T>
-uint32_t filter_row(const T* row, int64_t V, const RowScan& scan, const RowParams& prm,
-                    Workspace& ws) {
+Selection filter_row(const T* row, int64_t V, const RowScan& scan, const RowParams& prm,
+                     Workspace& ws) {
   ws.reserve(V);
   float* p = ws.probs.data();
   const float total = exponentials(row, V, scan.max, prm.temperature, p);
@@ -332,7 +355,7 @@ int32_t kept_mask_row(const T* row, int64_t V, const RowParams& prm, bool* mask,
     mask[first_argmax(row, V)] = true;
     return kOk;
   }
-  const uint32_t threshold = filter_row(row, V, scan, prm, ws);
+  const uint32_t threshold = filter_row(row, V, scan, prm, ws).threshold;
   const float* p = ws.probs.data();
   for (int64_t j = 0; j < V; ++j) mask[j] = float_bits(p[j]) >= threshold;
   return kOk;
@@ -350,14 +373,15 @@ int32_t sample_row(const T* row, int64_t V, const RowParams& prm, double u, int6
     *token = first_argmax(row, V);
     return kOk;
   }
-  const uint32_t threshold = filter_row(row, V, scan, prm, ws);
+  const Selection s = filter_row(row, V, scan, prm, ws);
   const float* p = ws.probs.data();
   // Kept tokens with p > 0 (the draw's support) and their mass, in index order.
   int64_t n = 0;
   double mass = 0.0;
-  for (int64_t j = 0; j < V; ++j) {
+  for (int64_t i = 0; i < s.candidates.n; ++i) {
+    const int64_t j = s.candidates.at(i);
     ws.kept[n] = static_cast<int32_t>(j);
-    n += float_bits(p[j]) >= threshold && p[j] > 0.0f;
+    n += float_bits(p[j]) >= s.threshold && p[j] > 0.0f;
   }
   for (int64_t i = 0; i < n; ++i) mass += p[ws.kept[i]];
   const double target = u * mass;
