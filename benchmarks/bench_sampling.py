@@ -1,6 +1,9 @@
-"""Top-p sampling from logits: fastrnn against the sort-based PyTorch sampler.
+"""Top-p sampling from logits: fastrnn (Triton on a GPU, the C++ sampler and the vectorised
+PyTorch path on CPU) against the sort-based PyTorch sampler.
 
     python -m pytest benchmarks/bench_sampling.py
+
+The C++ sampler's targets, timed interleaved with its baselines: benchmarks/sampling_cpu_targets.py.
 """
 import pytest
 
