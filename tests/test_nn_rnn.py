@@ -6,7 +6,9 @@ import torch
 from torch import nn
 
 import fastrnn
-from tests.test_nn import B, I, T, assert_parity, flat_outputs, forward_args, make_leaves
+from fastrnn.testing import assert_close_fp32
+from tests.test_nn import (B, I, T, assert_parity, flat_outputs, forward_args, make_leaves,
+                           run_with_grads)
 
 H = 6
 OPTIONS = [
@@ -179,7 +181,8 @@ def error_of(fn):
     ((I, 0), {}),
 ])
 def test_constructor_errors_match_torch(args, kwargs):
-    assert error_of(lambda: fastrnn.RNN(*args, **kwargs)) == error_of(lambda: nn.RNN(*args, **kwargs))
+    expected = error_of(lambda: nn.RNN(*args, **kwargs))
+    assert error_of(lambda: fastrnn.RNN(*args, **kwargs)) == expected
 
 
 @pytest.mark.parametrize("make_input,make_hx", [
@@ -210,13 +213,16 @@ def test_input_rank_error_is_a_value_error_like_torch():
 @pytest.mark.parametrize("backend", ["triton", pytest.param("ext", marks=pytest.mark.ext)])
 @pytest.mark.parametrize("form", ["padded", "packed"])
 def test_cuda_fp32_parity_with_fp64_torch(monkeypatch, backend, form):
+    """On the GPU, outputs and every gradient against nn.RNN in float64 on the CPU."""
     monkeypatch.setenv("FASTRNN_BACKEND", backend)
     theirs, ours = make_pair({"num_layers": 2, "bidirectional": True, "nonlinearity": "relu"},
                              dtype=torch.float32)
     ours = ours.cuda()
-    leaves = [t.cuda().detach().requires_grad_() for t in make_leaves(ours, form, True, torch.float32)]
-    expected = flat_outputs(theirs.double()(*forward_args(theirs, form, [t.detach().cpu().double()
-                                                                        for t in leaves])))
-    actual = flat_outputs(ours(*forward_args(ours, form, leaves)))
-    for a, e in zip(actual, expected):
-        torch.testing.assert_close(a.double().cpu(), e, rtol=1e-5, atol=1e-5)
+    leaves = make_leaves(ours, form, True, torch.float32)
+    ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    expected, expected_grads, weights = run_with_grads(theirs.double(), form, ref_leaves)
+    cuda_leaves = [t.detach().cuda().requires_grad_() for t in leaves]
+    actual, actual_grads, _ = run_with_grads(ours, form, cuda_leaves,
+                                             [w.float().cuda() for w in weights])
+    for a, e in zip(actual + actual_grads, expected + expected_grads):
+        assert_close_fp32(a.cpu(), e)

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from fastrnn import functional
-from fastrnn.ops.recurrent import common as recurrent_common
 from fastrnn.ops.rnn import reference
 from fastrnn.ops.rnn.op import rnn_layer_op
 from fastrnn.testing import assert_close_fp32, assert_within_baseline, poisoned_empty
@@ -21,9 +20,6 @@ from .layer_cases import Cell, assert_lengths_match_reference, check_parity
 ext = pytest.mark.ext
 cuda = pytest.mark.cuda
 NONLINEARITIES = ["tanh", "relu"]
-TRITON_CELL_LANDED = hasattr(recurrent_common, "RNN_TANH")
-needs_triton_cell = pytest.mark.skipif(not TRITON_CELL_LANDED,
-                                       reason="the Triton RNN cell is not in fastrnn/ops/recurrent yet")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,8 +56,8 @@ def rnn_args(T=5, B=3, I=4, H=6, dtype=torch.float64, bias=True, device="cpu"):
             torch.randn(B, H, dtype=dtype, device=device),
             scale * torch.randn(H, I, dtype=dtype, device=device),
             scale * torch.randn(H, H, dtype=dtype, device=device)]
-    args += ([torch.randn(H, dtype=dtype, device=device), torch.randn(H, dtype=dtype, device=device)]
-             if bias else [None, None])
+    args += ([torch.randn(H, dtype=dtype, device=device) for _ in range(2)] if bias
+             else [None, None])
     return [a.requires_grad_() if a is not None else None for a in args]
 
 
@@ -76,7 +72,8 @@ def rnn_cell_loop(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, lengths=None):
     h, outputs = h0, []
     for t in range(x.shape[0]):
         h_new = torch.func.functional_call(cell, params, (x[t], h))
-        active = torch.ones(x.shape[1], 1, dtype=torch.bool) if lengths is None else (lengths > t)[:, None]
+        active = (torch.ones(x.shape[1], 1, dtype=torch.bool) if lengths is None
+                  else (lengths > t)[:, None])
         h = torch.where(active, h_new, h)
         outputs.append(h_new * active)
     return torch.stack(outputs), h
@@ -314,26 +311,22 @@ def test_torch_compile_fullgraph(backend):
 
 # ---- Triton (GPU, or the interpreter on CPU) ----------------------------------------------
 
-@needs_triton_cell
 @pytest.mark.parametrize("nonlinearity", NONLINEARITIES)
 @pytest.mark.parametrize("T,B,I,H", SHAPES[:3])
 def test_triton_matches_nn_rnn_fp32(triton_device, nonlinearity, T, B, I, H):
     check_parity(CELLS[nonlinearity], T, B, I, H, triton_device, backend="triton")
 
 
-@needs_triton_cell
 @pytest.mark.parametrize("nonlinearity", NONLINEARITIES)
 def test_triton_options(triton_device, nonlinearity):
     check_parity(CELLS[nonlinearity], 5, 2, 6, 12, triton_device, bias=False, with_states=False,
                  contiguous=False, backend="triton")
 
 
-@needs_triton_cell
 def test_triton_fp16(triton_device):
     check_parity(CELLS["tanh"], 6, 2, 8, 16, triton_device, dtype=torch.float16, backend="triton")
 
 
-@needs_triton_cell
 @pytest.mark.parametrize("nonlinearity", NONLINEARITIES)
 def test_triton_lengths_match_reference(triton_device, nonlinearity):
     args = rnn_args(T=6, B=4, I=5, H=12, dtype=torch.float32, device=triton_device)
@@ -341,7 +334,8 @@ def test_triton_lengths_match_reference(triton_device, nonlinearity):
     lengths = torch.tensor([3, 5, 1, 4], device=triton_device)
 
     def ours(*a, lengths):
-        return functional.rnn_layer(*a, nonlinearity=nonlinearity, lengths=lengths, backend="triton")
+        return functional.rnn_layer(*a, nonlinearity=nonlinearity, lengths=lengths,
+                                    backend="triton")
 
     def ref(*a, lengths):
         return reference.rnn_layer(*a, lengths=lengths, nonlinearity=nonlinearity)
@@ -349,7 +343,6 @@ def test_triton_lengths_match_reference(triton_device, nonlinearity):
     assert_lengths_match_reference(ours, ref, args, lengths, ["y", "h_T"])
 
 
-@needs_triton_cell
 def test_triton_gradcheck_against_reference_formulas(triton_device):
     """Triton has no float64: its BPTT in fp32 against the reference's explicit formulas."""
     args = [a.detach() for a in rnn_args(T=4, B=3, I=5, H=20, dtype=torch.float32,
