@@ -1,7 +1,7 @@
 PYTHON ?= python
 PYTEST = $(PYTHON) -m pytest
 
-.PHONY: install demo bench test test-all test-gpu cpp-test
+.PHONY: install demo bench test test-all test-gpu cpp-test gpu-static
 install:
 	PYTHON=$(PYTHON) bash scripts/install.sh
 
@@ -31,3 +31,9 @@ cpp-test:
 	cmake -S . -B $(CPP_BUILD) -DCMAKE_BUILD_TYPE=Release
 	cmake --build $(CPP_BUILD) -j 2
 	ctest --test-dir $(CPP_BUILD) --output-on-failure
+
+# The static GPU check: compiles every launch the Triton kernels can choose for sm_90 and
+# sm_80 without a GPU and fails on launches that would not fit, not be co-resident, race
+# across time steps or lose their barrier atomics. Writes benchmarks/results/gpu_static_*.
+gpu-static: install
+	env -u TRITON_INTERPRET $(PYTHON) -m benchmarks.gpu_static --arch 90 --arch 80 --jobs 2

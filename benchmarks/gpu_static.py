@@ -40,8 +40,6 @@ import tempfile
 import time
 from pathlib import Path
 
-if os.environ.get("TRITON_INTERPRET", "0") == "1":
-    sys.exit("gpu_static: unset TRITON_INTERPRET (the interpreter replaces the kernels it compiles)")
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")   # Triton's default; silences its notice
 
 import torch  # noqa: E402
@@ -375,7 +373,13 @@ def _mock(value):
 
 def _worker(arch: int, chunk: list) -> list:
     compiler = Compiler(arch)
-    return [check_problem(p, compiler, LIMITS[arch]) for p in chunk]
+    rows = []
+    for i, p in enumerate(chunk):
+        rows.append(check_problem(p, compiler, LIMITS[arch]))
+        if i % 25 == 24:
+            print(f"sm_{arch} worker {os.getpid()}: {i + 1}/{len(chunk)} configurations, "
+                  f"{len(compiler.cache)} compiled", file=sys.stderr, flush=True)
+    return rows
 
 
 def _row_kernels_worker(arch: int) -> list:
@@ -427,6 +431,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smaller grid (development)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        sys.exit("gpu_static: unset TRITON_INTERPRET (the interpreter replaces the kernels it compiles)")
     failed = False
     for arch in args.arch or [90, 80]:
         start = time.time()

@@ -218,10 +218,15 @@ MIN_BLOCK = 16
 
 
 def max_useful_warps(block_b: int, block_h: int) -> int:
-    """Warps that each get their own part of a (block_b, block_h) MMA output tile: an
-    mma.sync instruction covers 16 x 8, so more warps than (block_b/16)(block_h/8)
-    would compute the same tile twice."""
-    return max(1, min(8, (block_b // 16) * (block_h // 8)))
+    """Warps that each get their own part of a (block_b, block_h) MMA output tile.
+
+    An mma.sync instruction covers 16 x 8. Triton (3.6 and 3.9, read from the TTGIR of
+    our kernels) puts every warp along the longer side of the tile, rows first on a
+    square one: 2 warps on a 16 x 16 tile become warpsPerCTA [2, 1] and compute the same
+    rows twice. So the useful warps are the instruction tiles along that side. The
+    compiled layout is checked anyway (mma_replicated)."""
+    along = block_b // 16 if block_b >= block_h else block_h // 8
+    return max(1, min(8, along))
 
 
 # A resident W_hh slice is a loop-carried value: it lives in registers, spread over the
@@ -241,7 +246,8 @@ def candidate_plans(batch: int, hidden: int, gates: int, sms: int,
     """Launch plans in order of preference: resident tiles from those that spread the work
     over most SMs (one program per SM) to larger ones, then streamed tiles in the same
     order, then one launch per step. Each tile gets the warp counts that do not replicate
-    MMA work, most first; resident tiles only where their weights fit in registers."""
+    MMA work (the most, then half); resident tiles only where their weights fit in
+    registers."""
     full_k = _pow2_at_least_16(hidden)
     tiles = [(block_b, block_h) for block_b in (16, 32, 64) if block_b <= min(_pow2_at_least_16(batch), 64)
              for block_h in _unit_blocks(full_k)
@@ -252,11 +258,12 @@ def candidate_plans(batch: int, hidden: int, gates: int, sms: int,
     for resident in (True, False):
         for block_b, block_h in tiles:
             block_k = full_k if resident else min(STREAM_BLOCK_K, full_k)
-            for warps in (8, 4, 2, 1):
+            # The most useful warps, then half as many (fewer registers per program).
+            most = max_useful_warps(block_b, block_h)
+            for warps in sorted({most, max(1, most // 2)}, reverse=True):
                 plan = LaunchPlan(block_b, block_h, block_k, triton.cdiv(batch, block_b),
                                   triton.cdiv(hidden, block_h), resident, True, warps)
-                if warps <= max_useful_warps(block_b, block_h) and (
-                        not resident or resident_fits(plan, gates, element_size)):
+                if not resident or resident_fits(plan, gates, element_size):
                     plans.append(plan)
     # The per-step fallback: no barrier, any grid; streamed so that any size compiles.
     block_b = min(_pow2_at_least_16(batch), 64)
