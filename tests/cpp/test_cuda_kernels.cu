@@ -11,6 +11,7 @@
 #include "fastrnn/cuda_launch.h"
 #include "fastrnn/gru_cpu.h"
 #include "fastrnn/lstm_cpu.h"
+#include "fastrnn/rnn_cpu.h"
 
 namespace {
 
@@ -198,6 +199,70 @@ void test_gru_persistent(int64_t T, int64_t B, int64_t H, bool with_lengths) {
   }
 }
 
+// The Elman RNN: the workspace enters holding x W_ih^T + biases (the CPU kernel is given
+// no separate bias, so both start from the same values) and leaves holding h_t.
+void test_rnn_persistent(int64_t T, int64_t B, int64_t H, bool relu, bool with_lengths) {
+  std::mt19937 gen(static_cast<unsigned>(T * 29 + B * 3 + H + relu));
+  const fastrnn::Dims d{T, B, H, H};
+  auto pre = random_vec(gen, T * B * H), h0 = random_vec(gen, B * H), w_hh = random_vec(gen, H * H);
+  std::vector<int64_t> lengths;
+  for (int64_t b = 0; b < B && with_lengths; ++b) lengths.push_back(1 + (b * 3) % T);
+  const int64_t* lens = lengths.empty() ? nullptr : lengths.data();
+  const auto plan = fastrnn::cuda::plan_persistent<float>(1, /*backward=*/false, d, 0);
+  const auto bplan = fastrnn::cuda::plan_persistent<float>(1, /*backward=*/true, d, 0);
+  if (plan.blocks == 0 || bplan.blocks == 0) {
+    std::printf("FAIL rnn persistent: no plan for H=%lld\n", static_cast<long long>(H));
+    ++failures;
+    return;
+  }
+  auto w_hh_t = transpose(w_hh, H, H);
+  std::vector<float> ws = pre, y(T * B * H), h_n(B * H);
+  const fastrnn::RnnForward<float> a{d, h0.data(), w_hh_t.data(), nullptr, lens, ws.data(),
+                                     y.data(), h_n.data()};
+  if (relu) {
+    fastrnn::rnn_forward<true>(a, fastrnn::SerialFor());
+  } else {
+    fastrnn::rnn_forward<false>(a, fastrnn::SerialFor());
+  }
+
+  float *g_y, *g_hn, *g_hbuf, *g_ws = to_device(pre), *g_h0 = to_device(h0), *g_w = to_device(w_hh);
+  unsigned int* barrier;
+  CUDA_OK(cudaMalloc(&g_y, sizeof(float) * y.size()));
+  CUDA_OK(cudaMalloc(&g_hn, sizeof(float) * h_n.size()));
+  CUDA_OK(cudaMalloc(&g_hbuf, sizeof(float) * 2 * B * H));
+  CUDA_OK(cudaMalloc(&barrier, sizeof(unsigned int)));
+  CUDA_OK(cudaMemset(barrier, 0, sizeof(unsigned int)));
+  int64_t* g_len = lengths.empty() ? nullptr : to_device(lengths);
+  CUDA_OK(fastrnn::cuda::rnn_forward_persistent<float>(plan, d, relu, g_h0, g_w, g_len, g_y, g_hn,
+                                                       g_ws, g_hbuf, barrier, 0));
+  CUDA_OK(cudaDeviceSynchronize());
+  expect_close("rnn persistent y", to_host(g_y, y.size()), y);
+  expect_close("rnn persistent h_n", to_host(g_hn, h_n.size()), h_n);
+  expect_close("rnn persistent workspace", to_host(g_ws, ws.size()), ws);
+
+  auto gy = random_vec(gen, T * B * H), ghT = random_vec(gen, B * H);
+  std::vector<float> d_pre(T * B * H), dh0(B * H);
+  const fastrnn::RnnBackward<float> back{d, gy.data(), ghT.data(), w_hh.data(), lens, ws.data(),
+                                         d_pre.data(), dh0.data()};
+  if (relu) {
+    fastrnn::rnn_backward<true>(back, fastrnn::SerialFor());
+  } else {
+    fastrnn::rnn_backward<false>(back, fastrnn::SerialFor());
+  }
+  float *g_gy = to_device(gy), *g_dh = to_device(ghT), *g_dpre;
+  CUDA_OK(cudaMalloc(&g_dpre, sizeof(float) * d_pre.size()));
+  CUDA_OK(cudaMemset(barrier, 0, sizeof(unsigned int)));
+  CUDA_OK(fastrnn::cuda::rnn_backward_persistent<float>(bplan, d, relu, g_gy, g_w, g_len, g_ws,
+                                                        g_dpre, g_dh, barrier, 0));
+  CUDA_OK(cudaDeviceSynchronize());
+  expect_close("rnn persistent d_pre", to_host(g_dpre, d_pre.size()), d_pre);
+  expect_close("rnn persistent dh0", to_host(g_dh, dh0.size()), dh0);
+  for (void* p : {(void*)g_y, (void*)g_hn, (void*)g_hbuf, (void*)g_ws, (void*)g_h0, (void*)g_w,
+                  (void*)barrier, (void*)g_len, (void*)g_gy, (void*)g_dh, (void*)g_dpre}) {
+    if (p) cudaFree(p);
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -211,6 +276,10 @@ int main() {
   test_lstm_persistent(7, 4, 301, true);
   test_gru_persistent(5, 3, 37, false);
   test_gru_persistent(7, 4, 301, true);
+  for (bool relu : {false, true}) {
+    test_rnn_persistent(5, 3, 37, relu, false);
+    test_rnn_persistent(7, 4, 301, relu, true);
+  }
   if (failures) {
     std::printf("%d check(s) failed\n", failures);
     return 1;
