@@ -130,8 +130,8 @@ def test_top_k_and_top_p_keep_tie_groups_across_programs():
     logits[0, ::9] = 2.0  # 23 tokens tied at the top, spread over every chunk
     logits[0, 5::9] = 1.0
     top = set(range(0, 200, 9))
-    for top_k, top_p, kept in ((1, 1.0, top), (23, 1.0, top), (24, 1.0, top | set(range(5, 200, 9))),
-                               (200, 0.01, top)):
+    second = top | set(range(5, 200, 9))
+    for top_k, top_p, kept in ((1, 1.0, top), (23, 1.0, top), (24, 1.0, second), (200, 0.01, top)):
         rows = params(1, 200, top_k=top_k, top_p=top_p)
         for programs in (1, 3):
             mask, _ = sampling.kept_mask(logits, *rows, programs_per_row=programs)
@@ -276,3 +276,19 @@ def test_softmax_checks_tensor_temperatures_on_the_device():
         fastrnn.softmax(x, float("nan"), backend="triton")
     y = fastrnn.softmax(x, torch.tensor([1.0, INF, 1e-30]), backend="triton")
     assert torch.allclose(y[1], torch.full((5,), 0.2)) and not y.isnan().any()
+
+
+def test_top_p_threshold_deep_in_a_long_tail():
+    # A few likely tokens and a long flat tail: top-p near 1 puts the threshold in the
+    # tail, near the bound below which the first histogram lumps tokens together.
+    gen = torch.Generator().manual_seed(6)
+    logits = torch.randn(4, 300, generator=gen) - 12.0
+    logits[:, :3] = torch.tensor([4.0, 3.0, 2.0])
+    logits[1, 100:200] = -12.0  # a tied tail
+    rows = params(4, 300, top_p=torch.tensor([0.9, 0.9999, 0.99999, 1 - 1e-12]),
+                  min_p=torch.tensor([0.0, 0.0, 1e-7, 0.0]))
+    expected = expected_mask(logits, *rows)
+    assert expected.sum(-1).tolist()[2:] == [96, 300]  # thresholds in the tail
+    for programs in (1, 3):
+        mask, _ = sampling.kept_mask(logits, *rows, programs_per_row=programs)
+        assert torch.equal(mask, expected), programs

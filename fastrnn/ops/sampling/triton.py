@@ -65,17 +65,19 @@ def _fixed(p):
 
 
 @triton.jit
-def _row(t_ptr, k_ptr, top_p_ptr, part_max_ptr, part_arg_ptr, part_flag_ptr, part_sum_ptr,
-         sum_ulp, row, parts, V, PARTS: tl.constexpr):
-    """A row's statistics and parameters: M, first argmax, status, S, t, k, top_p, and
-    whether top-k / top-p are searched (status 0, t > 0, filter on)."""
+def _row(t_ptr, k_ptr, top_p_ptr, min_p_ptr, part_max_ptr, part_arg_ptr, part_flag_ptr,
+         part_sum_ptr, sum_ulp, row, parts, V, PARTS: tl.constexpr):
+    """A row's statistics and parameters: M, first argmax, status, S, t, k, top_p, min_p,
+    and whether top-k / top-p are searched (status 0, t > 0, filter on)."""
     M, argmax, status = row_max(part_max_ptr, part_arg_ptr, part_flag_ptr, row, parts, PARTS)
     S = row_sum(part_sum_ptr, row, parts, sum_ulp, PARTS)
     t = tl.load(t_ptr + row)
     k = tl.load(k_ptr + row)
     top_p = tl.load(top_p_ptr + row)
+    min_p = tl.load(min_p_ptr + row)
     searching = (status == 0) & (t > 0.0)
-    return M, argmax, status, S, t, k, top_p, searching & (k < V), searching & (top_p < 1.0)
+    return (M, argmax, status, S, t, k, top_p, min_p, searching & (k < V),
+            searching & (top_p < 1.0))
 
 
 @triton.jit
@@ -153,17 +155,30 @@ def _floor(count_ptr, mass_ptr, k, top_p, use_k, use_p, min_p, t, M, S, BINS: tl
 
 
 @triton.jit
-def _histogram_kernel(x_ptr, stride, V, chunk, t_ptr, k_ptr, top_p_ptr, part_max_ptr,
-                      part_arg_ptr, part_flag_ptr, part_sum_ptr, sum_ulp, count_ptr, mass_ptr,
+def _lump_below(top_p, min_p, V, t, M, S):
+    """A value (float32) below which no token can hold the top-p threshold of a row
+    without top-k, or be kept at all: the larger of min_p * max(p) and
+    tau = (1 - top_p - 2^-50) / (8 V). All tokens below tau weigh less than V * tau <=
+    (1 - top_p) Z / 4 (Z, the row's mass, is about 1, surely >= 1/2), so the mass at or
+    above tau exceeds top_p * Z even after float64 rounding of the bound: the threshold
+    is >= tau. Below the min-p floor a lower top-p threshold would change nothing."""
+    tau = (tl.maximum(1.0 - top_p - 2.0 ** -50, 0.0) / (8.0 * V)).to(tl.float32)
+    return tl.maximum(tau, min_p * probs(M, t, M, S))
+
+
+@triton.jit
+def _histogram_kernel(x_ptr, stride, V, chunk, t_ptr, k_ptr, top_p_ptr, min_p_ptr,
+                      part_max_ptr, part_arg_ptr, part_flag_ptr, part_sum_ptr, sum_ulp,
+                      count_ptr, mass_ptr,
                       SLOT: tl.constexpr, SHIFT: tl.constexpr, PARTS: tl.constexpr,
                       BINS: tl.constexpr, BLOCK: tl.constexpr):
     """Add this program's tokens of the searched bucket into histogram slot SLOT of its
     row: counts (top-k) and fixed-point masses (top-p) of digit (bits >> SHIFT) % BINS."""
     row, part = tl.program_id(0), tl.program_id(1)
     parts = tl.num_programs(1)
-    M, _, _, S, t, k, top_p, use_k, use_p = _row(t_ptr, k_ptr, top_p_ptr, part_max_ptr,
-                                                 part_arg_ptr, part_flag_ptr, part_sum_ptr,
-                                                 sum_ulp, row, parts, V, PARTS)
+    M, _, _, S, t, k, top_p, min_p, use_k, use_p = _row(
+        t_ptr, k_ptr, top_p_ptr, min_p_ptr, part_max_ptr, part_arg_ptr, part_flag_ptr,
+        part_sum_ptr, sum_ulp, row, parts, V, PARTS)
     hist = row * (5 * BINS)
     k_bits, p_bits = _resolve(count_ptr + hist, mass_ptr + hist, k, top_p, use_k, use_p, SLOT,
                               BINS)
@@ -178,6 +193,10 @@ def _histogram_kernel(x_ptr, stride, V, chunk, t_ptr, k_ptr, top_p_ptr, part_max
         active = use_k & use_p
     counts = count_ptr + hist + SLOT * BINS
     masses = mass_ptr + hist + SLOT * BINS
+    # Slot 0 of a top-p row without top-k bins only the tokens that can hold its threshold
+    # (_lump_below); the others' mass goes to bin 0 in one sum, so Z stays whole.
+    lump = tl.where(use_p & ~use_k, _lump_below(top_p, min_p, V, t, M, S), 0.0)
+    lumped = tl.zeros([BLOCK], tl.int64)
     row_ptr = x_ptr + row.to(tl.int64) * stride
     if active:
         for start in range(part * chunk, part * chunk + chunk, BLOCK):
@@ -191,28 +210,33 @@ def _histogram_kernel(x_ptr, stride, V, chunk, t_ptr, k_ptr, top_p_ptr, part_max
             if SLOT < 3:  # slots 3-4 are top-p's alone
                 tl.atomic_add(counts + digit, 1, mask=tl.where(use_k, inside, False),
                               sem="relaxed")
-            tl.atomic_add(masses + digit, _fixed(p), mask=tl.where(use_p, inside & (p > 0.0), False),
+            binned = inside & (p > 0.0) & (p >= lump)
+            tl.atomic_add(masses + digit, _fixed(p), mask=tl.where(use_p, binned, False),
                           sem="relaxed")
+            if SLOT == 0:
+                lumped += tl.where(inside & (p < lump), _fixed(p), 0)
+        if SLOT == 0:
+            tl.atomic_add(masses, tl.sum(lumped, axis=0), mask=use_p & ~use_k, sem="relaxed")
 
 
 @triton.jit
-def _finish_kernel(x_ptr, stride, V, chunk, t_ptr, k_ptr, top_p_ptr, part_max_ptr,
-                   part_arg_ptr, part_flag_ptr, part_sum_ptr, sum_ulp, count_ptr, mass_ptr,
-                   min_p_ptr, out_ptr, status_ptr, WRITE_MASK: tl.constexpr,
-                   PARTS: tl.constexpr, BINS: tl.constexpr, BLOCK: tl.constexpr):
+def _finish_kernel(x_ptr, stride, V, chunk, t_ptr, k_ptr, top_p_ptr, min_p_ptr,
+                   part_max_ptr, part_arg_ptr, part_flag_ptr, part_sum_ptr, sum_ulp, count_ptr,
+                   mass_ptr, out_ptr, status_ptr, WRITE_MASK: tl.constexpr, PARTS: tl.constexpr,
+                   BINS: tl.constexpr, BLOCK: tl.constexpr):
     """WRITE_MASK: the kept set of this program's chunk (int8, 0 on invalid rows);
     otherwise the int64 mass of its kept tokens, out (B, parts). Program 0 of a row also
     writes the row's status."""
     row, part = tl.program_id(0), tl.program_id(1)
     parts = tl.num_programs(1)
-    M, argmax, status, S, t, k, top_p, use_k, use_p = _row(
-        t_ptr, k_ptr, top_p_ptr, part_max_ptr, part_arg_ptr, part_flag_ptr, part_sum_ptr,
-        sum_ulp, row, parts, V, PARTS)
+    M, argmax, status, S, t, k, top_p, min_p, use_k, use_p = _row(
+        t_ptr, k_ptr, top_p_ptr, min_p_ptr, part_max_ptr, part_arg_ptr, part_flag_ptr,
+        part_sum_ptr, sum_ulp, row, parts, V, PARTS)
     if part == 0:
         tl.store(status_ptr + row, status)
     hist = row * (5 * BINS)
-    floor = _floor(count_ptr + hist, mass_ptr + hist, k, top_p, use_k, use_p,
-                   tl.load(min_p_ptr + row), t, M, S, BINS)
+    floor = _floor(count_ptr + hist, mass_ptr + hist, k, top_p, use_k, use_p, min_p, t, M, S,
+                   BINS)
     greedy = t == 0.0
     row_ptr = x_ptr + row.to(tl.int64) * stride
     if WRITE_MASK:
@@ -221,8 +245,8 @@ def _finish_kernel(x_ptr, stride, V, chunk, t_ptr, k_ptr, top_p_ptr, part_max_pt
             inside = offs < V
             p = probs(tl.load(row_ptr + offs, mask=inside, other=float("-inf")), t, M, S)
             keep = tl.where(greedy, offs == argmax, p.to(tl.int32, bitcast=True) >= floor)
-            tl.store(out_ptr + row.to(tl.int64) * V + offs, tl.where(status == 0, keep, False).to(tl.int8),
-                     mask=inside)
+            keep = tl.where(status == 0, keep, False)
+            tl.store(out_ptr + row.to(tl.int64) * V + offs, keep.to(tl.int8), mask=inside)
     else:
         acc = tl.zeros([BLOCK], tl.int64)
         if (status == 0) & (~greedy):
@@ -236,20 +260,20 @@ def _finish_kernel(x_ptr, stride, V, chunk, t_ptr, k_ptr, top_p_ptr, part_max_pt
 
 
 @triton.jit
-def _draw_kernel(x_ptr, stride, V, chunk, t_ptr, k_ptr, top_p_ptr, part_max_ptr,
-                 part_arg_ptr, part_flag_ptr, part_sum_ptr, sum_ulp, count_ptr, mass_ptr,
-                 min_p_ptr, u_ptr, kept_ptr, out_ptr, PARTS: tl.constexpr, BINS: tl.constexpr,
+def _draw_kernel(x_ptr, stride, V, chunk, t_ptr, k_ptr, top_p_ptr, min_p_ptr, part_max_ptr,
+                 part_arg_ptr, part_flag_ptr, part_sum_ptr, sum_ulp, count_ptr, mass_ptr, u_ptr,
+                 kept_ptr, out_ptr, PARTS: tl.constexpr, BINS: tl.constexpr,
                  BLOCK: tl.constexpr):
     """The token of each row, written by the one program whose chunk holds it: the first
     kept token whose running mass exceeds u * Z_kept (float64 product, compared exactly
-    with the int64 running mass), else the last kept token of weight
-    > 0 (when rounding puts the target at the very end). Greedy rows: the argmax; rows
+    with the int64 running mass), else the last kept token of weight > 0 (when rounding
+    puts the target at the very end). Greedy rows: the argmax; rows
     with a bad status: -1 (both written by program 0)."""
     row, part = tl.program_id(0), tl.program_id(1)
     parts = tl.num_programs(1)
-    M, argmax, status, S, t, k, top_p, use_k, use_p = _row(
-        t_ptr, k_ptr, top_p_ptr, part_max_ptr, part_arg_ptr, part_flag_ptr, part_sum_ptr,
-        sum_ulp, row, parts, V, PARTS)
+    M, argmax, status, S, t, k, top_p, min_p, use_k, use_p = _row(
+        t_ptr, k_ptr, top_p_ptr, min_p_ptr, part_max_ptr, part_arg_ptr, part_flag_ptr,
+        part_sum_ptr, sum_ulp, row, parts, V, PARTS)
     greedy = t == 0.0
     if (part == 0) & ((status != 0) | greedy):
         tl.store(out_ptr + row, tl.where(status == 0, argmax, -1).to(tl.int64))
@@ -263,8 +287,8 @@ def _draw_kernel(x_ptr, stride, V, chunk, t_ptr, k_ptr, top_p_ptr, part_max_ptr,
     holds = (base <= target) & (mine > 0) & ((base + mine > target) | (base + mine == total))
     if holds & (status == 0) & (~greedy):
         hist = row * (5 * BINS)
-        floor = _floor(count_ptr + hist, mass_ptr + hist, k, top_p, use_k, use_p,
-                       tl.load(min_p_ptr + row), t, M, S, BINS)
+        floor = _floor(count_ptr + hist, mass_ptr + hist, k, top_p, use_k, use_p, min_p, t, M,
+                       S, BINS)
         row_ptr = x_ptr + row.to(tl.int64) * stride
         running = base
         found = tl.full([], 2147483647, tl.int32)
@@ -300,17 +324,18 @@ def _launch(logits, temperature, top_k, top_p, min_p, uniform, write_mask, progr
     stats = row_statistics(logits, temperature, p)
     counts = torch.zeros(B, len(SLOT_SHIFTS), BINS, dtype=torch.int32, device=device)
     masses = torch.zeros(B, len(SLOT_SHIFTS), BINS, dtype=torch.int64, device=device)
-    common = (logits, logits.stride(0), V, p.chunk, temperature, top_k, top_p, stats.part_max,
-              stats.part_arg, stats.part_flag, stats.part_sum, 1.0 / p.sum_one, counts, masses)
+    common = (logits, logits.stride(0), V, p.chunk, temperature, top_k, top_p, min_p,
+              stats.part_max, stats.part_arg, stats.part_flag, stats.part_sum, 1.0 / p.sum_one,
+              counts, masses)
     sizes = dict(PARTS=MAX_PARTS, BINS=BINS, BLOCK=p.block, num_warps=p.num_warps)
     for slot, shift in enumerate(SLOT_SHIFTS):
         _histogram_kernel[p.grid](*common, SLOT=slot, SHIFT=shift, **sizes)
     if write_mask:
-        _finish_kernel[p.grid](*common, min_p, out, status, WRITE_MASK=True, **sizes)
+        _finish_kernel[p.grid](*common, out, status, WRITE_MASK=True, **sizes)
         return out, status
     kept = torch.empty(B, p.parts, dtype=torch.int64, device=device)
-    _finish_kernel[p.grid](*common, min_p, kept, status, WRITE_MASK=False, **sizes)
-    _draw_kernel[p.grid](*common, min_p, uniform, kept, out, **sizes)
+    _finish_kernel[p.grid](*common, kept, status, WRITE_MASK=False, **sizes)
+    _draw_kernel[p.grid](*common, uniform, kept, out, **sizes)
     return out, status
 
 
@@ -341,21 +366,23 @@ def static_configs() -> Iterator[dict]:
         for B, V, dtype, p in softmax_triton.static_shapes():
             common = {"x_ptr": f"*{dtype}", "stride": V, **softmax_triton.stride_args(p),
                       "t_ptr": "*fp32", "k_ptr": "*i64", "top_p_ptr": "*fp64",
+                      "min_p_ptr": "*fp32",
                       "part_max_ptr": "*fp32", "part_arg_ptr": "*i32", "part_flag_ptr": "*i32",
                       "part_sum_ptr": "*i64", "sum_ulp": "fp32", "count_ptr": "*i32",
                       "mass_ptr": "*i64"}
             sizes = {"PARTS": MAX_PARTS, "BINS": BINS, "BLOCK": p.block}
-            launches = [(launch["name"], launch) for launch in softmax_triton.stats_configs(p, dtype)]
+            launches = [(launch["name"], launch)
+                        for launch in softmax_triton.stats_configs(p, dtype)]
             for slot, shift in enumerate(SLOT_SHIFTS):
                 launches.append((f"histogram {slot}", {"kernel": _histogram_kernel, "args": common,
                                  "constexprs": dict(SLOT=slot, SHIFT=shift, **sizes)}))
-            finish = dict(common, min_p_ptr="*fp32", status_ptr="*i32")
+            finish = dict(common, status_ptr="*i32")
             launches.append(("mask", {"kernel": _finish_kernel, "args": dict(finish, out_ptr="*i8"),
                              "constexprs": dict(WRITE_MASK=True, **sizes)}))
             launches.append(("kept mass", {"kernel": _finish_kernel,
                              "args": dict(finish, out_ptr="*i64"),
                              "constexprs": dict(WRITE_MASK=False, **sizes)}))
-            draw = dict(common, min_p_ptr="*fp32", u_ptr="*fp64", kept_ptr="*i64", out_ptr="*i64")
+            draw = dict(common, u_ptr="*fp64", kept_ptr="*i64", out_ptr="*i64")
             launches.append(("draw", {"kernel": _draw_kernel, "args": draw, "constexprs": sizes}))
             for name, launch in launches:
                 # Full reads of V per row by the call: sampling_mask 8, sample 8 + one chunk.

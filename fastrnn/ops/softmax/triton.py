@@ -80,7 +80,8 @@ def plan(B: int, V: int, device: torch.device, programs_per_row: Optional[int] =
     total, at most MAX_PARTS and at most one per tile per row. `programs_per_row` forces
     the split (tests); `sms` replaces the device's SM count (static checks)."""
     device = torch.device(device)
-    block = min(BLOCK_MAX if device.type == "cuda" else INTERPRETER_BLOCK, triton.next_power_of_2(V))
+    widest = BLOCK_MAX if device.type == "cuda" else INTERPRETER_BLOCK
+    block = min(widest, triton.next_power_of_2(V))
     blocks = triton.cdiv(V, block)
     if programs_per_row is None:
         sms = sm_count(device) if sms is None else sms
@@ -289,7 +290,8 @@ def forward(x: torch.Tensor, temperature: torch.Tensor, log: bool,
     return y
 
 
-def backward(grad: torch.Tensor, y: torch.Tensor, temperature: torch.Tensor, log: bool) -> torch.Tensor:
+def backward(grad: torch.Tensor, y: torch.Tensor, temperature: torch.Tensor,
+             log: bool) -> torch.Tensor:
     """grad, y (R, V) contiguous; one program per row."""
     R, V = y.shape
     dx = torch.empty_like(y)
@@ -340,8 +342,9 @@ def dedupe(configs: Iterator[dict]) -> Iterator[dict]:
     (== 1, multiple of 16). Later duplicates add their shape to the first's row["shapes"]."""
     seen = {}
     for config in configs:
-        key = (id(config["kernel"]), tuple(sorted(config["constexprs"].items())), config["num_warps"],
-               config["num_stages"], tuple((k, _specialisation(v)) for k, v in config["args"].items()))
+        key = (id(config["kernel"]), tuple(sorted(config["constexprs"].items())),
+               config["num_warps"], config["num_stages"],
+               tuple((k, _specialisation(v)) for k, v in config["args"].items()))
         shape = {k: config["row"][k] for k in ("B", "V", "dtype")}
         if key in seen:
             seen[key]["row"]["shapes"].append(shape)
