@@ -292,3 +292,38 @@ def test_top_p_threshold_deep_in_a_long_tail():
     for programs in (1, 3):
         mask, _ = sampling.kept_mask(logits, *rows, programs_per_row=programs)
         assert torch.equal(mask, expected), programs
+
+
+def test_sampling_sees_the_softmax_probabilities_bit_for_bit():
+    # min_p puts the kept floor exactly on the softmax's p_j, then one float above it: the
+    # sampling kernel keeps j, then drops it, only if its p_j has the very same bits.
+    logits = torch.randn(1, 150, generator=torch.Generator().manual_seed(7)) * 2
+    for programs in (1, 3):
+        probs = softmax.forward(logits, torch.ones(1), False, programs)[0]
+        p_max = probs.max()
+        for j in probs.argsort(descending=True)[[1, 5, 40]].tolist():
+            min_p = (probs[j] / p_max).reshape(1)
+            while (min_p * p_max)[0] < probs[j]:
+                min_p = torch.nextafter(min_p, torch.ones(1))
+            while (min_p * p_max)[0] > probs[j]:
+                min_p = torch.nextafter(min_p, torch.zeros(1))
+            assert (min_p * p_max)[0] == probs[j]
+            above = min_p
+            while (above * p_max)[0] == probs[j]:
+                above = torch.nextafter(above, torch.ones(1))
+            for floor, kept in ((min_p, True), (above, False)):
+                mask, _ = sampling.kept_mask(logits, *params(1, 150, min_p=floor),
+                                             programs_per_row=programs)
+                assert bool(mask[0, j]) == kept, (programs, j, kept)
+
+
+def test_rows_with_a_stride_sample_like_contiguous_rows():
+    wide = torch.randn(3, 260, generator=torch.Generator().manual_seed(8)) * 3
+    logits = wide[:, :130]
+    rows = params(3, 130, temperature=0.9, top_k=20, top_p=0.9)
+    uniform = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    for programs in (1, 2):
+        mask, _ = sampling.kept_mask(logits, *rows, programs_per_row=programs)
+        assert torch.equal(mask, expected_mask(logits.contiguous(), *rows))
+        tokens, _ = sampling.sample(logits, *rows, uniform, programs_per_row=programs)
+        assert torch.equal(tokens, expected_tokens(logits.contiguous(), rows[0], mask, uniform))
