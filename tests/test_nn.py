@@ -1,12 +1,11 @@
 """fastrnn.LSTM / fastrnn.GRU against torch.nn.LSTM / torch.nn.GRU: parameters, forward and
 every gradient for each constructor option and input form, dropout, module plumbing
-(state_dict, .to, pickling, functional_call), torch.compile and replace_rnns."""
+(state_dict, .to, pickling, functional_call), autocast, torch.compile and replace_rnns.
+torch's own module test recipe, on its module_db samples: tests/test_torch_module_recipe.py."""
 import copy
 import importlib.util
 import io
 import pickle
-import subprocess
-import sys
 import warnings
 
 import pytest
@@ -522,61 +521,6 @@ def test_replace_rnns_keeps_a_shared_module_shared():
     model = nn.ModuleDict({"a": gru, "b": nn.Sequential(gru)})
     fastrnn.replace_rnns(model)
     assert type(model["a"]) is fastrnn.GRU and model["b"][0] is model["a"]
-
-
-# --- PyTorch's own sample inputs -----------------------------------------------------
-
-_MODULE_DB_DUMP = """
-import sys, torch
-from torch.testing._internal.common_modules import module_db
-samples = {}
-for info in module_db:
-    if info.module_cls in (torch.nn.LSTM, torch.nn.GRU):
-        samples[info.module_cls.__name__] = [
-            (s.constructor_input.args, s.constructor_input.kwargs, s.forward_input.args,
-             s.forward_input.kwargs)
-            for s in info.module_inputs_func(info, device="cpu", dtype=torch.float64,
-                                             requires_grad=False, training=True)]
-torch.save(samples, sys.argv[1])
-"""
-
-
-@pytest.fixture(scope="module")
-def module_db_samples(tmp_path_factory):
-    """PyTorch's sample inputs for nn.LSTM / nn.GRU, as plain (args, kwargs) tuples.
-
-    Read in a subprocess: importing torch's internal test modules freezes the global
-    torch.backends flags for the rest of the process."""
-    pytest.importorskip("expecttest")
-    path = tmp_path_factory.mktemp("module_db") / "samples.pt"
-    subprocess.run([sys.executable, "-c", _MODULE_DB_DUMP, str(path)], check=True, timeout=120)
-    return torch.load(path, weights_only=False)
-
-
-@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
-def test_pytorch_module_db_samples(module_db_samples, mode):
-    samples = module_db_samples[mode]
-    assert samples
-    for ctor_args, ctor_kwargs, fwd_args, fwd_kwargs in samples:
-        ctor = (ctor_args, ctor_kwargs)
-        theirs = TORCH_CLASSES[mode](*ctor_args, **ctor_kwargs).double()
-        ours = OUR_CLASSES[mode](*ctor_args, **ctor_kwargs).double()
-        ours.load_state_dict(theirs.state_dict())
-        theirs.eval(), ours.eval()  # dropout > 0 samples: compare the deterministic path
-        args = [a.detach().clone().requires_grad_() if isinstance(a, torch.Tensor) else a
-                for a in fwd_args]
-        expected = flat_outputs(theirs(*args, **fwd_kwargs))
-        actual = flat_outputs(ours(*args, **fwd_kwargs))
-        for a, e in zip(actual, expected):
-            torch.testing.assert_close(a, e, msg=lambda m: f"{ctor} {m}")
-        leaves = [a for a in args if isinstance(a, torch.Tensor)] + list(ours.parameters())
-        their_leaves = [a for a in args if isinstance(a, torch.Tensor)] + list(theirs.parameters())
-        weights = [torch.randn_like(e) for e in expected]
-        grads = torch.autograd.grad(sum((a * w).sum() for a, w in zip(actual, weights)), leaves)
-        their_grads = torch.autograd.grad(sum((e * w).sum() for e, w in zip(expected, weights)),
-                                          their_leaves)
-        for a, e in zip(grads, their_grads):
-            torch.testing.assert_close(a, e, msg=lambda m: f"{ctor} grad {m}")
 
 
 # --- other backends ------------------------------------------------------------------
