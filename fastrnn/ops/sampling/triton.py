@@ -19,15 +19,22 @@ order to the same result, so the split changes nothing. Passes over V per row: m
 five histogram launches (slot 0: the first digit, shared by both searches; slots 1-2: the
 rest of top-k, or of top-p when top-k is off; slots 3-4: the rest of top-p after top-k),
 then the mask, or the kept mass and the draw (which reads one chunk). A row with one
-filter does no work in slots 3-4; greedy and invalid rows do none in any slot.
+filter does no work in slots 3-4; greedy and invalid rows do none in any slot. Slot 0 of
+a row with top-p alone bins only the tokens at or above a value its threshold cannot be
+below (_lump_below); the others, usually most of the vocabulary, add their mass to bin 0
+with one atomic per program, which keeps Z whole and the contended atomics few.
+The launch plan depends on shapes only and nothing is read back to the host (the two
+histogram tensors are zeroed by torch.zeros), so a call can be captured in a CUDA graph.
 
 What is exact. Counts are exact. Masses are int64 multiples of 2^-61: p is truncated to
 that grid (exact for p >= 2^-38) and the sums are exact. The top-p test is the reference's:
 token j is kept iff float64(mass strictly above p_j) < top_p * float64(Z), float64
 rounding to nearest. Whenever every top-k survivor has p >= 2^-29, the reference's
 float64 prefix sums are exact as well (all partial sums are multiples of 2^-52 below 2),
-so the kept set equals the reference's exactly; otherwise the two masses differ by at most
-about V * 2^-53 and only a token whose mass above lies that close to top_p * Z can differ.
+so the kept set equals exactly that of the sort-based reference
+(fastrnn.ops.sampling.reference.kept_mask_from_probs) on these probabilities; otherwise
+the two masses differ by at most about V * 2^-53 and only a token whose mass above lies
+that close to top_p * Z can differ.
 Ties are kept together (thresholds are values). Tokens with p < 2^-61 weigh 0 in the
 draw and are never drawn.
 
