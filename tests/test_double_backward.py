@@ -5,6 +5,7 @@ gradient again. Each layer's backward op has an autograd formula (a differentiab
 recomputation, fastrnn/ops/layer_autograd.py): torch.autograd.gradgradcheck checks it in
 float64, and whole modules are compared with torch.nn's own second (and third) derivatives.
 """
+import importlib
 import importlib.util
 
 import pytest
@@ -161,3 +162,37 @@ def test_third_derivative_matches_torch(mode):
         return d3
 
     torch.testing.assert_close(third(ours), third(theirs))
+
+
+@pytest.mark.ext
+@pytest.mark.parametrize("cell", [c for c in CELLS if c != "lstm_proj"])
+def test_extension_ops_called_directly_gradgradcheck(cell):
+    """fastrnn::ext_<cell>_backward has the same double-backward formula as the layer ops."""
+    op_name, _, leaves = layer_case(cell)
+    importlib.import_module(f"fastrnn.ops.{op_name}.ext")  # the forward op's autograd formula
+    forward = getattr(torch.ops.fastrnn, f"ext_{op_name}_forward")
+    n_outputs = 3 if op_name == "lstm" else 2
+    # After the tensors: the LSTM's w_hr (none here), lengths, the RNN's nonlinearity.
+    rest = ([None] if op_name == "lstm" else []) + [torch.tensor(LENGTHS)]
+    rest += [cell.split("_")[1]] if op_name == "rnn" else []
+
+    def fn(*tensors):
+        return forward(*tensors, *rest)[:n_outputs]
+
+    assert torch.autograd.gradgradcheck(fn, leaves)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", ["triton", "ext"])
+@pytest.mark.parametrize("mode", MODES)
+def test_cuda_gradient_penalty_matches_torch(monkeypatch, mode, backend):
+    """On the GPU the kernels give the first derivative and the recomputation (plain PyTorch
+    on CUDA tensors) the second: float32 against torch.nn in float64 on the CPU."""
+    if backends._why_unavailable(backend, "cuda", mode.lower()) is not None:
+        pytest.fail(f"{backend} cannot run {mode} on CUDA")
+    monkeypatch.setenv("FASTRNN_BACKEND", backend)
+    theirs, ours = make_pair(mode, torch.float32, num_layers=2)
+    x = torch.randn(4, B, I)
+    expected = penalty_gradients(theirs, x.double())
+    for a, e in zip(penalty_gradients(ours.cuda(), x.cuda()), expected):
+        testing.assert_close_fp32(a.cpu(), e, "penalty gradient")

@@ -25,7 +25,8 @@ def register_double_backward(backward_op, differentiable_backward: Callable,
     """Give `backward_op` (a torch.library custom op) an autograd formula.
 
     Args:
-        backward_op: the cell's backward op. Its inputs start with the cotangents of the
+        backward_op: the cell's backward op (a custom op, or the name of one defined in C++,
+            e.g. "fastrnn::ext_lstm_backward"). Its inputs start with the cotangents of the
             layer's outputs, then the layer's differentiable inputs (x, states, weights,
             biases; None allowed); `num_differentiable` counts both groups. The inputs after
             them (the saved output y and workspace, lengths, backend name, ...) receive no
@@ -52,7 +53,7 @@ def register_double_backward(backward_op, differentiable_backward: Callable,
             result[i] = g
         return tuple(result)
 
-    backward_op.register_autograd(backward, setup_context=setup_context)
+    torch.library.register_autograd(backward_op, backward, setup_context=setup_context)
 
 
 def _saved_inputs(ctx) -> list:
