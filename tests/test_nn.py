@@ -392,6 +392,26 @@ def test_cuda_autocast_follows_torch_policy(mode, dtype):
     assert_autocast_matches_torch(mode, torch.device("cuda"), dtype)
 
 
+@pytest.mark.parametrize("mode", AUTOCAST_MODES)
+def test_autocast_policy_compiles_without_graph_breaks(mode):
+    """torch.compile takes the policy as a constant: one graph, and torch.nn's dtypes."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    theirs = getattr(nn, mode)(I, H, num_layers=2)
+    ours = getattr(fastrnn, mode)(I, H, num_layers=2)
+    x = torch.randn(T, B, I)
+
+    def run(module):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return module(x)[0]
+
+    explanation = torch._dynamo.explain(run)(ours)
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+    compiled = torch.compile(run, fullgraph=True, backend="aot_eager")
+    assert compiled(ours).dtype == run(theirs).dtype
+
+
 def test_issue_gru_autocast_keeps_float32():
     """The issue's case: torch.nn.GRU stays float32 under CPU bf16 autocast, and its outputs
     work with float32 code afterwards."""

@@ -27,10 +27,17 @@ def autocast_dtype(mode: str, device: torch.device, input_dtype: torch.dtype,
     active there, or None when autocast is off for that device type."""
     if not torch.is_autocast_enabled(device.type):
         return None
-    return _probe(mode, device, torch.get_autocast_dtype(device.type), input_dtype, weight_dtype)
+    return _policy(mode, device, torch.get_autocast_dtype(device.type), input_dtype, weight_dtype)
 
 
 @torch.compiler.assume_constant_result
+def _policy(mode: str, device: torch.device, cast_to: torch.dtype, input_dtype: torch.dtype,
+            weight_dtype: torch.dtype) -> torch.dtype:
+    """_probe's answer; torch.compile takes it as a constant of the traced graph (the probe
+    itself, with its warnings filter and eager op, is not traceable)."""
+    return _probe(mode, device, cast_to, input_dtype, weight_dtype)
+
+
 @functools.lru_cache(maxsize=None)
 def _probe(mode: str, device: torch.device, cast_to: torch.dtype, input_dtype: torch.dtype,
            weight_dtype: torch.dtype) -> torch.dtype:
