@@ -1,10 +1,11 @@
 // Elman RNN layer forward and backward through time on the CPU, one direction, time-major.
 // The caller does the products over all steps (x W_ih^T before, dx and the weight gradients
-// after); these loops run the recurrence on the packed kernels of recurrence.h: W_hh packed
-// once per call into column panels of 4 * kLanes<T> units, and per step each panel's product
-// followed by its units' activation while they are in L1, the panels split over a thread
-// team (run_panel_steps). Forward and backward are the same loop: the step's operand (h_{t-1}
-// forward, the pre-activation gradient of step t+1 backward) times a panel of W_hh^T or W_hh.
+// after); these loops run the recurrence on the packed kernels (packed_gemm.h,
+// recurrence.h): W_hh packed once per call into column panels of 4 * kLanes<T> units, and per
+// step each panel's product followed by its units' activation while they are in L1, the
+// panels split over a thread team (run_panel_steps). Forward and backward are the same loop:
+// the step's operand (h_{t-1} forward, the pre-activation gradient of step t+1 backward)
+// times a panel of W_hh^T or W_hh.
 #pragma once
 
 #include <algorithm>
@@ -19,8 +20,9 @@
 
 namespace fastrnn {
 
-// Units per panel of the RNN's recurrent products: four vectors, so a register tile holds
-// 4 rows x 4 vectors of accumulators (one gate has too few columns for wider panels).
+// Units per panel of the RNN's recurrent products: four vectors per panel row, so a register
+// tile of 4 rows holds 16 independent accumulators, enough to hide the FMA latency (the
+// LSTM/GRU forward panels get theirs from 4 or 3 gates of one vector each).
 template <typename T>
 constexpr int64_t kRnnPanel = 4 * kLanes<T>;
 
