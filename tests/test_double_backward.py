@@ -14,6 +14,7 @@ from torch import nn
 
 import fastrnn
 from fastrnn import backends, functional, testing
+from tests.ops.layer_cases import torch_layer
 
 T, B, I, H, P = 3, 2, 2, 3, 2
 LENGTHS = [3, 1]
@@ -132,17 +133,39 @@ def test_lstm_projection_penalty_matches_torch_fp64():
         torch.testing.assert_close(a, e)
 
 
+def layer_penalty_gradients(fn, args):
+    """Gradients, with respect to every tensor in args, of the squared norm of the gradient
+    of sum(sin(outputs of fn(*args))) with respect to them."""
+    first = torch.autograd.grad(sum(o.sin().sum() for o in fn(*args)), args, create_graph=True)
+    return torch.autograd.grad(sum(g.pow(2).sum() for g in first), args)
+
+
+TRITON_CELLS = [c for c in CELLS if c != "lstm_proj" and "triton" in runnable_backends(
+    layer_case(c)[0], torch.float32)]
+
+
 @pytest.mark.interpreter
-@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
-def test_triton_gradient_penalty_matches_torch(monkeypatch, mode):
-    """The Triton kernels give the first derivative, the recomputation the second: in
-    float32 (the interpreter's precision) against torch.nn in float64."""
-    monkeypatch.setenv("FASTRNN_BACKEND", "triton")
-    theirs, ours = make_pair(mode, torch.float32)
-    x = torch.randn(4, B, I)
-    expected = penalty_gradients(theirs, x.double())
-    for a, e in zip(penalty_gradients(ours, x), expected):
-        testing.assert_close_fp32(a, e, "penalty gradient")
+@pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["full", "lengths"])
+@pytest.mark.parametrize("cell", TRITON_CELLS)
+def test_triton_second_derivatives_match_torch(cell, lengths):
+    """The Triton kernels give the first derivative, the recomputation the second: float32
+    (the interpreter has no float64) against torch's own layer in float64."""
+    op_name, layer, args = layer_case(cell, dtype=torch.float32)
+    lengths = None if lengths is None else torch.tensor(LENGTHS)
+    kind = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}[op_name]
+    n_states = 2 if kind == "LSTM" else 1
+    nonlinearity = cell.split("_")[1] if kind == "RNN" else "tanh"
+
+    def ours(*a):
+        return layer(*a, lengths=lengths, backend="triton")
+
+    def torch_oracle(*a):
+        return torch_layer(kind, a[0], a[1:1 + n_states], a[1 + n_states:], lengths, nonlinearity)
+
+    expected = layer_penalty_gradients(torch_oracle, [a.detach().double().requires_grad_()
+                                                      for a in args])
+    for i, (a, e) in enumerate(zip(layer_penalty_gradients(ours, args), expected)):
+        testing.assert_close_fp32(a, e, f"penalty gradient of argument {i}")
 
 
 @pytest.mark.parametrize("mode", MODES)
