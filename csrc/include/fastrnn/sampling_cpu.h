@@ -161,6 +161,9 @@ int64_t first_argmax(const T* row, int64_t V) {
   return j;
 }
 
+// e_j = exp((l_j - max) / T) into `out` (reference.probabilities' rounding: the division
+// in float, the exp in double rounded to float); returns Z = sum(e) in double, rounded to
+// float.
 template <typename T>
 FASTRNN_CPU_CLONES float exponentials(const T* row, int64_t V, float max, float temperature,
                                       float* out) {
@@ -179,6 +182,7 @@ FASTRNN_CPU_CLONES float exponentials(const T* row, int64_t V, float max, float 
   return static_cast<float>(total);
 }
 
+// p_j = e_j / Z, an IEEE division as the reference's (no reciprocal).
 FASTRNN_CPU_CLONES inline void normalise(float* p, int64_t V, float total) {
   FASTRNN_SIMD
   for (int64_t j = 0; j < V; ++j) p[j] = p[j] / total;
