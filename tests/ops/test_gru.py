@@ -16,7 +16,7 @@ from fastrnn.ops.recurrent.common import GRU as GRU_CELL
 from fastrnn.ops.recurrent.forward import run_forward
 from fastrnn.testing import assert_close_fp32, poisoned_empty
 
-from .layer_cases import GRU, assert_lengths_match_reference, check_parity
+from .layer_cases import GRU, assert_lengths_match_reference, check_parity, torch_layer
 
 SHAPES = [  # T, B, I, H: T=1, odd T, H not a power of two, batch 1
     pytest.param(1, 1, 3, 5, id="T1-B1-I3-H5"),
@@ -48,6 +48,11 @@ def _gru_args(T, B, I, H, device, dtype=torch.float32):
             torch.randn(3 * H, device=device, dtype=dtype), torch.randn(3 * H, device=device, dtype=dtype)]
 
 
+def _double(x, states, weights):
+    """x, states and weights in float64, for torch's layer as the oracle."""
+    return x.double(), [s.double() for s in states], [w.double() for w in weights]
+
+
 def test_variable_lengths_match_reference(triton_device):
     """Against the reference and torch's own GRU layer (PackedSequence) and cell (stepped
     per sequence), all in float64: outputs and every gradient."""
@@ -69,7 +74,7 @@ def test_every_output_written(triton_device, force_per_step, force_streamed):
                                            force_per_step, force_streamed)
     for t in (y, h_t, workspace):
         assert not t.isnan().any()
-    expected = reference.gru_layer(*[a.double() for a in (x, h0, w_ih, w_hh, b_ih, b_hh)])
+    expected = torch_layer("GRU", *_double(x, [h0], [w_ih, w_hh, b_ih, b_hh]))
     for name, a, e in zip(["y", "h_T"], (y, h_t), expected):
         assert_close_fp32(a, e, name)
 
@@ -86,7 +91,7 @@ def test_steps_past_the_longest_sequence_are_not_computed(triton_device):
     assert workspace[3:].isnan().all()
     assert not workspace[:3].isnan().any()
     assert (y[3:] == 0).all()
-    expected = reference.gru_layer(*[a.double() for a in (x, h0, w_ih, w_hh, b_ih, b_hh)], lengths=lengths)
+    expected = torch_layer("GRU", *_double(x, [h0], [w_ih, w_hh, b_ih, b_hh]), lengths)
     for name, a, e in zip(["y", "h_T"], (y, h_t), expected):
         assert_close_fp32(a, e, name)
 

@@ -16,7 +16,7 @@ from fastrnn.ops.recurrent.common import LSTM as LSTM_CELL
 from fastrnn.ops.recurrent.forward import run_forward
 from fastrnn.testing import assert_close_fp32, poisoned_empty
 
-from .layer_cases import LSTM, assert_lengths_match_reference, check_parity
+from .layer_cases import LSTM, assert_lengths_match_reference, check_parity, torch_layer
 
 SHAPES = [  # T, B, I, H: T=1, odd T, H not a power of two, batch 1
     pytest.param(1, 1, 3, 5, id="T1-B1-I3-H5"),
@@ -49,6 +49,11 @@ def _lstm_args(T, B, I, H, device, dtype=torch.float32):
             torch.randn(4 * H, device=device, dtype=dtype), torch.randn(4 * H, device=device, dtype=dtype)]
 
 
+def _double(x, states, weights):
+    """x, states and weights in float64, for torch's layer as the oracle."""
+    return x.double(), [s.double() for s in states], [w.double() for w in weights]
+
+
 def test_variable_lengths_match_reference(triton_device):
     """Against the reference and torch's own LSTM layer (PackedSequence) and cell (stepped
     per sequence), all in float64: outputs and every gradient."""
@@ -70,7 +75,7 @@ def test_every_output_written(triton_device, force_per_step, force_streamed):
                                              force_per_step, force_streamed)
     for t in (y, h_t, c_t, workspace):
         assert not t.isnan().any()
-    expected = reference.lstm_layer(*[a.double() for a in (x, h0, c0, w_ih, w_hh, b_ih, b_hh)])
+    expected = torch_layer("LSTM", *_double(x, [h0, c0], [w_ih, w_hh, b_ih, b_hh]))
     for name, a, e in zip(["y", "h_T", "c_T"], (y, h_t, c_t), expected):
         assert_close_fp32(a, e, name)
 
@@ -87,7 +92,7 @@ def test_steps_past_the_longest_sequence_are_not_computed(triton_device):
     assert workspace[3:].isnan().all()
     assert not workspace[:3].isnan().any()
     assert (y[3:] == 0).all()
-    expected = reference.lstm_layer(*[a.double() for a in (x, h0, c0, w_ih, w_hh, b_ih, b_hh)], lengths=lengths)
+    expected = torch_layer("LSTM", *_double(x, [h0, c0], [w_ih, w_hh, b_ih, b_hh]), lengths)
     for name, a, e in zip(["y", "h_T", "c_T"], (y, h_t, c_t), expected):
         assert_close_fp32(a, e, name)
 
