@@ -178,6 +178,9 @@ UNCLEAR_CASES = [
     ("hx dtype", MODES, lambda: torch.randn(5, 3, I),
      lambda m: hidden(m, (1, 3, H), dtype=torch.float64), RuntimeError,
      r"hx dtype \(torch.float64\) does not match weight dtype \(torch.float32\)"),
+    ("c0 dtype", ["LSTM"], lambda: torch.randn(5, 3, I),
+     lambda m: (torch.zeros(1, 3, H), torch.zeros(1, 3, H, dtype=torch.float64)), RuntimeError,
+     r"hx dtype \(torch.float64\) does not match weight dtype \(torch.float32\)"),
     # torch indexes a bad LSTM hx as hx[0], hx[1]: its error depends on the value.
     ("LSTM hx a tensor", ["LSTM"], lambda: torch.randn(5, 3, I), lambda m: h_of, IndexError,
      r"LSTM: hx must be a tuple \(h_0, c_0\) of two tensors, got Tensor"),
