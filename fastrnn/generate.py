@@ -146,7 +146,9 @@ def _seen_tokens(prompts: List[Tensor], V: int) -> Tensor:
 def _processed_scores(logits, seen, step, repetition_penalty, min_new_tokens, eos):
     scores = apply_repetition_penalty(logits, seen, repetition_penalty)
     if step < min_new_tokens and eos:
-        scores[:, eos] = float("-inf")
+        # Out of place: scores may be the model's own output (no penalty), never written.
+        eos_ids = torch.tensor(eos, dtype=torch.long, device=scores.device)
+        scores = scores.index_fill(1, eos_ids, float("-inf"))
     return scores
 
 

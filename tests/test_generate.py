@@ -396,3 +396,17 @@ def test_model_errors_on_out_of_range_prompts_name_the_ids(model):
 def test_non_integer_prompts_raise(model):
     with pytest.raises(TypeError, match="token ids must be integers"):
         fastrnn.generate(model, torch.tensor([[1.0, 2.0]]), 3)
+
+
+def test_the_models_logits_are_never_written():
+    # A model may hand out its own tensor (here an expanded view of one row): banning eos
+    # before min_new_tokens must not write into it.
+    row = torch.tensor([0.0, 2.0, 1.0, -1.0])
+
+    class SharedLogits(torch.nn.Module):
+        def forward(self, tokens, state):
+            return row.expand(*tokens.shape, 4), torch.zeros(1, tokens.shape[0])
+
+    out = fastrnn.generate(SharedLogits(), torch.tensor([[0]]), 3, eos_token_id=1, min_new_tokens=2)
+    assert out[0].tolist() == [0, 2, 2, 1]
+    assert row.tolist() == [0.0, 2.0, 1.0, -1.0]
