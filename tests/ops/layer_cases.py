@@ -80,9 +80,9 @@ def torch_cell_loop(kind: str, x, states, weights, lengths=None, nonlinearity="t
         state = tuple(s[b:b + 1] for s in states)
         ys = []
         for t in range(steps):
-            state = torch.func.functional_call(cell, params, (x[t, b:b + 1], state if kind == "LSTM"
-                                                                 else state[0]))
-            state = state if kind == "LSTM" else (state,)
+            hx = state if kind == "LSTM" else state[0]
+            new = torch.func.functional_call(cell, params, (x[t, b:b + 1], hx))
+            state = tuple(new) if kind == "LSTM" else (new,)
             ys.append(state[0])
         outputs.append(torch.cat(ys + [x.new_zeros(T - steps, H)]))
         finals.append(state)
