@@ -1,2 +1,3 @@
-"""Sampling: reference.py (sort-based oracle), vectorized.py (sort-free PyTorch, the CPU path),
-triton.py (fused sort-free kernel), op.py (checks, dispatch and the public functions)."""
+"""Sampling: reference.py (sort-based oracle), ext.py (the C++ sampler, the CPU path),
+vectorized.py (sort-free PyTorch, the fallback), triton.py (fused sort-free kernel), op.py
+(checks, dispatch and the public functions)."""

@@ -1,4 +1,5 @@
-"""Sort-free sampling in vectorised PyTorch: the CPU path (backend "reference").
+"""Sort-free sampling in vectorised PyTorch (backend "reference"): the CPU path when the
+extension's C++ sampler (ext.py) is not built, and the fallback for CUDA without Triton.
 
 Same semantics as reference.py, to the bit, without sorting a row. Every filter keeps
 the tokens whose probability is at least some threshold, so each one reduces to finding
