@@ -11,6 +11,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from benchmarks import gpu_static
 
 WHILE_OK = """
@@ -58,6 +60,7 @@ def test_replicated_warps_read_from_the_layout():
     assert not common.mma_replicated(layout, 32, 16)
 
 
+@pytest.mark.slow   # `make gpu-static` compiles the whole grid in CI
 def test_planned_launches_compile_clean_for_hopper(tmp_path):
     """Forward and BPTT of LSTM and GRU at a resident and a streamed size: compiled as
     the runtime specialises them, none has a fatal hazard, the barrier atomics are there."""

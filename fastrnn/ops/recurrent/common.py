@@ -37,6 +37,7 @@ from typing import Callable, List, Optional, Tuple
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.errors import OutOfResources
 
 LSTM = 0
 GRU = 1
@@ -283,9 +284,14 @@ def runtime_resources(kernel, args, grid, meta) -> Resources:
     the current GPU and reads what one program needs. The launch that follows with the
     same specialisation reuses this compiled kernel."""
     compiled = kernel.warmup(*args, grid=grid, **meta)
-    compiled._init_handles()
+    replicated = mma_replicated(compiled.asm["ttgir"], meta["BLOCK_B"], meta["BLOCK_H"])
+    try:
+        compiled._init_handles()   # loads the binary: registers and spills come from the driver
+    except OutOfResources:
+        # More shared memory than a block may have: check_plan rejects it on that count.
+        return Resources(0, 0, compiled.metadata.shared, meta["num_warps"], replicated)
     return Resources(compiled.n_regs, compiled.n_spills, compiled.metadata.shared, meta["num_warps"],
-                     mma_replicated(compiled.asm["ttgir"], meta["BLOCK_B"], meta["BLOCK_H"]))
+                     replicated)
 
 
 def check_plan(plan: LaunchPlan, res: Resources, limits: DeviceLimits) -> List[str]:
