@@ -26,7 +26,9 @@ on the host, and the plan depends only on shapes, dtypes and the device, so call
 captured in a CUDA graph.
 
 Verified only statically (no GPU here): register use, spills and shared memory of the
-compiled kernels (static_configs() lists them), and the speed of the split.
+compiled kernels (static_configs() lists them). The bit-for-bit agreement on a GPU
+follows from the construction (both compile the same `probs` arithmetic; M and S are
+order-free) but has only run under the interpreter; the speed of the split is unmeasured.
 """
 import dataclasses
 import functools
@@ -214,6 +216,7 @@ def _sum_kernel(x_ptr, stride, V, chunk, t_ptr, part_max_ptr, part_arg_ptr, part
 def _softmax_fwd_kernel(x_ptr, stride_x, y_ptr, stride_y, V, chunk, t_ptr, part_max_ptr,
                         part_arg_ptr, part_flag_ptr, part_sum_ptr, sum_ulp, LOG: tl.constexpr,
                         PARTS: tl.constexpr, BLOCK: tl.constexpr):
+    """y = p (or log p, LOG) of this program's chunk, from the row's reduced partials."""
     row, part = tl.program_id(0), tl.program_id(1)
     parts = tl.num_programs(1)
     x_row = x_ptr + row.to(tl.int64) * stride_x
