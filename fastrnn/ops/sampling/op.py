@@ -73,7 +73,7 @@ class _Rule:
     def check_tensor(self, fn: str, values: Tensor):
         """Report the first row out of range, without a host sync on CUDA."""
         B = values.shape[0]
-        if B == 0:
+        if B == 0 or torch.compiler.is_compiling():  # nothing is read while tracing
             return
         bad = ~self.ok(values)
         if values.device.type != "cuda" and not bool(bad.any()):
@@ -153,7 +153,9 @@ def _parameters(fn: str, logits: Tensor, temperature: Param, top_k: Param, top_p
 def report_status(fn: str, status: Tensor):
     """ValueError naming the first row with a non-zero status (deferred on CUDA)."""
     B = status.shape[0]
-    if B == 0 or (status.device.type != "cuda" and not bool(status.any())):
+    if B == 0 or torch.compiler.is_compiling():  # nothing is read while tracing
+        return
+    if status.device.type != "cuda" and not bool(status.any()):
         return  # off CUDA, reading the flag costs no sync and spares the codes below
     row = _first_row(status != 0)
     codes = torch.cat([row, status.index_select(0, row.clamp_max(B - 1)).long()])
