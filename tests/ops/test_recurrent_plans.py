@@ -32,7 +32,8 @@ def test_candidates_never_replicate_warps_and_spread_over_the_sms():
                 assert plan.num_warps <= common.max_useful_warps(plan.block_b, plan.block_h), plan
                 assert plan.block_b * plan.programs_b >= B and plan.block_h * plan.programs_h >= H
                 if plan.persistent:
-                    assert plan.programs <= H100.sms, plan
+                    assert plan.programs <= common.RESIDENT_PER_SM * H100.sms, plan
+                assert 4 * plan.block_b * plan.block_h <= common.MAX_TILE_OUTPUTS, plan
             first = plans[0]
             assert first.persistent
             # Resident plans come first, and no persistent candidate spreads the work

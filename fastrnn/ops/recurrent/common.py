@@ -216,6 +216,13 @@ def _pow2_at_least_16(n: int) -> int:
 STREAM_BLOCK_K = 64
 # tl.dot needs every dimension >= 16, so a program owns at least 16 units and 16 rows.
 MIN_BLOCK = 16
+# fp32 outputs of one program per step (gates x rows x units): 32 KiB of accumulators.
+# Larger tiles spill (ptxas also takes minutes on them), and by then the grid has far
+# fewer programs than SMs anyway.
+MAX_TILE_OUTPUTS = 8192
+# Persistent candidates may place up to this many programs per SM (the compiled
+# occupancy must then allow it: check_plan).
+RESIDENT_PER_SM = 2
 
 
 def max_useful_warps(block_b: int, block_h: int) -> int:
@@ -245,14 +252,15 @@ def resident_fits(plan: "LaunchPlan", gates: int, element_size: int) -> bool:
 def candidate_plans(batch: int, hidden: int, gates: int, sms: int,
                     element_size: int = 2) -> List[LaunchPlan]:
     """Launch plans in order of preference: resident tiles from those that spread the work
-    over most SMs (one program per SM) to larger ones, then streamed tiles in the same
+    over most SMs (up to RESIDENT_PER_SM programs per SM) to larger ones, then streamed tiles in the same
     order, then one launch per step. Each tile gets the warp counts that do not replicate
     MMA work (the most, then half); resident tiles only where their weights fit in
     registers."""
     full_k = _pow2_at_least_16(hidden)
     tiles = [(block_b, block_h) for block_b in (16, 32, 64) if block_b <= min(_pow2_at_least_16(batch), 64)
              for block_h in _unit_blocks(full_k)
-             if triton.cdiv(batch, block_b) * triton.cdiv(hidden, block_h) <= sms]
+             if triton.cdiv(batch, block_b) * triton.cdiv(hidden, block_h) <= RESIDENT_PER_SM * sms
+             and gates * block_b * block_h <= MAX_TILE_OUTPUTS]
     # Most programs first; among equals, wider batch blocks (fewer barrier groups).
     tiles.sort(key=lambda tile: (-triton.cdiv(batch, tile[0]) * triton.cdiv(hidden, tile[1]), -tile[0]))
     plans = []
@@ -268,7 +276,7 @@ def candidate_plans(batch: int, hidden: int, gates: int, sms: int,
                     plans.append(plan)
     # The per-step fallback: no barrier, any grid; streamed so that any size compiles.
     block_b = min(_pow2_at_least_16(batch), 64)
-    block_h = min(64, full_k)
+    block_h = min(64, full_k, max(MIN_BLOCK, MAX_TILE_OUTPUTS // (gates * block_b)))
     plans.append(LaunchPlan(block_b, block_h, min(STREAM_BLOCK_K, full_k), triton.cdiv(batch, block_b),
                             triton.cdiv(hidden, block_h), False, False, max_useful_warps(block_b, block_h)))
     return plans
