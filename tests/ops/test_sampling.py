@@ -693,3 +693,13 @@ def test_top_k_zero_disables_top_k():
     assert fastrnn.sampling_mask(logits, top_k=0).all()
     assert torch.equal(fastrnn.sampling_mask(logits, top_k=0, top_p=0.5),
                        fastrnn.sampling_mask(logits, top_p=0.5))
+
+
+@ext
+def test_ext_ops_pass_opcheck():
+    logits = torch.randn(3, 50)
+    params = per_row(3, 50, top_k=5, top_p=0.9, min_p=0.05, temperature=0.7)
+    uniform = torch.rand(3, dtype=torch.float64)
+    import fastrnn.ops.sampling.ext  # noqa: F401  (registers the fake implementations)
+    torch.library.opcheck(torch.ops.fastrnn.ext_sampling_forward.default, (logits, *params, uniform))
+    torch.library.opcheck(torch.ops.fastrnn.ext_sampling_mask.default, (logits, *params))
