@@ -681,6 +681,7 @@ def test_vectorised_path_is_the_fallback_without_the_extension(monkeypatch):
     (dict(top_k=torch.tensor([1, 2, 3])), ValueError, r"top_k must be a scalar or have shape \(2,\)"),
     (dict(seed=torch.tensor([1, 2, 3])), ValueError, r"seed must be an int or have shape \(2,\)"),
     (dict(seed=1.5), TypeError, "seed must be an int"),
+    (dict(seed=2 ** 64), ValueError, r"seed must lie in \[-2\*\*63, 2\*\*63\)"),
     (dict(seed=1, generator=torch.Generator()), ValueError, "generator or seeds"),
 ])
 def test_more_bad_parameters_raise(kwargs, exc, match):

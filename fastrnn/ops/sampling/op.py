@@ -192,7 +192,13 @@ def uniforms_from_seeds(seed: Tensor) -> Tensor:
 
 def row_seeds(seed: int, B: int, device) -> Tensor:
     """The per-row seeds (B,) int64 a scalar seed stands for: hash(seed) + row index, so
-    rows draw independently and the same seed gives the same draws."""
+    rows draw independently and the same seed gives the same draws.
+
+    Raises:
+        ValueError: a seed outside int64's range.
+    """
+    if not -2 ** 63 <= seed < 2 ** 63:
+        raise ValueError(f"fastrnn: seed must lie in [-2**63, 2**63), got {seed}")
     base = _splitmix64(torch.tensor(seed, dtype=torch.int64))
     return base.to(device) + torch.arange(B, dtype=torch.int64, device=device)
 
