@@ -163,7 +163,8 @@ def test_ext_gradcheck_on_full_panels(nonlinearity):
 @ext
 @pytest.mark.parametrize("nonlinearity", NONLINEARITIES)
 def test_ext_thread_team_matches_one_thread(nonlinearity):
-    """Panels split over a team of two threads give one thread's result exactly."""
+    """Panels split over a team of two threads give one thread's result (up to rounding:
+    the library GEMMs and sums around the recurrences may split their work differently)."""
     args = [a.detach().float() for a in rnn_args(T=9, B=8, I=16, H=256) if a is not None]
     lengths = torch.tensor([9, 3, 5, 9, 1, 7, 2, 8])
     old = torch.get_num_threads()
@@ -178,8 +179,8 @@ def test_ext_thread_team_matches_one_thread(nonlinearity):
             results.append([y, h, *grads])
     finally:
         torch.set_num_threads(old)
-    for a, b in zip(*results):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for a, b in zip(results[1], results[0]):
+        torch.testing.assert_close(a, b)
 
 
 @ext
