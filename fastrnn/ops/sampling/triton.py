@@ -94,18 +94,18 @@ def _pick(count_ptr, mass_ptr, above_count, above_mass, k, bound, BY_MASS: tl.co
     above the bucket: above_count, above_mass) reaches k tokens, or float64 mass `bound`
     (BY_MASS). Returns d and the count and mass strictly above d, and the mass at d."""
     d = tl.arange(0, BINS)
-    count = tl.load(count_ptr + d).to(tl.int64)
     mass = tl.load(mass_ptr + d)
-    count_from = above_count + tl.cumsum(count, axis=0, reverse=True)
     mass_from = above_mass + tl.cumsum(mass, axis=0, reverse=True)
-    if BY_MASS:
-        reached = mass_from.to(tl.float64) >= bound
+    if BY_MASS:  # counts play no part in top-p
+        digit = tl.max(tl.where(mass_from.to(tl.float64) >= bound, d, 0), axis=0)
+        count_above = above_count
     else:
-        reached = count_from >= k
-    digit = tl.max(tl.where(reached, d, 0), axis=0)
+        count = tl.load(count_ptr + d).to(tl.int64)
+        count_from = above_count + tl.cumsum(count, axis=0, reverse=True)
+        digit = tl.max(tl.where(count_from >= k, d, 0), axis=0)
+        count_above = tl.sum(tl.where(d == digit, count_from - count, 0), axis=0)
     at = d == digit
     mass_at = tl.sum(tl.where(at, mass, 0), axis=0)
-    count_above = tl.sum(tl.where(at, count_from - count, 0), axis=0)
     mass_above = tl.sum(tl.where(at, mass_from, 0), axis=0) - mass_at
     return digit.to(tl.int64), count_above, mass_above, mass_at
 
