@@ -223,6 +223,9 @@ MAX_TILE_OUTPUTS = 8192
 # Persistent candidates may place up to this many programs per SM (the compiled
 # occupancy must then allow it: check_plan).
 RESIDENT_PER_SM = 2
+# Planning compiles candidates (seconds each) on a shape's first call: a few tiles per
+# mode, then the per-step fallback.
+MAX_CANDIDATES_PER_MODE = 3
 
 
 def max_useful_warps(block_b: int, block_h: int) -> int:
@@ -253,9 +256,9 @@ def candidate_plans(batch: int, hidden: int, gates: int, sms: int,
                     element_size: int = 2) -> List[LaunchPlan]:
     """Launch plans in order of preference: resident tiles from those that spread the work
     over most SMs (up to RESIDENT_PER_SM programs per SM) to larger ones, then streamed tiles in the same
-    order, then one launch per step. Each tile gets the warp counts that do not replicate
-    MMA work (the most, then half); resident tiles only where their weights fit in
-    registers."""
+    order (MAX_CANDIDATES_PER_MODE of each), then one launch per step. Each tile gets the
+    most warps that do not replicate MMA work; resident tiles only where their weights fit
+    in registers."""
     full_k = _pow2_at_least_16(hidden)
     tiles = [(block_b, block_h) for block_b in (16, 32, 64) if block_b <= min(_pow2_at_least_16(batch), 64)
              for block_h in _unit_blocks(full_k)
@@ -265,15 +268,16 @@ def candidate_plans(batch: int, hidden: int, gates: int, sms: int,
     tiles.sort(key=lambda tile: (-triton.cdiv(batch, tile[0]) * triton.cdiv(hidden, tile[1]), -tile[0]))
     plans = []
     for resident in (True, False):
+        mode_plans = []
         for block_b, block_h in tiles:
-            block_k = full_k if resident else min(STREAM_BLOCK_K, full_k)
-            # The most useful warps, then half as many (fewer registers per program).
-            most = max_useful_warps(block_b, block_h)
-            for warps in sorted({most, max(1, most // 2)}, reverse=True):
-                plan = LaunchPlan(block_b, block_h, block_k, triton.cdiv(batch, block_b),
-                                  triton.cdiv(hidden, block_h), resident, True, warps)
-                if not resident or resident_fits(plan, gates, element_size):
-                    plans.append(plan)
+            warps = max_useful_warps(block_b, block_h)
+            # Streamed chunks of 32 keep one- and two-warp programs out of spills.
+            block_k = full_k if resident else min(STREAM_BLOCK_K if warps > 2 else 32, full_k)
+            plan = LaunchPlan(block_b, block_h, block_k, triton.cdiv(batch, block_b),
+                              triton.cdiv(hidden, block_h), resident, True, warps)
+            if not resident or resident_fits(plan, gates, element_size):
+                mode_plans.append(plan)
+        plans += mode_plans[:MAX_CANDIDATES_PER_MODE]
     # The per-step fallback: no barrier, any grid; streamed so that any size compiles.
     block_b = min(_pow2_at_least_16(batch), 64)
     block_h = min(64, full_k, max(MIN_BLOCK, MAX_TILE_OUTPUTS // (gates * block_b)))
