@@ -5,12 +5,13 @@ its own warm-up; CUDA events directly when Triton is missing. CPU: wall clock pe
 after the caller's warm-up, repeated until about `budget_s` seconds have been spent.
 """
 import math
-import platform
 import statistics
 import time
 from typing import Callable, Tuple
 
 import torch
+
+from fastrnn.check import cpu_model  # noqa: F401  (benchmarks name the CPU as the check does)
 
 Stats = Tuple[float, float, float]  # median, p20, p80 in ms
 
@@ -73,13 +74,3 @@ def device_name(device) -> str:
     threads = torch.get_num_threads()
     return f"{cpu_model()} CPU, {threads} thread{'s' if threads > 1 else ''}"
 
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()

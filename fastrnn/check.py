@@ -550,7 +550,8 @@ def _driver_version() -> Optional[str]:
     return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
 
 
-def _cpu_name() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -582,7 +583,7 @@ def environment(device: torch.device) -> Dict[str, str]:
                        f"cuda.matmul.allow_tf32={torch.backends.cuda.matmul.allow_tf32}")
         env["triton kernels"] = "compiled for this GPU"
     else:
-        env["device"] = f"{_cpu_name()} (no CUDA GPU)"
+        env["device"] = f"{cpu_model()} (no CUDA GPU)"
         env["TF32"] = "not applicable on CPU: every float32 check runs in exact float32"
         env["triton kernels"] = ("Triton interpreter (TRITON_INTERPRET=1), tiny shapes, no bfloat16"
                                  if backends.interpreter_enabled() else "not run (TRITON_INTERPRET is not 1)")
