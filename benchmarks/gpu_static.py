@@ -14,6 +14,7 @@ their modules list in `static_configs()`.
 Writes benchmarks/results/gpu_static_sm<arch>.json (one object per configuration) and
 .md (the same as a Markdown table, also printed). Exits 1 when any configuration has a
 fatal hazard:
+  compile      - the kernel does not compile for the chosen plan (the launch would raise);
   shared       - shared memory over the target's per-block limit (the launch would fail);
   co-residency - a cooperative (grid-barrier) plan whose programs cannot all be resident;
   pipelining   - a time loop that carries asynchronous copies from one step to the next
@@ -58,7 +59,7 @@ BATCHES = (1, 16, 64, 256, 3, 100, 257)
 HIDDENS = (128, 256, 512, 768, 1024, 2048, 96, 320, 1000)
 QUICK_BATCHES = (1, 16, 64)
 QUICK_HIDDENS = (128, 768, 2048, 1000)
-FATAL = ("shared", "co-residency", "pipelining", "barrier")
+FATAL = ("compile", "shared", "co-residency", "pipelining", "barrier")
 
 
 # ------------------------------------------------------------------ compiling like the JIT
@@ -289,6 +290,8 @@ def check_problem(problem: Problem, compiler: Compiler, limits: common.DeviceLim
     try:
         plan = common.plan_for(kernel, args, meta_of, problem.B, problem.H, common.GATES[cell], limits,
                                compiler.resources_of, problem.mode)
+    except triton.compiler.errors.CompilationError as err:   # the launch would raise
+        return dict(row, mode=problem.mode or "none", hazards=[f"compile: {str(err)[-300:]}"])
     except RuntimeError as err:   # no candidate fits: the call would fail on this GPU
         return dict(row, mode=problem.mode or "none", hazards=[f"shared: {err}"])
     meta = meta_of(plan)

@@ -34,6 +34,10 @@ def test_candidates_never_replicate_warps_and_spread_over_the_sms():
                 if plan.persistent:
                     assert plan.programs <= common.RESIDENT_PER_SM * H100.sms, plan
                 assert 4 * plan.block_b * plan.block_h <= common.MAX_TILE_OUTPUTS, plan
+            for gates in (1, 3):   # tl.arange needs powers of two whatever the cell
+                for plan in common.candidate_plans(B, H, gates, H100.sms):
+                    for block in (plan.block_b, plan.block_h, plan.block_k):
+                        assert block & (block - 1) == 0, plan
             first = plans[0]
             assert first.persistent
             # Resident plans come first, and no persistent candidate spreads the work

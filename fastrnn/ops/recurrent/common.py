@@ -280,7 +280,8 @@ def candidate_plans(batch: int, hidden: int, gates: int, sms: int,
         plans += mode_plans[:MAX_CANDIDATES_PER_MODE]
     # The per-step fallback: no barrier, any grid; streamed so that any size compiles.
     block_b = min(_pow2_at_least_16(batch), 64)
-    block_h = min(64, full_k, max(MIN_BLOCK, MAX_TILE_OUTPUTS // (gates * block_b)))
+    fitting = max(MIN_BLOCK, MAX_TILE_OUTPUTS // (gates * block_b))
+    block_h = min(64, full_k, 1 << (fitting.bit_length() - 1))   # a power of two
     plans.append(LaunchPlan(block_b, block_h, min(STREAM_BLOCK_K, full_k), triton.cdiv(batch, block_b),
                             triton.cdiv(hidden, block_h), False, False, max_useful_warps(block_b, block_h)))
     return plans
