@@ -280,10 +280,16 @@ def _sampler(B, device, temperature, top_k, top_p, min_p, generator, seed, backe
         seed = seed.to(device=device, dtype=torch.int64).expand(B)
 
     def draw(step, scores):
-        step_seed = None if seed is None else seed + step * _STEP_SEED_STRIDE
+        step_seed = None if seed is None else seed + _as_int64(step * _STEP_SEED_STRIDE)
         return sample(scores, temperature, top_k, top_p, min_p, generator=generator,
                       seed=step_seed, backend=backend)
     return draw
+
+
+def _as_int64(value: int) -> int:
+    """value modulo 2^64 as a signed int64: seed offsets wrap as int64 tensor sums do."""
+    value &= (1 << 64) - 1
+    return value - (1 << 64) if value >= 1 << 63 else value
 
 
 def _greedy_or_sample(model, prompts, logits, state, draw, *, max_new_tokens, min_new_tokens,

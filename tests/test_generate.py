@@ -132,6 +132,17 @@ def test_sampling_is_reproducible_by_seed(model):
     assert len(streams) > 1
 
 
+def test_seeded_sampling_runs_past_the_int64_range_of_step_offsets(model):
+    """Per-step seed offsets (step x stride) pass 2^63 after about 40 steps: they wrap as
+    int64 sums do, and long seeded runs stay reproducible (the demo samples 200 tokens)."""
+    prompts = torch.tensor([[1, 2]])
+    kwargs = dict(do_sample=True, top_p=0.9, temperature=0.8)
+    for seed in (0, torch.tensor([7])):
+        a = fastrnn.generate(model, prompts, 70, seed=seed, **kwargs)
+        assert a.shape == (1, 72)
+        assert torch.equal(a, fastrnn.generate(model, prompts, 70, seed=seed, **kwargs))
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(max_new_tokens=-1), "max_new_tokens"),
     (dict(max_new_tokens=3, min_new_tokens=4), "min_new_tokens"),
