@@ -127,9 +127,8 @@ class Compiler:
             self.cache[key] = Compiled(usage.get("REG", 0), usage.get("STACK", 0) + usage.get("LOCAL", 0),
                                        c.metadata.shared, meta["num_warps"], c.asm["ttgir"],
                                        c.asm["ptx"], time.time() - start,
-                                       common.mma_replicated(c.asm["ttgir"], meta.get("BLOCK_B", 0),
-                                                             meta.get("BLOCK_H", 0))
-                                       if "BLOCK_H" in meta else False)
+                                       "BLOCK_H" in meta and common.mma_replicated(
+                                           c.asm["ttgir"], meta["BLOCK_B"], meta["BLOCK_H"]))
         return self.cache[key]
 
     def resources_of(self, kernel, args, grid, meta) -> common.Resources:

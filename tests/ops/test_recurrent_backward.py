@@ -288,7 +288,7 @@ def test_cuda_low_precision_within_cudnn_error(cell, case, dtype):
 def test_cuda_large_cases_use_the_barrier(cell, dtype):
     """The cases above meant for the barrier path really get a multi-program persistent plan."""
     H = 128 if dtype == torch.float32 else 768
-    gates = common.GATES[common.LSTM if cell is LstmCell else common.GRU]
-    plan = common.plan_launch(16, H, gates, torch.device("cuda"),
-                              element_size=torch.tensor([], dtype=dtype).element_size())
-    assert plan.persistent and plan.programs_h > 1, plan
+    kind = common.LSTM if cell is LstmCell else common.GRU
+    w_hh = torch.empty(common.GATES[kind] * H, H, dtype=dtype, device="cuda")
+    plan = backward._plan(kind, w_hh, 16, H, False, False)
+    assert plan.cooperative, plan   # persistent, more than one program along H

@@ -270,12 +270,9 @@ def _state_buffer(t: torch.Tensor) -> torch.Tensor:
 def kernel_meta(cell: int, plan: common.LaunchPlan, dtype: torch.dtype) -> dict:
     """Constexprs and launch options of the BPTT kernel for `plan` (also what the static
     GPU check compiles)."""
-    return dict(CELL=cell, GRID_BARRIER=plan.cooperative,
-                DOT_PRECISION=common.dot_precision(dtype), RANGE_SCALE=dtype == torch.float16,
-                RESIDENT=plan.resident, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h,
-                BLOCK_K=plan.block_k, MAX_POLLS=common.MAX_BARRIER_POLLS, ABORT=common.BARRIER_ABORT,
-                num_warps=plan.num_warps, num_stages=1,
-                **({"launch_cooperative_grid": True} if plan.cooperative else {}))
+    return dict(CELL=cell, DOT_PRECISION=common.dot_precision(dtype),
+                RANGE_SCALE=dtype == torch.float16, RESIDENT=plan.resident, BLOCK_B=plan.block_b,
+                BLOCK_H=plan.block_h, BLOCK_K=plan.block_k, **common.launch_options(plan))
 
 
 def mock_args(dtype: torch.dtype, T: int, B: int, H: int) -> list:
@@ -289,7 +286,7 @@ def mock_args(dtype: torch.dtype, T: int, B: int, H: int) -> list:
 def _plan(cell, w_hh, B, H, force_per_step, force_streamed) -> common.LaunchPlan:
     key = (cell, w_hh.dtype, common.dot_precision(w_hh.dtype))
     return common.launch_plan("bptt", w_hh.device, B, H, common.GATES[cell], key, _bptt_kernel,
-                              mock_args(w_hh.dtype, 64, B, H),
+                              lambda: mock_args(w_hh.dtype, 64, B, H),
                               lambda plan: kernel_meta(cell, plan, w_hh.dtype), force_per_step,
                               force_streamed)
 
@@ -303,9 +300,8 @@ def _launch_ranges(T: int, plan: common.LaunchPlan, device):
         bounds = [(hi, max(hi - steps + 1, -1)) for hi in range(T - 1, -2, -steps)]
     else:
         bounds = [(t, t) for t in range(T - 1, -2, -1)]
-    counters = torch.zeros(len(bounds) if plan.cooperative else 1, plan.programs_b, dtype=torch.int32,
-                           device=device)
-    return [(hi, lo, counters[i if plan.cooperative else 0]) for i, (hi, lo) in enumerate(bounds)]
+    counters = common.barrier_counters(len(bounds), plan, device)
+    return [(hi, lo, counter) for (hi, lo), counter in zip(bounds, counters)]
 
 
 def _recurrence(cell, grad_y, grad_hT, grad_cT, h0, c0, w_hh, y, workspace, lengths,

@@ -360,14 +360,34 @@ def plan_for(kernel, args: list, meta_of: Callable[[LaunchPlan], dict], batch: i
 
 
 def launch_plan(name: str, device: torch.device, batch: int, hidden: int, gates: int, key: tuple,
-                kernel, args: list, meta_of, force_per_step: bool, force_streamed: bool) -> LaunchPlan:
+                kernel, args_of: Callable[[], list], meta_of, force_per_step: bool,
+                force_streamed: bool) -> LaunchPlan:
     """The plan of one kernel call: planned once per (kernel, device, shape, key) on a GPU;
-    under the interpreter or on CPU tensors, the single-program interpreter plan."""
+    under the interpreter or on CPU tensors, the single-program interpreter plan.
+    args_of() gives the kernel's arguments for specialisation, built only when planning."""
     if interpreting() or device.type != "cuda":
         return interpreter_plan(batch, hidden, force_per_step, force_streamed)
     mode = "per-step" if force_per_step else ("streamed" if force_streamed else None)
     return cached_plan((name, device.index, batch, hidden, mode) + key, lambda: plan_for(
-        kernel, args, meta_of, batch, hidden, gates, device_limits(device), runtime_resources, mode))
+        kernel, args_of(), meta_of, batch, hidden, gates, device_limits(device), runtime_resources,
+        mode))
+
+
+def launch_options(plan: LaunchPlan) -> dict:
+    """The barrier constants and launch options every recurrent kernel takes for `plan`:
+    one software-pipelining stage (the time loops must not be pipelined; inner loops set
+    their own), cooperative launches for grid-barrier plans."""
+    return dict(GRID_BARRIER=plan.cooperative, MAX_POLLS=MAX_BARRIER_POLLS, ABORT=BARRIER_ABORT,
+                num_warps=plan.num_warps, num_stages=1,
+                **({"launch_cooperative_grid": True} if plan.cooperative else {}))
+
+
+def barrier_counters(launches: int, plan: LaunchPlan, device) -> List[torch.Tensor]:
+    """Zeroed barrier counters (one per batch block) for each of `launches` launches;
+    plans without a grid barrier share one unused row."""
+    rows = torch.zeros(launches if plan.cooperative else 1, plan.programs_b, dtype=torch.int32,
+                       device=device)
+    return [rows[i if plan.cooperative else 0] for i in range(launches)]
 
 
 def interpreter_plan(batch: int, hidden: int, force_per_step: bool, force_streamed: bool) -> LaunchPlan:

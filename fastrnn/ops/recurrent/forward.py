@@ -231,10 +231,7 @@ def kernel_meta(cell: int, plan: common.LaunchPlan, dtype: torch.dtype, has_bias
     static GPU check compiles)."""
     return dict(CELL=cell, HAS_BIAS=has_bias, HAS_LENGTHS=has_lengths, BLOCK_B=plan.block_b,
                 BLOCK_H=plan.block_h, BLOCK_K=plan.block_k, RESIDENT=plan.resident,
-                GRID_BARRIER=plan.cooperative, DOT_PRECISION=common.dot_precision(dtype),
-                MAX_POLLS=common.MAX_BARRIER_POLLS, ABORT=common.BARRIER_ABORT,
-                num_warps=plan.num_warps, num_stages=1,
-                **({"launch_cooperative_grid": True} if plan.cooperative else {}))
+                DOT_PRECISION=common.dot_precision(dtype), **common.launch_options(plan))
 
 
 def mock_args(dtype: torch.dtype, T: int, B: int, H: int) -> list:
@@ -249,7 +246,7 @@ def _plan(cell, x, H, has_bias, has_lengths, force_per_step, force_streamed) -> 
     key = (cell, x.dtype, has_bias, has_lengths, common.dot_precision(x.dtype))
     return common.launch_plan(
         "forward", x.device, x.shape[1], H, GATES[cell], key, recurrent_forward_kernel,
-        mock_args(x.dtype, 64, x.shape[1], H),
+        lambda: mock_args(x.dtype, 64, x.shape[1], H),
         lambda plan: kernel_meta(cell, plan, x.dtype, has_bias, has_lengths), force_per_step,
         force_streamed)
 
@@ -299,6 +296,5 @@ def _launch_ranges(T: int, plan: common.LaunchPlan, device):
         bounds = [(t, min(t + steps, T)) for t in range(0, T, steps)]
     else:
         bounds = [(t, t + 1) for t in range(T)]
-    counters = torch.zeros(len(bounds) if plan.cooperative else 1, plan.programs_b, dtype=torch.int32,
-                           device=device)
-    return [(lo, hi, counters[i if plan.cooperative else 0]) for i, (lo, hi) in enumerate(bounds)]
+    counters = common.barrier_counters(len(bounds), plan, device)
+    return [(lo, hi, counter) for (lo, hi), counter in zip(bounds, counters)]
