@@ -103,12 +103,12 @@ class Compiled:
     ptx: str
     seconds: float
 
-    replicated: bool
-
-    @property
-    def resources(self) -> common.Resources:
+    def resources(self, replicated: bool = False) -> common.Resources:
         return common.Resources(self.regs, self.spill_bytes, self.shared_bytes, self.num_warps,
-                                self.replicated)
+                                replicated)
+
+    def replicated(self, plan: common.LaunchPlan) -> bool:
+        return common.mma_replicated(self.ttgir, plan.block_b, plan.tile_n, plan.split)
 
 
 class Compiler:
@@ -126,13 +126,12 @@ class Compiler:
             usage = cubin_usage(c.asm["cubin"])
             self.cache[key] = Compiled(usage.get("REG", 0), usage.get("STACK", 0) + usage.get("LOCAL", 0),
                                        c.metadata.shared, meta["num_warps"], c.asm["ttgir"],
-                                       c.asm["ptx"], time.time() - start,
-                                       "BLOCK_H" in meta and common.mma_replicated(
-                                           c.asm["ttgir"], meta["BLOCK_B"], meta["BLOCK_H"]))
+                                       c.asm["ptx"], time.time() - start)
         return self.cache[key]
 
-    def resources_of(self, kernel, args, grid, meta) -> common.Resources:
-        return self(kernel, args, meta).resources
+    def resources_of(self, kernel, args, plan, meta) -> common.Resources:
+        compiled = self(kernel, args, meta)
+        return compiled.resources(compiled.replicated(plan))
 
 
 def _arg_key(arg):
@@ -151,7 +150,9 @@ def time_loop(ttgir: str) -> str:
     if start < 0:
         return ""
     depth, regions = 0, 0
-    for j in range(ttgir.index("{", start), len(ttgir)):
+    # The region opens with the first brace ending a line: types in the header may hold
+    # braces too (inline layouts such as #ttg.slice<{dim = 1, ...}>).
+    for j in range(ttgir.index("{\n", start), len(ttgir)):
         depth += {"{": 1, "}": -1}.get(ttgir[j], 0)
         if depth == 0 and ttgir[j] == "}":
             regions += 1
@@ -168,7 +169,7 @@ def pipelining_hazards(ttgir: str) -> list:
     loop = time_loop(ttgir)
     if not loop:
         return ["pipelining: no scf.while time loop found (the pipeliner may touch a for loop)"]
-    header = loop.split("{", 1)[0]
+    header = loop.split("{\n", 1)[0]
     hazards = []
     if "async.token" in header or "memdesc" in header:
         hazards.append("pipelining: the time loop carries async copies / shared buffers to the next step")
@@ -187,9 +188,8 @@ def barrier_hazards(ptx: str, cooperative: bool) -> list:
 
 
 def mma_shape(ttgir: str):
-    """(warps along M, warps along N, instruction M, instruction N) of the MMA layout."""
-    m = common.MMA_LAYOUT.search(ttgir)
-    return tuple(int(v) for v in m.groups()) if m else None
+    """(warps per dimension, instruction shape) of the MMA layout."""
+    return common.mma_layout(ttgir)
 
 
 def mma_count(ptx: str) -> int:
@@ -201,7 +201,9 @@ def mma_count(ptx: str) -> int:
 
 # Per-SM rates of one sm_90 SM at 1.755 GHz, for the estimate only: mma.sync throughput
 # (multiply-adds per cycle) by operand type, FMA pipes for exact fp32, L2 bandwidth per SM
-# and the latencies of an L2 round trip and of a grid barrier (arrive + poll).
+# and the latencies of an L2 round trip and of a grid barrier (arrive + poll). An SM has
+# four sub-partitions, each with its own tensor cores, and a warp runs on one of them:
+# a program of w warps gets min(w, 4) / 4 of the SM's MMA rate.
 CLOCK_GHZ = 1.755
 MACS_PER_CYCLE = {"fp16": 1024, "bf16": 1024, "tf32": 512, "ieee": 128}
 L2_BYTES_PER_CYCLE = 64
@@ -219,14 +221,16 @@ def step_estimate(plan: common.LaunchPlan, cell: int, dtype: str, precision: str
     G = common.GATES[cell]
     e = torch.tensor([], dtype=DTYPES[dtype]).element_size()
     k = H * (G if direction == "backward" else 1)             # reduction length
-    n = plan.block_h * (G if direction == "forward" else 1)     # outputs per row
-    macs = plan.block_b * n * k
+    # The MMA's N: padding included (the forward's fourth GRU slot, BPTT's 8-unit tiles),
+    # since those columns are multiplied too; their weights are masked, never loaded.
+    macs = plan.block_b * plan.tile_n * k
     operand = e if direction == "forward" else 4                # backward reads fp32 dgates
     l2_bytes = plan.block_b * k * operand
     if not plan.resident:
-        l2_bytes += n * k * e                                    # W_hh streamed each step
+        l2_bytes += G * plan.block_h * H * e                      # W_hh streamed each step
     kind = precision if dtype == "fp32" else dtype
-    compute_us = macs / MACS_PER_CYCLE[kind] / (CLOCK_GHZ * 1e3)
+    rate = MACS_PER_CYCLE[kind] * min(plan.num_warps, 4) / 4
+    compute_us = macs / rate / (CLOCK_GHZ * 1e3)
     traffic_us = l2_bytes / L2_BYTES_PER_CYCLE / (CLOCK_GHZ * 1e3)
     barrier_us = GRID_BARRIER_US if plan.cooperative else 0.0
     launch_us = 0.0 if plan.persistent else 3.0                 # one launch per step
@@ -283,11 +287,12 @@ def kernel_of(problem: Problem):
 def check_problem(problem: Problem, compiler: Compiler, limits: common.DeviceLimits) -> dict:
     kernel, args, meta_of = kernel_of(problem)
     cell = CELLS[problem.cell]
+    product = (forward if problem.direction == "forward" else backward).product(cell)
     row = {"kernel": "recurrent", "cell": problem.cell, "dtype": problem.dtype,
            "direction": problem.direction, "precision": problem.precision,
            "lengths": problem.lengths, "B": problem.B, "H": problem.H}
     try:
-        plan = common.plan_for(kernel, args, meta_of, problem.B, problem.H, common.GATES[cell], limits,
+        plan = common.plan_for(kernel, args, meta_of, problem.B, problem.H, product, limits,
                                compiler.resources_of, problem.mode)
     except triton.compiler.errors.CompilationError as err:   # the launch would raise
         return dict(row, mode=problem.mode or "none", hazards=[f"compile: {str(err)[-300:]}"])
@@ -295,23 +300,23 @@ def check_problem(problem: Problem, compiler: Compiler, limits: common.DeviceLim
         return dict(row, mode=problem.mode or "none", hazards=[f"shared: {err}"])
     meta = meta_of(plan)
     c = compiler(kernel, args, meta)
-    per_sm = common.programs_per_sm(c.resources, limits)
+    per_sm = common.programs_per_sm(c.resources(), limits)
     hazards = [f"{kind}: {text}" for kind, text in _plan_hazards(plan, c, per_sm, limits)]
     hazards += pipelining_hazards(c.ttgir) + barrier_hazards(c.ptx, plan.cooperative)
-    replicated = c.replicated
+    replicated = c.replicated(plan)
     if replicated:
-        hazards.append(f"replicated-warps: {mma_shape(c.ttgir)} (warps M, N, instruction M, N) on a "
-                       f"{plan.block_b}x{plan.block_h} tile")
+        hazards.append(f"replicated-warps: {mma_shape(c.ttgir)} (warps, instruction shape) on a "
+                       f"{plan.block_b}x{plan.tile_n} tile")
     sms = min(plan.programs, limits.sms)
     if problem.H >= 768 and problem.B <= 64 and plan.persistent and sms < 96:
-        hazards.append(f"sms: {sms} SMs busy: a program owns >= 16 units (tl.dot needs N >= 16) and "
-                       f"{plan.programs_b} batch block(s)")
+        hazards.append(f"sms: {sms} SMs busy ({plan.programs_b} batch block(s) of {plan.block_b} rows, "
+                       f"{plan.block_h} units per program)")
     per_warp = mma_count(c.ptx)
     if not plan.resident:   # the K-chunk loop body runs H / BLOCK_K times per step
         per_warp *= triton.cdiv(problem.H * (common.GATES[cell] if problem.direction == "backward" else 1),
                                 plan.block_k * (common.GATES[cell] if problem.direction == "backward" else 1))
     row.update(mode=plan.mode, block_b=plan.block_b, block_h=plan.block_h, block_k=plan.block_k,
-               num_warps=plan.num_warps, num_stages=meta["num_stages"], programs=plan.programs,
+               tile_n=plan.tile_n, split_k=plan.split, num_warps=plan.num_warps, num_stages=meta["num_stages"], programs=plan.programs,
                sms_used=sms, regs=c.regs, spill_bytes=c.spill_bytes, shared_bytes=c.shared_bytes,
                programs_per_sm=per_sm, co_resident=plan.programs <= per_sm * limits.sms,
                mma_per_step_warp=per_warp, mma_per_step_program=per_warp * plan.num_warps,
@@ -344,7 +349,7 @@ def row_kernel_rows(compiler: Compiler, limits) -> list:
                         num_stages=config.get("num_stages", 3))
             args = [_mock(v) for v in config["args"].values()]
             c = compiler(config["kernel"], args, meta)
-            per_sm = common.programs_per_sm(c.resources, limits)
+            per_sm = common.programs_per_sm(c.resources(), limits)
             hazards = [f"shared: {c.shared_bytes} B > {limits.shared_per_block} B"] \
                 if c.shared_bytes > limits.shared_per_block else []
             if c.spill_bytes:
@@ -405,7 +410,7 @@ def run(arch: int, jobs: int, quick: bool) -> list:
 
 
 COLUMNS = ("kernel", "cell", "dtype", "direction", "precision", "mode", "B", "H", "V", "block_b",
-           "block_h", "block_k", "num_warps", "programs", "sms_used", "programs_per_row", "passes_over_v",
+           "block_h", "block_k", "tile_n", "split_k", "num_warps", "programs", "sms_used", "programs_per_row", "passes_over_v",
            "regs", "spill_bytes", "shared_bytes", "programs_per_sm", "mma_per_step_warp",
            "replicated_warps", "l2_bytes_per_step", "est_step_us", "hazards")
 

@@ -36,6 +36,16 @@ def test_time_loop_without_cta_barrier_is_a_hazard():
     assert len(hazards) == 1 and "no CTA barrier" in hazards[0]
 
 
+def test_time_loop_found_past_braces_of_inline_layouts():
+    """A loop-carried value reduced over a middle axis has an inline layout with braces
+    (#ttg.slice<{...}>) in the loop header; the loop's body must still be read whole."""
+    inline = WHILE_OK.replace("(tensor<16x16xf32, #mma>, i1) ->",
+                              "(tensor<16x8xf32, #ttg.slice<{dim = 1, parent = #blocked3}>>, i1) ->")
+    assert gpu_static.pipelining_hazards(inline) == []
+    hazards = gpu_static.pipelining_hazards(inline.replace("ttg.barrier all", ""))
+    assert len(hazards) == 1 and "no CTA barrier" in hazards[0]
+
+
 def test_async_copies_carried_across_steps_are_a_hazard():
     carried = WHILE_OK.replace("(tensor<16x16xf32, #mma>, i1) ->",
                                "(tensor<16x16xf32, #mma>, !ttg.async.token, i1) ->")

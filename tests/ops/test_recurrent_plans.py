@@ -24,62 +24,93 @@ def resources(regs=128, spills=0, shared=16 * 1024, warps=4):
 # ------------------------------------------------------------------ the planner
 
 
+LSTM_FORWARD = forward.product(common.LSTM)
+LSTM_BPTT = backward.product(common.LSTM)
+PRODUCTS = [module.product(cell) for module in (forward, backward)
+            for cell in (common.LSTM, common.GRU, common.RNN_TANH)]
+
+
 def test_candidates_never_replicate_warps_and_spread_over_the_sms():
     for B in (1, 16, 64, 256, 3, 100):
         for H in (96, 128, 768, 1000, 2048):
-            plans = common.candidate_plans(B, H, 4, H100.sms)
+            for product in PRODUCTS:
+                for plan in common.candidate_plans(B, H, product, H100.sms):
+                    assert plan.tile_n == product.tile_n(plan.block_h) >= 16, plan
+                    if plan.split > 1:   # warps on K slices of at least tl.dot's 16
+                        assert plan.num_warps == plan.split and plan.block_k // plan.split >= 16, plan
+                        assert not product.stacked and not plan.resident, plan
+                    else:
+                        assert plan.num_warps <= common.max_useful_warps(plan.block_b, plan.tile_n), plan
+                    for block in (plan.block_b, plan.block_h, plan.block_k):   # tl.arange's powers of two
+                        assert block & (block - 1) == 0, plan
+            plans = common.candidate_plans(B, H, LSTM_FORWARD, H100.sms)
             for plan in plans:
-                assert plan.num_warps <= common.max_useful_warps(plan.block_b, plan.block_h), plan
                 assert plan.block_b * plan.programs_b >= B and plan.block_h * plan.programs_h >= H
                 if plan.persistent:
                     assert plan.programs <= common.RESIDENT_PER_SM * H100.sms, plan
                 assert 4 * plan.block_b * plan.block_h <= common.MAX_TILE_OUTPUTS, plan
-            for gates in (1, 3):   # tl.arange needs powers of two whatever the cell
-                for plan in common.candidate_plans(B, H, gates, H100.sms):
-                    for block in (plan.block_b, plan.block_h, plan.block_k):
-                        assert block & (block - 1) == 0, plan
             first = plans[0]
             assert first.persistent
             # Resident plans come first, and no persistent candidate spreads the work
-            # over more SMs than the first of its mode.
+            # over more SMs than the first of its mode (grids of one program per SM first).
             modes = [p.mode for p in plans]
             assert modes == sorted(modes, key=["persistent", "streamed", "per-step"].index)
             for mode in ("persistent", "streamed"):
                 same = [p for p in plans if p.mode == mode]
-                assert all(p.programs <= same[0].programs for p in same)
+                within = [p for p in same if p.programs <= H100.sms]
+                assert all(p.programs <= within[0].programs for p in within)
+                assert same[:len(within)] == within
             for plan in plans:
                 if plan.resident:
-                    assert common.resident_fits(plan, 4, 2)
+                    assert common.resident_fits(plan, LSTM_FORWARD, 2)
 
 
-def test_headline_shape_first_choice_streams_16_unit_slices():
-    """B=16, H=768: an LSTM program's W_hh slice (4 x 16 x 768) cannot stay in the
-    registers of the warps a 16x16 tile can use, so W_hh is streamed from L2."""
-    plan = common.candidate_plans(16, 768, 4, H100.sms)[0]
-    assert (plan.mode, plan.block_b, plan.block_h, plan.programs) == ("streamed", 16, 16, 48)
-    assert plan.num_warps == 1        # a second warp would repeat the 16 rows (see max_useful_warps)
+def test_large_hidden_sizes_spread_over_most_sms_at_small_batch():
+    """H >= 768, B <= 64: the first candidate of the LSTM and GRU forward and BPTT, and
+    the first streamed one, keep at least 96 of the 132 SMs busy (the forward stacks the
+    gates of 4-8 units in one MMA, BPTT pads 8-unit tiles to 16 columns)."""
+    for cell in (common.LSTM, common.GRU):
+        for product in (forward.product(cell), backward.product(cell)):
+            for B in (1, 16, 64):
+                for H in (768, 1000, 1024, 2048):
+                    plans = common.candidate_plans(B, H, product, H100.sms)
+                    streamed = [p for p in plans if p.mode == "streamed"][0]
+                    for plan in (plans[0], streamed):
+                        assert plan.persistent and min(plan.programs, H100.sms) >= 96, (product, B, H, plan)
 
 
-def test_choose_plan_skips_what_cannot_launch_or_be_resident():
+def test_headline_shape_first_choice():
+    """B=16, H=768 (LSTM): 96 programs of 8 units each. The forward's product is 16 x 32
+    (4 gates x 8 units), four warps with a column block each; W_hh (4 x 8 x 768 per
+    program) does not fit those warps' registers, so it streams from L2. BPTT's 8 units
+    pad to 16 columns and its four warps each reduce a quarter of every K chunk."""
+    plan = common.candidate_plans(16, 768, LSTM_FORWARD, H100.sms)[0]
+    assert (plan.mode, plan.block_b, plan.block_h, plan.tile_n, plan.programs) == ("streamed", 16, 8, 32, 96)
+    assert (plan.num_warps, plan.split) == (4, 1)
+    plan = common.candidate_plans(16, 768, LSTM_BPTT, H100.sms)[0]
+    assert (plan.mode, plan.block_b, plan.block_h, plan.tile_n, plan.programs) == ("streamed", 16, 8, 16, 96)
+    assert (plan.num_warps, plan.split, plan.block_k) == (4, 4, 64)
+
+
+def test_choose_plan_skips_what_cannot_be_co_resident():
     """Candidates planned for 132 SMs on a GPU where only 130 are available to us (as
-    under MIG or SM partitioning): more programs than can be resident are refused."""
-    plans = common.candidate_plans(256, 256, 4, H100.sms)
+    under MIG or SM partitioning): more programs than can be resident are refused.
+    (H = 1048 in units of 8 gives 131 programs.)"""
+    plans = common.candidate_plans(16, 1048, LSTM_FORWARD, H100.sms)
     partitioned = dataclasses.replace(H100, sms=130)
 
     def compiled(plan):
-        if plan.resident:       # resident tiles need more shared memory than a block has
-            return resources(shared=H100.shared_per_block + 1, warps=plan.num_warps)
         return resources(regs=255, shared=150 * 1024, warps=plan.num_warps)   # one per SM
 
     chosen = common.choose_plan(plans, compiled, partitioned)
     assert chosen.mode == "streamed" and chosen.programs <= 130
     assert any(p.programs > 130 for p in plans if p.mode == "streamed")
-    assert "shared memory" in chosen.reason and "co-resident" in chosen.reason
+    assert "131 programs cannot be co-resident" in chosen.reason
     assert not common.check_plan(chosen, compiled(chosen), partitioned)
 
 
 def test_fallback_order_resident_then_streamed_then_per_step():
-    plans = common.candidate_plans(64, 256, 4, H100.sms)
+    plans = common.candidate_plans(64, 256, LSTM_FORWARD, H100.sms)
     seen = []
 
     def compiled(plan):
@@ -93,7 +124,7 @@ def test_fallback_order_resident_then_streamed_then_per_step():
 
 
 def test_no_plan_fits_raises():
-    plans = common.candidate_plans(16, 768, 4, H100.sms)
+    plans = common.candidate_plans(16, 768, LSTM_FORWARD, H100.sms)
     with pytest.raises(RuntimeError, match="no launch plan"):
         common.choose_plan(plans, lambda p: resources(shared=10**6), H100)
 
@@ -110,7 +141,7 @@ def test_plan_is_chosen_once_per_key():
     calls = []
     key = ("test", object())
     for _ in range(3):
-        common.cached_plan(key, lambda: calls.append(1) or common.interpreter_plan(4, 8, False, False))
+        common.cached_plan(key, lambda: calls.append(1) or common.interpreter_plan(4, 8, LSTM_FORWARD, False, False))
     assert len(calls) == 1
 
 
@@ -123,6 +154,66 @@ def test_tf32_follows_torch_switch():
         assert common.dot_precision(torch.float32) == "ieee"
     finally:
         torch.backends.cudnn.allow_tf32 = old
+
+
+# ------------------------------------------------------------------ split hidden sizes
+
+
+def _layer(cell, I, H):
+    torch.manual_seed(3)
+    module = {common.LSTM: torch.nn.LSTM, common.GRU: torch.nn.GRU}.get(cell, torch.nn.RNN)(I, H)
+    return module.double()
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("cell", [common.LSTM, common.GRU, common.RNN_TANH],
+                         ids=["lstm", "gru", "rnn_tanh"])
+def test_smallest_unit_blocks_match_torch(cell, monkeypatch):
+    """Plans that split H over programs with the fewest units each: the forward's stacked
+    gates (4 units = 16 columns for the LSTM and GRU, the GRU's fourth slot masked) and
+    BPTT's 8-unit tiles padded to 16 columns, resident, streamed and with the K chunks
+    split over 4 warps; H = 70 leaves the last program partly empty. Per-step launches
+    (no grid barrier, which the interpreter cannot run) give the same index math as
+    persistent ones. Oracle: torch.nn's layer in fp64 and its autograd."""
+    T, B, I, H = 2, 3, 5, 70
+    layer = _layer(cell, I, H)
+    w_ih, w_hh, b_ih, b_hh = (p.detach() for p in layer.parameters())
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(T, B, I, generator=g, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(1, B, H, generator=g, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(1, B, H, generator=g, dtype=torch.float64, requires_grad=True)
+    grad_y = torch.randn(T, B, H, generator=g, dtype=torch.float64)
+    y_ref, state = layer(x, (h0, c0) if cell == common.LSTM else h0)
+    y_ref.backward(grad_y)
+    expected_grads = [x.grad, h0.grad[0]] + ([c0.grad[0]] if cell == common.LSTM else [])
+    expected_grads += [layer.weight_ih_l0.grad, layer.weight_hh_l0.grad, layer.bias_hh_l0.grad]
+    x, h0, c0 = x.detach(), h0.detach()[0], c0.detach()[0]
+    close = dict(rtol=1e-5, atol=1e-6)   # the kernels carry their states in fp32
+
+    units = forward.product(cell).min_units
+    for resident in (True, False):
+        plan = common.LaunchPlan(16, units, 128 if resident else 32, 1, -(-H // units), resident, False,
+                                 2, forward.product(cell).tile_n(units))
+        monkeypatch.setattr(forward, "_plan", lambda *args: plan)
+        y, h_t, c_t, workspace = forward.run_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, None)
+        torch.testing.assert_close(y, y_ref.detach(), **close)
+        torch.testing.assert_close(h_t, (state[0] if cell == common.LSTM else state)[0].detach(), **close)
+
+    zeros = torch.zeros_like(h0)
+    for resident, split in ((True, 1), (False, 1), (False, 4)):
+        plan = common.LaunchPlan(16, 8, 128 if resident else (64 if split > 1 else 16), 1, -(-H // 8),
+                                 resident, False, 4, 16, split)
+        monkeypatch.setattr(backward, "_plan", lambda *args: plan)
+        if cell == common.LSTM:
+            grads = backward.lstm_backward(grad_y, zeros, zeros, x, h0, c0, w_ih, w_hh, y, workspace, None)
+        elif cell == common.GRU:
+            dx, dh0, dw_ih, dw_hh, _, db_hh = backward.gru_backward(grad_y, zeros, x, h0, w_ih, w_hh, y,
+                                                                    workspace, None)
+            grads = (dx, dh0, dw_ih, dw_hh, db_hh)
+        else:
+            grads = backward.rnn_backward(cell, grad_y, zeros, x, h0, w_ih, w_hh, y, workspace, None)
+        for got, want in zip(grads, expected_grads):
+            torch.testing.assert_close(got, want, **close)
 
 
 # ------------------------------------------------------------------ the barrier abort
@@ -144,7 +235,7 @@ def test_barrier_that_never_completes_aborts_quickly_with_a_named_error(monkeypa
     raise the RuntimeError that names the cause and the way out."""
     monkeypatch.setattr(common, "MAX_BARRIER_POLLS", 50)
     T, B, I, H = 4, 2, 3, 32
-    split = common.LaunchPlan(16, 16, 32, 1, 2, True, True, 4)
+    split = common.LaunchPlan(16, 16, 32, 1, 2, True, True, 4, 64)
     monkeypatch.setattr(forward, "_plan", lambda *args: split)
     start = time.time()
     with pytest.raises(RuntimeError, match="grid barrier.*timed out.*FASTRNN_BACKEND=ext"):
@@ -158,7 +249,7 @@ def test_bptt_barrier_that_never_completes_aborts(monkeypatch):
     T, B, I, H = 4, 2, 3, 32
     x, h0, c0, w_ih, w_hh, b_ih, b_hh = _lstm_args(T, B, I, H, "cpu")
     y, _, _, workspace = forward.run_forward(common.LSTM, x, h0, c0, w_ih, w_hh, b_ih, b_hh, None)
-    split = common.LaunchPlan(16, 16, 32, 1, 2, True, True, 4)
+    split = common.LaunchPlan(16, 16, 32, 1, 2, True, True, 4, 64)
     monkeypatch.setattr(backward, "_plan", lambda *args: split)
     with pytest.raises(RuntimeError, match="BPTT kernel timed out"):
         backward.lstm_backward(torch.ones_like(y), torch.zeros_like(h0), torch.zeros_like(c0), x, h0,

@@ -8,8 +8,13 @@ rnn_layer_backward.
 
 Kernel structure (see common.py): program (pid_b, pid_h) owns BLOCK_B batch rows and
 BLOCK_H hidden units and keeps W_hh[:, its units] (all G*H gate rows, as G tiles of
-(BLOCK_K, BLOCK_H)) in registers. Step t of the recurrence is split in two halves so that
-programs only need each other's results between them:
+(BLOCK_K, TILE_N)) in registers or streams it from L2. TILE_N is BLOCK_H, or 16 when a
+program owns 8 units (tl.dot's minimum: the extra columns are masked to zero and dropped
+from the product). A tile that small gives one warp all the MMA work, so streamed plans
+of small tiles split each K chunk over SPLIT warps (a batched tl.dot, whose warps Triton
+places along the batch dimension) and sum the partial products at the end of the step.
+Step t of the recurrence is split in two halves so that programs only need each other's
+results between them:
 
   process t: dh = dh_state + grad_y[t]; the cell's pointwise backward from the saved
              activations; write this program's slice of the gate gradients of step t.
@@ -46,11 +51,30 @@ def _tanh(x):
 
 
 @triton.jit
-def _load_gate_tile(w_hh_ptr, gate, H, offs_k, offs_h):
-    """(BLOCK_K, BLOCK_H) tile of one gate's rows of W_hh: tile[k, j] = W_hh[gate*H + k, j]."""
+def _load_gate_tile(w_hh_ptr, gate, H, offs_k, offs_n, col_ok):
+    """(BLOCK_K, TILE_N) tile of one gate's rows of W_hh: tile[k, j] = W_hh[gate*H + k, j]."""
     rows = (gate * H + offs_k).to(tl.int64)
-    return tl.load(w_hh_ptr + rows[:, None] * H + offs_h[None, :],
-                   mask=(offs_k < H)[:, None] & (offs_h < H)[None, :], other=0.0)
+    return tl.load(w_hh_ptr + rows[:, None] * H + offs_n[None, :],
+                   mask=(offs_k < H)[:, None] & col_ok[None, :], other=0.0)
+
+
+@triton.jit
+def _own_units(product, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, TILE_N: tl.constexpr):
+    """The program's BLOCK_H columns of a (BLOCK_B, TILE_N) product whose columns past
+    BLOCK_H are zero (a padded tile): the padding is summed in, exactly."""
+    if TILE_N == BLOCK_H:
+        return product
+    else:
+        return tl.sum(tl.reshape(product, (BLOCK_B, TILE_N // BLOCK_H, BLOCK_H)), axis=1)
+
+
+@triton.jit
+def _range_shift(row_peak):
+    """log2 of the power of two that brings a row whose largest gradient is row_peak near
+    2^13 (<= 2^15 even if log2 is off by one), so the fp16 cast cannot overflow; powers of
+    two scale exactly. Rows below 1e-30 (zero ones included) scale by 2^100 at most, which
+    keeps 2^-shift finite."""
+    return tl.maximum(tl.floor(tl.log2(tl.maximum(row_peak, 1e-30))) - 13.0, -100.0)
 
 
 @triton.jit
@@ -60,11 +84,7 @@ def _gate_product(dg_row, gate, H, offs_k, mask_k, w, DOT_PRECISION: tl.constexp
     # .cg: read through L2, where the other programs' stores are visible.
     dg = tl.load(dg_row + gate * H + offs_k[None, :], mask=mask_k, other=0.0, cache_modifier=".cg")
     if RANGE_SCALE:
-        # Bring each row's largest gradient near 2^13 (<= 2^15 even if log2 is off by one)
-        # so the fp16 cast cannot overflow; powers of two scale exactly. Rows below 1e-30
-        # (zero ones included) scale by 2^100 at most, which keeps 2^-shift finite.
-        peak = tl.maximum(tl.max(tl.abs(dg), axis=1), 1e-30)
-        shift = tl.maximum(tl.floor(tl.log2(peak)) - 13.0, -100.0)
+        shift = _range_shift(tl.max(tl.abs(dg), axis=1))
         scaled = (dg * tl.exp2(-shift)[:, None]).to(w.dtype)
         return tl.dot(scaled, w, input_precision=DOT_PRECISION) * tl.exp2(shift)[:, None]
     else:
@@ -72,21 +92,54 @@ def _gate_product(dg_row, gate, H, offs_k, mask_k, w, DOT_PRECISION: tl.constexp
 
 
 @triton.jit
-def _streamed_recurrent_product(dg_next, w_hh_ptr, H, offs_h, mask_b, G: tl.constexpr,
+def _split_gate_product(dg_row, w_hh_ptr, gate, H, k0, mask_b, offs_n, col_ok,
+                        DOT_PRECISION: tl.constexpr, RANGE_SCALE: tl.constexpr,
+                        SPLIT: tl.constexpr, BLOCK_K: tl.constexpr):
+    """One gate's share of the product over the K chunk [k0, k0 + BLOCK_K), as SPLIT
+    slices of BLOCK_K / SPLIT, one per warp: (SPLIT, BLOCK_B, TILE_N) partial products."""
+    KS: tl.constexpr = BLOCK_K // SPLIT
+    slices = k0 + tl.arange(0, SPLIT)[:, None, None] * KS
+    ks_a = slices + tl.arange(0, KS)[None, None, :]        # (SPLIT, 1, KS)
+    ks_b = slices + tl.arange(0, KS)[None, :, None]        # (SPLIT, KS, 1)
+    dg = tl.load(dg_row[None, :, :] + gate * H + ks_a, mask=mask_b[None, :, None] & (ks_a < H),
+                 other=0.0, cache_modifier=".cg")
+    w = tl.load(w_hh_ptr + (gate * H + ks_b).to(tl.int64) * H + offs_n[None, None, :],
+                mask=(ks_b < H) & col_ok[None, None, :], other=0.0)
+    if RANGE_SCALE:
+        shift = _range_shift(tl.max(tl.max(tl.abs(dg), axis=2), axis=0))[None, :, None]
+        scaled = (dg * tl.exp2(-shift)).to(w.dtype)
+        return tl.dot(scaled, w, input_precision=DOT_PRECISION) * tl.exp2(shift)
+    else:
+        return tl.dot(dg.to(w.dtype), w, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def _streamed_recurrent_product(dg_next, w_hh_ptr, H, offs_n, col_ok, mask_b, G: tl.constexpr,
                                 DOT_PRECISION: tl.constexpr, RANGE_SCALE: tl.constexpr,
-                                BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+                                BLOCK_B: tl.constexpr, TILE_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                                SPLIT: tl.constexpr):
     """dgates[t+1, rows, :] @ W_hh[:, slice] with W_hh read from L2 in K chunks, for hidden
     sizes whose slices do not fit on chip. Runs after the step's barrier, so the chunk
     loop may be pipelined."""
-    acc = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
-    for k0 in tl.range(0, H, BLOCK_K, num_stages=2):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        mask_k = mask_b[:, None] & (offs_k < H)[None, :]
+    if SPLIT == 1:
+        acc = tl.zeros([BLOCK_B, TILE_N], dtype=tl.float32)
+        for k0 in tl.range(0, H, BLOCK_K, num_stages=2):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            mask_k = mask_b[:, None] & (offs_k < H)[None, :]
+            for gate in tl.static_range(G):
+                acc += _gate_product(dg_next, gate, H, offs_k, mask_k,
+                                     _load_gate_tile(w_hh_ptr, gate, H, offs_k, offs_n, col_ok),
+                                     DOT_PRECISION, RANGE_SCALE)
+        return acc
+    else:
+        # Gates outside the chunk loop: one gate's tiles in flight at a time keeps the
+        # pipelined loop's registers (two stages of loads) within a 4-warp program's share.
+        partial = tl.zeros([SPLIT, BLOCK_B, TILE_N], dtype=tl.float32)
         for gate in tl.static_range(G):
-            acc += _gate_product(dg_next, gate, H, offs_k, mask_k,
-                                 _load_gate_tile(w_hh_ptr, gate, H, offs_k, offs_h), DOT_PRECISION,
-                                 RANGE_SCALE)
-    return acc
+            for k0 in tl.range(0, H, BLOCK_K, num_stages=2):
+                partial += _split_gate_product(dg_next, w_hh_ptr, gate, H, k0, mask_b, offs_n, col_ok,
+                                               DOT_PRECISION, RANGE_SCALE, SPLIT, BLOCK_K)
+        return tl.sum(partial, axis=0)
 
 
 @triton.jit
@@ -164,7 +217,7 @@ def _bptt_kernel(grad_y_ptr, workspace_ptr, y_ptr, h0_ptr, c0_ptr, w_hh_ptr, len
                  CELL: tl.constexpr, GRID_BARRIER: tl.constexpr, DOT_PRECISION: tl.constexpr,
                  RANGE_SCALE: tl.constexpr, RESIDENT: tl.constexpr,
                  BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
-                 MAX_POLLS: tl.constexpr, ABORT: tl.constexpr):
+                 SPLIT: tl.constexpr, MAX_POLLS: tl.constexpr, ABORT: tl.constexpr):
     """Runs iterations t = t_hi .. t_lo (descending) of the BPTT loop described above.
 
     All tensors are contiguous: grad_y, y (T, B, H); workspace (T, B, WS_WIDTH*H) fp32;
@@ -174,10 +227,14 @@ def _bptt_kernel(grad_y_ptr, workspace_ptr, y_ptr, h0_ptr, c0_ptr, w_hh_ptr, len
     """
     G: tl.constexpr = 4 if CELL == 0 else (3 if CELL == 1 else 1)
     WS_WIDTH: tl.constexpr = 5 if CELL == 0 else (4 if CELL == 1 else 1)
+    TILE_N: tl.constexpr = 16 if BLOCK_H < 16 else BLOCK_H
     pid_b = tl.program_id(0)
     pid_h = tl.program_id(1)
     offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_h = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    # The product's columns: this program's units, then (TILE_N > BLOCK_H) masked padding.
+    offs_n = pid_h * BLOCK_H + tl.arange(0, TILE_N)
+    col_ok = (tl.arange(0, TILE_N) < BLOCK_H) & (offs_n < H)
     offs_k = tl.arange(0, BLOCK_K)
     GH = G * H
     mask_b = offs_b < B
@@ -187,12 +244,12 @@ def _bptt_kernel(grad_y_ptr, workspace_ptr, y_ptr, h0_ptr, c0_ptr, w_hh_ptr, len
 
     if RESIDENT:
         # W_hh[:, slice], one tile per gate: on chip for the whole launch.
-        w0 = _load_gate_tile(w_hh_ptr, 0, H, offs_k, offs_h)
+        w0 = _load_gate_tile(w_hh_ptr, 0, H, offs_k, offs_n, col_ok)
         if G > 1:
-            w1 = _load_gate_tile(w_hh_ptr, 1, H, offs_k, offs_h)
-            w2 = _load_gate_tile(w_hh_ptr, 2, H, offs_k, offs_h)
+            w1 = _load_gate_tile(w_hh_ptr, 1, H, offs_k, offs_n, col_ok)
+            w2 = _load_gate_tile(w_hh_ptr, 2, H, offs_k, offs_n, col_ok)
         if G > 3:
-            w3 = _load_gate_tile(w_hh_ptr, 3, H, offs_k, offs_h)
+            w3 = _load_gate_tile(w_hh_ptr, 3, H, offs_k, offs_n, col_ok)
     length = tl.load(lengths_ptr + offs_b, mask=mask_b, other=0)
     dh_state = tl.load(dh_state_ptr + state_offs, mask=mask, other=0.0)
     carry = tl.load(carry_ptr + state_offs, mask=mask, other=0.0)
@@ -230,9 +287,10 @@ def _bptt_kernel(grad_y_ptr, workspace_ptr, y_ptr, h0_ptr, c0_ptr, w_hh_ptr, len
                     if G > 3:
                         rec += _gate_product(dg_next, 3, H, offs_k, mask_k, w3, DOT_PRECISION, RANGE_SCALE)
                 else:
-                    rec = _streamed_recurrent_product(dg_next, w_hh_ptr, H, offs_h, mask_b, G,
-                                                      DOT_PRECISION, RANGE_SCALE, BLOCK_B, BLOCK_H,
-                                                      BLOCK_K)
+                    rec = _streamed_recurrent_product(dg_next, w_hh_ptr, H, offs_n, col_ok, mask_b,
+                                                      G, DOT_PRECISION, RANGE_SCALE, BLOCK_B, TILE_N,
+                                                      BLOCK_K, SPLIT)
+                rec = _own_units(rec, BLOCK_B, BLOCK_H, TILE_N)
                 dh_state = tl.where(((t + 1) < length)[:, None], rec + dh_local, dh_state)
             if t >= 0:
                 # Process step t.
@@ -272,7 +330,8 @@ def kernel_meta(cell: int, plan: common.LaunchPlan, dtype: torch.dtype) -> dict:
     GPU check compiles)."""
     return dict(CELL=cell, DOT_PRECISION=common.dot_precision(dtype),
                 RANGE_SCALE=dtype == torch.float16, RESIDENT=plan.resident, BLOCK_B=plan.block_b,
-                BLOCK_H=plan.block_h, BLOCK_K=plan.block_k, **common.launch_options(plan))
+                BLOCK_H=plan.block_h, BLOCK_K=plan.block_k, SPLIT=plan.split,
+                **common.launch_options(plan))
 
 
 def mock_args(dtype: torch.dtype, T: int, B: int, H: int) -> list:
@@ -283,9 +342,14 @@ def mock_args(dtype: torch.dtype, T: int, B: int, H: int) -> list:
     return [MockTensor(d) for d in pointer_dtypes] + [T - 1, -1, T, B, H]
 
 
+def product(cell: int) -> common.Product:
+    """BPTT's recurrent product: the gates in the reduction, the units along N."""
+    return common.Product(common.GATES[cell], stacked=False)
+
+
 def _plan(cell, w_hh, B, H, force_per_step, force_streamed) -> common.LaunchPlan:
     key = (cell, w_hh.dtype, common.dot_precision(w_hh.dtype))
-    return common.launch_plan("bptt", w_hh.device, B, H, common.GATES[cell], key, _bptt_kernel,
+    return common.launch_plan("bptt", w_hh.device, B, H, product(cell), key, _bptt_kernel,
                               lambda: mock_args(w_hh.dtype, 64, B, H),
                               lambda plan: kernel_meta(cell, plan, w_hh.dtype), force_per_step,
                               force_streamed)

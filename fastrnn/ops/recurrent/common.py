@@ -8,6 +8,13 @@ step ("streamed", for slices too large to keep). When the hidden size is split a
 programs, they exchange h_t (forward) or the gate gradients (backward) through global
 memory and meet at a grid barrier once per step.
 
+The per-step product of one program (`Product`): the forward multiplies h_{t-1} by the
+W_hh rows of all gates of its units at once, the gates side by side along the MMA's N
+(GATE_SLOTS x BLOCK_H columns), so an LSTM or GRU program may own as few as 4 units and
+a hidden size of 768 spreads over 96 or more SMs even at batch 16. BPTT reduces over the
+gates (K = gates x H) and its N is the program's units, padded to tl.dot's 16 when a
+program owns 8.
+
 Co-residency. The grid barrier needs every program of a launch on an SM at once. The
 planner (choose_plan) therefore admits a persistent plan only when the compiled kernel's
 registers, threads and shared memory allow all its programs to be resident together on
@@ -147,18 +154,29 @@ class Resources:
     replicated: bool = False   # some warps compute another warp's MMA tile again
 
 
-MMA_LAYOUT = re.compile(r"warpsPerCTA = \[(\d+), (\d+)\], instrShape = \[(\d+), (\d+)")
+MMA_LAYOUT = re.compile(r"warpsPerCTA = \[([\d, ]+)\], instrShape = \[([\d, ]+)\]")
 
 
-def mma_replicated(ttgir: str, block_b: int, block_h: int) -> bool:
-    """Whether the MMA layout of a (block_b, block_h) product puts more warps along a
-    dimension than it has instruction tiles (Triton's choice, read from the TTGIR: it
-    gives a 16x16 tile on 2 warps warpsPerCTA [2, 1], so both compute the same rows)."""
+def mma_layout(ttgir: str) -> Optional[Tuple[List[int], List[int]]]:
+    """(warps per dimension, instruction shape) of the first MMA layout in the TTGIR:
+    two dimensions for a plain product, three for a batched one."""
     m = MMA_LAYOUT.search(ttgir)
     if not m:
+        return None
+    return [int(v) for v in m.group(1).split(",")], [int(v) for v in m.group(2).split(",")]
+
+
+def mma_replicated(ttgir: str, block_b: int, tile_n: int, split: int = 1) -> bool:
+    """Whether the MMA layout of a (block_b, tile_n) product (batched over `split` K
+    slices) puts more warps along a dimension than it has instruction tiles (Triton's
+    choice, read from the TTGIR: it gives a 16x16 tile on 2 warps warpsPerCTA [2, 1], so
+    both compute the same rows)."""
+    layout = mma_layout(ttgir)
+    if layout is None:
         return False
-    warps_m, warps_n, instr_m, instr_n = (int(v) for v in m.groups())
-    return warps_m * instr_m > block_b or warps_n * instr_n > block_h
+    warps, instr = layout
+    shape = [block_b, tile_n] if len(warps) == 2 else [split, block_b, tile_n]
+    return any(w * i > n for w, i, n in zip(warps, instr, shape))
 
 
 def programs_per_sm(res: Resources, limits: DeviceLimits) -> int:
@@ -182,6 +200,8 @@ class LaunchPlan:
     resident: bool      # W_hh slice loaded once per launch (else streamed from L2 each step)
     persistent: bool    # all steps in one launch (else one launch per step)
     num_warps: int
+    tile_n: int         # N of the program's MMA output tile (Product.tile_n)
+    split: int = 1      # warps that each reduce a slice of every K chunk (BPTT, streamed)
     reason: str = ""    # why this plan, and what was rejected before it
 
     @property
@@ -212,10 +232,46 @@ def _pow2_at_least_16(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
 
+# tl.dot needs every dimension >= 16.
+MIN_DOT = 16
+# BPTT programs may own 8 units, their product padded to 16 columns (half of its MMA work
+# multiplies zeros; the weight loads are masked, so no memory traffic is wasted).
+MIN_PADDED_UNITS = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class Product:
+    """The recurrent product one program computes per step.
+
+    stacked (the forward): h_{t-1} (BLOCK_B x H) times the W_hh rows of every gate of the
+    program's units, gates side by side: N = gate_slots x units, K = H. gate_slots is a
+    power of two for tl.arange (the GRU's three gates take four slots, the fourth masked).
+    Not stacked (BPTT): the gate gradients (BLOCK_B x gates*H) times W_hh[:, units]:
+    N = the units (at least MIN_DOT, padded), K = gates x H, one tile per gate."""
+    gates: int
+    stacked: bool
+
+    @property
+    def gate_slots(self) -> int:
+        return triton.next_power_of_2(self.gates) if self.stacked else 1
+
+    @property
+    def min_units(self) -> int:
+        return MIN_DOT // self.gate_slots if self.stacked else MIN_PADDED_UNITS
+
+    def tile_n(self, units: int) -> int:
+        return max(MIN_DOT, self.gate_slots * units)
+
+    def weight_elements(self, units: int, block_k: int) -> int:
+        """W_hh elements a resident program holds (padding included)."""
+        return self.tile_n(units) * block_k * (1 if self.stacked else self.gates)
+
+
 # Reduction chunk of the streamed mode (W_hh read from L2 every step).
 STREAM_BLOCK_K = 64
-# tl.dot needs every dimension >= 16, so a program owns at least 16 units and 16 rows.
-MIN_BLOCK = 16
+# Warps of a streamed BPTT program whose output tile would give fewer warps their own
+# MMA work: each reduces STREAM_BLOCK_K / SPLIT_WARPS = 16 of every chunk's K.
+SPLIT_WARPS = 4
 # fp32 outputs of one program per step (gates x rows x units): 32 KiB of accumulators.
 # Larger tiles spill (ptxas also takes minutes on them), and by then the grid has far
 # fewer programs than SMs anyway.
@@ -228,15 +284,15 @@ RESIDENT_PER_SM = 2
 MAX_CANDIDATES_PER_MODE = 3
 
 
-def max_useful_warps(block_b: int, block_h: int) -> int:
-    """Warps that each get their own part of a (block_b, block_h) MMA output tile.
+def max_useful_warps(block_b: int, tile_n: int) -> int:
+    """Warps that each get their own part of a (block_b, tile_n) MMA output tile.
 
     An mma.sync instruction covers 16 x 8. Triton (3.6 and 3.9, read from the TTGIR of
     our kernels) puts every warp along the longer side of the tile, rows first on a
     square one: 2 warps on a 16 x 16 tile become warpsPerCTA [2, 1] and compute the same
     rows twice. So the useful warps are the instruction tiles along that side. The
     compiled layout is checked anyway (mma_replicated)."""
-    along = block_b // 16 if block_b >= block_h else block_h // 8
+    along = block_b // 16 if block_b >= tile_n else tile_n // 8
     return max(1, min(8, along))
 
 
@@ -247,57 +303,70 @@ def max_useful_warps(block_b: int, block_h: int) -> int:
 RESIDENT_ELEMENTS_PER_THREAD = {2: 128, 4: 64}
 
 
-def resident_fits(plan: "LaunchPlan", gates: int, element_size: int) -> bool:
-    per_thread = gates * plan.block_h * plan.block_k // (32 * plan.num_warps)
+def resident_fits(plan: "LaunchPlan", product: Product, element_size: int) -> bool:
+    per_thread = product.weight_elements(plan.block_h, plan.block_k) // (32 * plan.num_warps)
     return per_thread <= RESIDENT_ELEMENTS_PER_THREAD[min(element_size, 4)]
 
 
-def candidate_plans(batch: int, hidden: int, gates: int, sms: int,
+def candidate_plans(batch: int, hidden: int, product: Product, sms: int,
                     element_size: int = 2) -> List[LaunchPlan]:
     """Launch plans in order of preference: resident tiles from those that spread the work
-    over most SMs (up to RESIDENT_PER_SM programs per SM) to larger ones, then streamed tiles in the same
-    order (MAX_CANDIDATES_PER_MODE of each), then one launch per step. Each tile gets the
-    most warps that do not replicate MMA work; resident tiles only where their weights fit
-    in registers."""
+    over most SMs to larger ones (grids of at most one program per SM first, then up to
+    RESIDENT_PER_SM per SM, where some SMs would carry two programs' work), then streamed
+    tiles in the same order (MAX_CANDIDATES_PER_MODE of each), then one launch per step.
+    Each tile gets the most warps that do not replicate MMA work; resident tiles only
+    where their weights fit in registers."""
     full_k = _pow2_at_least_16(hidden)
+
+    def programs(tile):
+        return triton.cdiv(batch, tile[0]) * triton.cdiv(hidden, tile[1])
     tiles = [(block_b, block_h) for block_b in (16, 32, 64) if block_b <= min(_pow2_at_least_16(batch), 64)
-             for block_h in _unit_blocks(full_k)
-             if triton.cdiv(batch, block_b) * triton.cdiv(hidden, block_h) <= RESIDENT_PER_SM * sms
-             and gates * block_b * block_h <= MAX_TILE_OUTPUTS]
-    # Most programs first; among equals, wider batch blocks (fewer barrier groups).
-    tiles.sort(key=lambda tile: (-triton.cdiv(batch, tile[0]) * triton.cdiv(hidden, tile[1]), -tile[0]))
+             for block_h in _unit_blocks(product.min_units, full_k)
+             if programs((block_b, block_h)) <= RESIDENT_PER_SM * sms
+             and product.gates * block_b * block_h <= MAX_TILE_OUTPUTS]
+    # One program per SM first, most programs first; among equals, wider batch blocks
+    # (fewer barrier groups).
+    tiles.sort(key=lambda tile: (programs(tile) > sms, -programs(tile), -tile[0]))
     plans = []
     for resident in (True, False):
         mode_plans = []
         for block_b, block_h in tiles:
-            warps = max_useful_warps(block_b, block_h)
+            tile_n = product.tile_n(block_h)
+            warps = max_useful_warps(block_b, tile_n)
             # Streamed chunks of 32 keep one- and two-warp programs out of spills.
             block_k = full_k if resident else min(STREAM_BLOCK_K if warps > 2 else 32, full_k)
+            split = 1
+            if not resident and not product.stacked and warps < SPLIT_WARPS and full_k >= STREAM_BLOCK_K:
+                # A small BPTT tile: its warps take slices of each K chunk instead.
+                warps = split = SPLIT_WARPS
+                block_k = STREAM_BLOCK_K
             plan = LaunchPlan(block_b, block_h, block_k, triton.cdiv(batch, block_b),
-                              triton.cdiv(hidden, block_h), resident, True, warps)
-            if not resident or resident_fits(plan, gates, element_size):
+                              triton.cdiv(hidden, block_h), resident, True, warps, tile_n, split)
+            if not resident or resident_fits(plan, product, element_size):
                 mode_plans.append(plan)
         plans += mode_plans[:MAX_CANDIDATES_PER_MODE]
     # The per-step fallback: no barrier, any grid; streamed so that any size compiles.
     block_b = min(_pow2_at_least_16(batch), 64)
-    fitting = max(MIN_BLOCK, MAX_TILE_OUTPUTS // (gates * block_b))
+    fitting = max(MIN_DOT, MAX_TILE_OUTPUTS // (product.gates * block_b))
     block_h = min(64, full_k, 1 << (fitting.bit_length() - 1))   # a power of two
+    tile_n = product.tile_n(block_h)
     plans.append(LaunchPlan(block_b, block_h, min(STREAM_BLOCK_K, full_k), triton.cdiv(batch, block_b),
-                            triton.cdiv(hidden, block_h), False, False, max_useful_warps(block_b, block_h)))
+                            triton.cdiv(hidden, block_h), False, False, max_useful_warps(block_b, tile_n),
+                            tile_n))
     return plans
 
 
-def _unit_blocks(full_k: int) -> List[int]:
-    """Hidden units per program: powers of two from 16 (tl.dot's minimum) to all of H."""
-    return [1 << i for i in range(MIN_BLOCK.bit_length() - 1, full_k.bit_length()) if 1 << i <= full_k]
+def _unit_blocks(min_units: int, full_k: int) -> List[int]:
+    """Hidden units per program: powers of two from min_units to all of H."""
+    return [1 << i for i in range(min_units.bit_length() - 1, full_k.bit_length()) if 1 << i <= full_k]
 
 
-def runtime_resources(kernel, args, grid, meta) -> Resources:
+def runtime_resources(kernel, args, plan: LaunchPlan, meta) -> Resources:
     """Compiles (without launching) the kernel as Triton's JIT would for these arguments on
     the current GPU and reads what one program needs. The launch that follows with the
     same specialisation reuses this compiled kernel."""
-    compiled = kernel.warmup(*args, grid=grid, **meta)
-    replicated = mma_replicated(compiled.asm["ttgir"], meta["BLOCK_B"], meta["BLOCK_H"])
+    compiled = kernel.warmup(*args, grid=plan.grid, **meta)
+    replicated = mma_replicated(compiled.asm["ttgir"], plan.block_b, plan.tile_n, plan.split)
     try:
         compiled._init_handles()   # loads the binary: registers and spills come from the driver
     except OutOfResources:
@@ -341,35 +410,37 @@ def choose_plan(candidates: List[LaunchPlan], resources_of: Callable[[LaunchPlan
 
 
 def _describe(plan: LaunchPlan) -> str:
-    return (f"{plan.mode} ({plan.block_b},{plan.block_h},{plan.block_k}) x{plan.num_warps} warps")
+    split = f", K split {plan.split} ways" if plan.split > 1 else ""
+    return f"{plan.mode} ({plan.block_b},{plan.block_h},{plan.block_k}) x{plan.num_warps} warps{split}"
 
 
 def plan_for(kernel, args: list, meta_of: Callable[[LaunchPlan], dict], batch: int, hidden: int,
-             gates: int, limits: DeviceLimits, resources_of, mode: Optional[str] = None) -> LaunchPlan:
+             product: Product, limits: DeviceLimits, resources_of,
+             mode: Optional[str] = None) -> LaunchPlan:
     """The plan choose_plan picks for `kernel` from its compiled resources.
 
     args: the kernel's arguments for specialisation (MockTensors and ints); meta_of(plan):
-    its constexprs and launch options. resources_of(kernel, args, grid, meta) compiles
+    its constexprs and launch options. resources_of(kernel, args, plan, meta) compiles
     (runtime_resources on the GPU at hand; the static check compiles for a target without
     one). mode restricts the candidates ("streamed", "per-step"; tests force them)."""
-    candidates = candidate_plans(batch, hidden, gates, limits.sms, args[0].dtype.itemsize)
+    candidates = candidate_plans(batch, hidden, product, limits.sms, args[0].dtype.itemsize)
     if mode is not None:
         candidates = [p for p in candidates if p.mode == mode]
-    return choose_plan(candidates, lambda plan: resources_of(kernel, args, plan.grid, meta_of(plan)),
+    return choose_plan(candidates, lambda plan: resources_of(kernel, args, plan, meta_of(plan)),
                        limits)
 
 
-def launch_plan(name: str, device: torch.device, batch: int, hidden: int, gates: int, key: tuple,
+def launch_plan(name: str, device: torch.device, batch: int, hidden: int, product: Product, key: tuple,
                 kernel, args_of: Callable[[], list], meta_of, force_per_step: bool,
                 force_streamed: bool) -> LaunchPlan:
     """The plan of one kernel call: planned once per (kernel, device, shape, key) on a GPU;
     under the interpreter or on CPU tensors, the single-program interpreter plan.
     args_of() gives the kernel's arguments for specialisation, built only when planning."""
     if interpreting() or device.type != "cuda":
-        return interpreter_plan(batch, hidden, force_per_step, force_streamed)
+        return interpreter_plan(batch, hidden, product, force_per_step, force_streamed)
     mode = "per-step" if force_per_step else ("streamed" if force_streamed else None)
     return cached_plan((name, device.index, batch, hidden, mode) + key, lambda: plan_for(
-        kernel, args_of(), meta_of, batch, hidden, gates, device_limits(device), runtime_resources,
+        kernel, args_of(), meta_of, batch, hidden, product, device_limits(device), runtime_resources,
         mode))
 
 
@@ -390,13 +461,15 @@ def barrier_counters(launches: int, plan: LaunchPlan, device) -> List[torch.Tens
     return [rows[i if plan.cooperative else 0] for i in range(launches)]
 
 
-def interpreter_plan(batch: int, hidden: int, force_per_step: bool, force_streamed: bool) -> LaunchPlan:
+def interpreter_plan(batch: int, hidden: int, product: Product, force_per_step: bool,
+                     force_streamed: bool) -> LaunchPlan:
     """Under the interpreter (and for tests that force a mode): one program along the
     hidden dimension, so no grid barrier is ever needed."""
     block_b = min(_pow2_at_least_16(batch), 64)
     full_k = _pow2_at_least_16(hidden)
     return LaunchPlan(block_b, full_k, 16 if force_streamed else full_k, triton.cdiv(batch, block_b), 1,
-                      not force_streamed, not force_per_step, 4, reason="interpreter")
+                      not force_streamed, not force_per_step, 4, product.tile_n(full_k),
+                      reason="interpreter")
 
 
 def dot_precision(dtype: torch.dtype) -> str:

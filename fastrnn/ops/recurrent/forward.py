@@ -8,6 +8,11 @@ K chunks for hidden sizes too large to keep), applies the cell's gate math in
 fp32, writes its slice of h_t (the output, which is also how programs exchange h) and the
 activations backward needs.
 
+The slice is one MMA operand for all gates: column c of the product is gate c % SLOTS of
+the program's unit c // SLOTS (SLOTS = 4 for the LSTM and GRU, whose fourth slot is
+masked, 1 for the Elman cells), so the product's N is SLOTS x BLOCK_H and an LSTM or GRU
+program may own just 4 units. split_gates takes the gates apart for the cell's math.
+
 h_t travels through `hbuf` (T+1, B, H): hbuf[t] = y_t and hbuf[T] = h0, so the recurrent
 operand of step t is hbuf[(t - 1) mod (T + 1)] whatever launched before it, and the
 output y = hbuf[:T] starts at the buffer's start. The states a program carries
@@ -31,11 +36,35 @@ def tanh(x):
 
 
 @triton.jit
-def load_weight_tile(w_ptr, gate, units, ks, H, K, unit_ok, k_ok):
-    """(BLOCK_K, BLOCK_H) tile of W^T for one gate: tile[k, j] = W[gate*H + j, k]."""
-    rows = (gate * H + units).to(tl.int64)
-    return tl.load(w_ptr + rows[None, :] * K + ks[:, None], mask=unit_ok[None, :] & k_ok[:, None],
-                   other=0.0)
+def gate_columns(pid_h, H, G: tl.constexpr, SLOTS: tl.constexpr, BLOCK_H: tl.constexpr):
+    """For each column of this program's product: its row of W_hh (and b_hh), and whether
+    it exists (a gate the cell has, a unit below H)."""
+    cols = tl.arange(0, SLOTS * BLOCK_H)
+    gate = cols % SLOTS
+    unit = pid_h * BLOCK_H + cols // SLOTS
+    return gate * H + unit, (gate < G) & (unit < H)
+
+
+@triton.jit
+def load_weight_tile(w_ptr, w_rows, col_ok, ks, H, k_ok):
+    """(BLOCK_K, SLOTS*BLOCK_H) tile of W_hh^T: tile[k, c] = W_hh[w_rows[c], k]."""
+    return tl.load(w_ptr + w_rows.to(tl.int64)[None, :] * H + ks[:, None],
+                   mask=col_ok[None, :] & k_ok[:, None], other=0.0)
+
+
+@triton.jit
+def split_gates(product, SLOTS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """The four (BLOCK_B, BLOCK_H) gate blocks of a (BLOCK_B, SLOTS*BLOCK_H) product whose
+    column j*SLOTS + gate belongs to unit j (gates past the cell's are zero; with one slot
+    every block is the product itself)."""
+    if SLOTS == 1:
+        return product, product, product, product
+    else:
+        # Column j*4 + 2*a + b holds gate 2*a + b: split b, then a.
+        even, odd = tl.split(tl.reshape(product, (BLOCK_B, BLOCK_H, 2, 2)))
+        g0, g2 = tl.split(even)
+        g1, g3 = tl.split(odd)
+        return g0, g1, g2, g3
 
 
 @triton.jit
@@ -45,42 +74,21 @@ def load_gate_input(xproj_ptr, gate, base, units, H, mask):
 
 
 @triton.jit
-def load_bias(b_ptr, gate, units, H, unit_ok, HAS_BIAS: tl.constexpr):
-    if HAS_BIAS:
-        return tl.load(b_ptr + gate * H + units, mask=unit_ok, other=0.0).to(tl.float32)[None, :]
-    else:
-        return tl.zeros((1, units.shape[0]), dtype=tl.float32)
-
-
-@triton.jit
-def streamed_gate_products(h_rows_ptr, w_ptr, units, unit_ok, row_ok, H, G: tl.constexpr,
-                           DOT_PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
-                           BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
-    """h_prev W_hh^T for every gate of this program's units, reading W_hh in K chunks from
-    L2 (for hidden sizes whose slices do not fit on chip). h_rows_ptr points at the
-    (BLOCK_B, H) rows of h_prev. Returns four (BLOCK_B, BLOCK_H) fp32 products (those of
-    gates the cell lacks are zero). The chunk loop may be software-pipelined: it runs
-    after the step's barrier, so every h it prefetches is already final."""
-    acc0 = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-    acc1 = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-    acc2 = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-    acc3 = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+def streamed_product(h_rows_ptr, w_ptr, w_rows, col_ok, row_ok, H, DOT_PRECISION: tl.constexpr,
+                     BLOCK_B: tl.constexpr, TILE_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """h_prev times this program's W_hh^T columns, reading W_hh in K chunks from L2 (for
+    hidden sizes whose slices do not fit on chip). h_rows_ptr points at the (BLOCK_B, H)
+    rows of h_prev. The chunk loop may be software-pipelined: it runs after the step's
+    barrier, so every h it prefetches is already final."""
+    acc = tl.zeros((BLOCK_B, TILE_N), dtype=tl.float32)
     for k0 in tl.range(0, H, BLOCK_K, num_stages=2):
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < H
         h = tl.load(h_rows_ptr + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0,
                     cache_modifier=".cg")
-        acc0 += tl.dot(h, load_weight_tile(w_ptr, 0, units, ks, H, H, unit_ok, k_ok),
-                       input_precision=DOT_PRECISION)
-        if G > 1:
-            acc1 += tl.dot(h, load_weight_tile(w_ptr, 1, units, ks, H, H, unit_ok, k_ok),
-                           input_precision=DOT_PRECISION)
-            acc2 += tl.dot(h, load_weight_tile(w_ptr, 2, units, ks, H, H, unit_ok, k_ok),
-                           input_precision=DOT_PRECISION)
-        if G > 3:
-            acc3 += tl.dot(h, load_weight_tile(w_ptr, 3, units, ks, H, H, unit_ok, k_ok),
-                           input_precision=DOT_PRECISION)
-    return acc0, acc1, acc2, acc3
+        acc += tl.dot(h, load_weight_tile(w_ptr, w_rows, col_ok, ks, H, k_ok),
+                      input_precision=DOT_PRECISION)
+    return acc
 
 
 @triton.jit
@@ -132,6 +140,8 @@ def recurrent_forward_kernel(
         RESIDENT: tl.constexpr, GRID_BARRIER: tl.constexpr, DOT_PRECISION: tl.constexpr,
         MAX_POLLS: tl.constexpr, ABORT: tl.constexpr):
     G: tl.constexpr = 4 if CELL == 0 else (3 if CELL == 1 else 1)
+    SLOTS: tl.constexpr = 1 if G == 1 else 4
+    TILE_N: tl.constexpr = SLOTS * BLOCK_H
     W: tl.constexpr = 5 if CELL == 0 else (4 if CELL == 1 else 1)
     pid_b = tl.program_id(0)
     pid_h = tl.program_id(1)
@@ -143,24 +153,15 @@ def recurrent_forward_kernel(
     k_ok = ks < H
     tile_ok = row_ok[:, None] & unit_ok[None, :]
     rows64 = rows.to(tl.int64)
+    w_rows, col_ok = gate_columns(pid_h, H, G, SLOTS, BLOCK_H)
 
     if RESIDENT:
         # This program's slice of W_hh stays on chip for every step of the launch.
-        w0 = load_weight_tile(w_hh_ptr, 0, units, ks, H, H, unit_ok, k_ok)
-        if G > 1:
-            w1 = load_weight_tile(w_hh_ptr, 1, units, ks, H, H, unit_ok, k_ok)
-            w2 = load_weight_tile(w_hh_ptr, 2, units, ks, H, H, unit_ok, k_ok)
-        if G > 3:
-            w3 = load_weight_tile(w_hh_ptr, 3, units, ks, H, H, unit_ok, k_ok)
-    b0 = load_bias(b_hh_ptr, 0, units, H, unit_ok, HAS_BIAS)
-    b1 = b0
-    b2 = b0
-    b3 = b0
-    if G > 1:
-        b1 = load_bias(b_hh_ptr, 1, units, H, unit_ok, HAS_BIAS)
-        b2 = load_bias(b_hh_ptr, 2, units, H, unit_ok, HAS_BIAS)
-    if G > 3:
-        b3 = load_bias(b_hh_ptr, 3, units, H, unit_ok, HAS_BIAS)
+        w = load_weight_tile(w_hh_ptr, w_rows, col_ok, ks, H, k_ok)
+    if HAS_BIAS:
+        bias = tl.load(b_hh_ptr + w_rows, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    else:
+        bias = tl.zeros((1, TILE_N), dtype=tl.float32)
 
     state_offsets = rows64[:, None] * H + units[None, :]
     h_state = tl.load(h_state_ptr + state_offsets, mask=tile_ok, other=0.0)
@@ -187,22 +188,15 @@ def recurrent_forward_kernel(
             # .cg: read h from L2, where the other programs' stores land, never a stale L1 line.
             h_prev = tl.load(h_rows + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0,
                              cache_modifier=".cg")
-            hg0 = tl.dot(h_prev, w0, input_precision=DOT_PRECISION)
-            hg1 = hg0
-            hg2 = hg0
-            hg3 = hg0
-            if G > 1:
-                hg1 = tl.dot(h_prev, w1, input_precision=DOT_PRECISION)
-                hg2 = tl.dot(h_prev, w2, input_precision=DOT_PRECISION)
-            if G > 3:
-                hg3 = tl.dot(h_prev, w3, input_precision=DOT_PRECISION)
+            product = tl.dot(h_prev, w, input_precision=DOT_PRECISION)
         else:
-            hg0, hg1, hg2, hg3 = streamed_gate_products(h_rows, w_hh_ptr, units, unit_ok, row_ok, H, G,
-                                                        DOT_PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
+            product = streamed_product(h_rows, w_hh_ptr, w_rows, col_ok, row_ok, H, DOT_PRECISION,
+                                       BLOCK_B, TILE_N, BLOCK_K)
+        hg0, hg1, hg2, hg3 = split_gates(product + bias, SLOTS, BLOCK_B, BLOCK_H)
         x_base = (t * B + rows64[:, None]) * (G * H)
         ws_base = ws_ptr + (t * B + rows64[:, None]) * (W * H) + units[None, :]
-        h_new, c_new = cell_step(CELL, xproj_ptr, x_base, ws_base, units, H, tile_ok, hg0 + b0,
-                                 hg1 + b1, hg2 + b2, hg3 + b3, h_state, c_state)
+        h_new, c_new = cell_step(CELL, xproj_ptr, x_base, ws_base, units, H, tile_ok, hg0, hg1, hg2,
+                                 hg3, h_state, c_state)
         if HAS_LENGTHS:
             active = (length > t)[:, None]
             h_state = tl.where(active, h_new, h_state)
@@ -234,6 +228,11 @@ def kernel_meta(cell: int, plan: common.LaunchPlan, dtype: torch.dtype, has_bias
                 DOT_PRECISION=common.dot_precision(dtype), **common.launch_options(plan))
 
 
+def product(cell: int) -> common.Product:
+    """The forward's recurrent product: every gate of a program's units in one MMA."""
+    return common.Product(GATES[cell], stacked=True)
+
+
 def mock_args(dtype: torch.dtype, T: int, B: int, H: int) -> list:
     """The kernel's arguments as Triton sees them for specialisation: tensors by dtype
     (16-byte aligned, as torch allocates them), integers by value."""
@@ -245,7 +244,7 @@ def mock_args(dtype: torch.dtype, T: int, B: int, H: int) -> list:
 def _plan(cell, x, H, has_bias, has_lengths, force_per_step, force_streamed) -> common.LaunchPlan:
     key = (cell, x.dtype, has_bias, has_lengths, common.dot_precision(x.dtype))
     return common.launch_plan(
-        "forward", x.device, x.shape[1], H, GATES[cell], key, recurrent_forward_kernel,
+        "forward", x.device, x.shape[1], H, product(cell), key, recurrent_forward_kernel,
         lambda: mock_args(x.dtype, 64, x.shape[1], H),
         lambda plan: kernel_meta(cell, plan, x.dtype, has_bias, has_lengths), force_per_step,
         force_streamed)
