@@ -290,7 +290,8 @@ def check_problem(problem: Problem, compiler: Compiler, limits: common.DeviceLim
     product = (forward if problem.direction == "forward" else backward).product(cell)
     row = {"kernel": "recurrent", "cell": problem.cell, "dtype": problem.dtype,
            "direction": problem.direction, "precision": problem.precision,
-           "lengths": problem.lengths, "B": problem.B, "H": problem.H}
+           "lengths": problem.lengths, "B": problem.B, "H": problem.H,
+           "forced_mode": problem.mode is not None}
     try:
         plan = common.plan_for(kernel, args, meta_of, problem.B, problem.H, product, limits,
                                compiler.resources_of, problem.mode)

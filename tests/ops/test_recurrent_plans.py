@@ -123,6 +123,32 @@ def test_fallback_order_resident_then_streamed_then_per_step():
     assert order == ["persistent", "streamed", "per-step"]
 
 
+def test_spilling_tiles_retry_with_half_the_k_chunk_before_fewer_sms():
+    """A streamed tile that spills with 64-wide K chunks is tried with 32 before the
+    planner gives up SMs (BPTT's split tile then has 2 warps of 16 each); among per-step
+    plans, one that does not spill is preferred."""
+    def spills_at_k64(plan):
+        return resources(spills=8 if plan.block_k == 64 else 0, warps=plan.num_warps)
+    chosen = common.choose_plan(common.candidate_plans(16, 768, LSTM_FORWARD, H100.sms), spills_at_k64, H100)
+    assert (chosen.block_h, chosen.block_k, chosen.programs, chosen.num_warps) == (8, 32, 96, 4)
+    chosen = common.choose_plan(common.candidate_plans(16, 768, LSTM_BPTT, H100.sms), spills_at_k64, H100)
+    assert (chosen.block_h, chosen.block_k, chosen.split, chosen.num_warps) == (8, 32, 2, 2)
+
+    def only_narrow_per_step_is_clean(plan):
+        clean = not plan.persistent and plan.block_h == 32
+        return resources(spills=0 if clean else 8, warps=plan.num_warps)
+    chosen = common.choose_plan(common.candidate_plans(16, 768, LSTM_FORWARD, H100.sms),
+                                only_narrow_per_step_is_clean, H100)
+    assert (chosen.mode, chosen.block_h) == ("per-step", 32)
+
+    def all_spill_narrow_chunks_least(plan):
+        return resources(spills=16 if plan.block_k == 32 else 1024, warps=plan.num_warps)
+    chosen = common.choose_plan(common.candidate_plans(16, 768, LSTM_FORWARD, H100.sms),
+                                all_spill_narrow_chunks_least, H100)
+    assert (chosen.mode, chosen.block_h, chosen.block_k) == ("per-step", 64, 32)
+    assert "spills least" in chosen.reason
+
+
 def test_no_plan_fits_raises():
     plans = common.candidate_plans(16, 768, LSTM_FORWARD, H100.sms)
     with pytest.raises(RuntimeError, match="no launch plan"):

@@ -313,9 +313,10 @@ def candidate_plans(batch: int, hidden: int, product: Product, sms: int,
     """Launch plans in order of preference: resident tiles from those that spread the work
     over most SMs to larger ones (grids of at most one program per SM first, then up to
     RESIDENT_PER_SM per SM, where some SMs would carry two programs' work), then streamed
-    tiles in the same order (MAX_CANDIDATES_PER_MODE of each), then one launch per step.
-    Each tile gets the most warps that do not replicate MMA work; resident tiles only
-    where their weights fit in registers."""
+    tiles in the same order (MAX_CANDIDATES_PER_MODE tiles of each, a streamed tile also
+    with half the K chunk, which needs fewer registers), then one launch per step (again
+    with lighter variants). Each tile gets the most warps that do not replicate MMA work;
+    resident tiles only where their weights fit in registers."""
     full_k = _pow2_at_least_16(hidden)
 
     def programs(tile):
@@ -327,32 +328,55 @@ def candidate_plans(batch: int, hidden: int, product: Product, sms: int,
     # One program per SM first, most programs first; among equals, wider batch blocks
     # (fewer barrier groups).
     tiles.sort(key=lambda tile: (programs(tile) > sms, -programs(tile), -tile[0]))
-    plans = []
-    for resident in (True, False):
-        mode_plans = []
-        for block_b, block_h in tiles:
-            tile_n = product.tile_n(block_h)
-            warps = max_useful_warps(block_b, tile_n)
-            # Streamed chunks of 32 keep one- and two-warp programs out of spills.
-            block_k = full_k if resident else min(STREAM_BLOCK_K if warps > 2 else 32, full_k)
-            split = 1
-            if not resident and not product.stacked and warps < SPLIT_WARPS and full_k >= STREAM_BLOCK_K:
-                # A small BPTT tile: its warps take slices of each K chunk instead.
-                warps = split = SPLIT_WARPS
-                block_k = STREAM_BLOCK_K
-            plan = LaunchPlan(block_b, block_h, block_k, triton.cdiv(batch, block_b),
-                              triton.cdiv(hidden, block_h), resident, True, warps, tile_n, split)
-            if not resident or resident_fits(plan, product, element_size):
-                mode_plans.append(plan)
-        plans += mode_plans[:MAX_CANDIDATES_PER_MODE]
+    resident_plans = [plan for plan in (_plan(batch, hidden, product, tile, full_k, True, True)
+                                         for tile in tiles)
+                      if resident_fits(plan, product, element_size)]
+    plans = resident_plans[:MAX_CANDIDATES_PER_MODE]
+    for tile in tiles[:MAX_CANDIDATES_PER_MODE]:
+        plans += _lighter_variants(_plan(batch, hidden, product, tile, full_k, False, True))
     # The per-step fallback: no barrier, any grid; streamed so that any size compiles.
     block_b = min(_pow2_at_least_16(batch), 64)
     fitting = max(MIN_DOT, MAX_TILE_OUTPUTS // (product.gates * block_b))
     block_h = min(64, full_k, 1 << (fitting.bit_length() - 1))   # a power of two
+    per_step = _plan(batch, hidden, product, (block_b, block_h), full_k, False, False)
+    plans += _lighter_variants(per_step)
+    if block_h // 2 >= product.min_units:
+        plans += _lighter_variants(_plan(batch, hidden, product, (block_b, block_h // 2), full_k,
+                                         False, False))
+    return plans
+
+
+def _plan(batch: int, hidden: int, product: Product, tile: Tuple[int, int], full_k: int,
+          resident: bool, persistent: bool) -> LaunchPlan:
+    """The plan of one (block_b, block_h) tile: the most warps that do not replicate MMA
+    work; all of K when resident, else chunks of STREAM_BLOCK_K (32 for one- and two-warp
+    programs, which stay out of spills that way); small streamed BPTT tiles split each
+    chunk's K over SPLIT_WARPS warps instead."""
+    block_b, block_h = tile
     tile_n = product.tile_n(block_h)
-    plans.append(LaunchPlan(block_b, block_h, min(STREAM_BLOCK_K, full_k), triton.cdiv(batch, block_b),
-                            triton.cdiv(hidden, block_h), False, False, max_useful_warps(block_b, tile_n),
-                            tile_n))
+    warps = max_useful_warps(block_b, tile_n)
+    block_k = full_k if resident else min(STREAM_BLOCK_K if warps > 2 else 32, full_k)
+    split = 1
+    if not resident and persistent and not product.stacked and warps < SPLIT_WARPS \
+            and full_k >= STREAM_BLOCK_K:
+        warps = split = SPLIT_WARPS
+        block_k = STREAM_BLOCK_K
+    return LaunchPlan(block_b, block_h, block_k, triton.cdiv(batch, block_b), triton.cdiv(hidden, block_h),
+                      resident, persistent, warps, tile_n, split)
+
+
+def _lighter_variants(plan: LaunchPlan) -> List[LaunchPlan]:
+    """A streamed plan, then the same tile with half the K chunk (half the registers for
+    the chunk's operands in flight; a split chunk keeps 16 of K per warp on half the
+    warps) where that chunk is still tl.dot's 16 or more."""
+    plans = [plan]
+    half = plan.block_k // 2
+    if plan.split > 1:
+        if half // (plan.split // 2) >= MIN_DOT and plan.split // 2 > 1:
+            plans.append(dataclasses.replace(plan, block_k=half, split=plan.split // 2,
+                                             num_warps=plan.split // 2))
+    elif half >= MIN_DOT:
+        plans.append(dataclasses.replace(plan, block_k=half))
     return plans
 
 
@@ -395,16 +419,24 @@ def check_plan(plan: LaunchPlan, res: Resources, limits: DeviceLimits) -> List[s
 def choose_plan(candidates: List[LaunchPlan], resources_of: Callable[[LaunchPlan], Resources],
                 limits: DeviceLimits) -> LaunchPlan:
     """The first candidate whose compiled kernel fits `limits` (check_plan), with the
-    rejected ones named in its `reason`. The per-step fallback is taken even with spills
-    (it always launches) unless it exceeds shared memory, which raises."""
+    rejected ones named in its `reason`. When none does, the per-step plan within the
+    shared-memory limit that spills least is taken (it launches, slowly); when there is
+    none either, RuntimeError."""
     rejected = []
+    fallback, fallback_spills = None, None
     for plan in candidates:
         res = resources_of(plan)
         problems = check_plan(plan, res, limits)
-        if not problems or (not plan.persistent and res.shared_bytes <= limits.shared_per_block):
+        if not problems:
             why = "; ".join(rejected) if rejected else "first choice"
             return dataclasses.replace(plan, reason=why)
         rejected.append(f"{_describe(plan)}: {', '.join(problems)}")
+        if not plan.persistent and res.shared_bytes <= limits.shared_per_block \
+                and (fallback is None or res.spill_bytes < fallback_spills):
+            fallback, fallback_spills = plan, res.spill_bytes
+    if fallback is not None:
+        return dataclasses.replace(fallback, reason="; ".join(rejected)
+                                   + f"; so the per-step plan that spills least ({_describe(fallback)})")
     raise RuntimeError("fastrnn: no launch plan of the recurrent kernel fits this GPU: "
                        + "; ".join(rejected))
 
