@@ -287,7 +287,7 @@ def kernel_of(problem: Problem):
 def check_problem(problem: Problem, compiler: Compiler, limits: common.DeviceLimits) -> dict:
     kernel, args, meta_of = kernel_of(problem)
     cell = CELLS[problem.cell]
-    product = (forward if problem.direction == "forward" else backward).product(cell)
+    product = (forward if problem.direction == "forward" else backward).product(cell, DTYPES[problem.dtype])
     row = {"kernel": "recurrent", "cell": problem.cell, "dtype": problem.dtype,
            "direction": problem.direction, "precision": problem.precision,
            "lengths": problem.lengths, "B": problem.B, "H": problem.H,

@@ -24,10 +24,11 @@ def resources(regs=128, spills=0, shared=16 * 1024, warps=4):
 # ------------------------------------------------------------------ the planner
 
 
-LSTM_FORWARD = forward.product(common.LSTM)
-LSTM_BPTT = backward.product(common.LSTM)
-PRODUCTS = [module.product(cell) for module in (forward, backward)
-            for cell in (common.LSTM, common.GRU, common.RNN_TANH)]
+LSTM_FORWARD = forward.product(common.LSTM, torch.float16)
+LSTM_BPTT = backward.product(common.LSTM, torch.float16)
+PRODUCTS = [dataclasses.replace(module.product(cell, torch.float16), fma=fma)
+            for module in (forward, backward) for cell in (common.LSTM, common.GRU, common.RNN_TANH)
+            for fma in (False, True)]
 
 
 def test_candidates_never_replicate_warps_and_spread_over_the_sms():
@@ -40,7 +41,8 @@ def test_candidates_never_replicate_warps_and_spread_over_the_sms():
                         assert plan.num_warps == plan.split and plan.block_k // plan.split >= 16, plan
                         assert not product.stacked and not plan.resident, plan
                     else:
-                        assert plan.num_warps <= common.max_useful_warps(plan.block_b, plan.tile_n), plan
+                        assert plan.num_warps <= common.max_useful_warps(plan.block_b, plan.tile_n,
+                                                                         product.fma), plan
                     for block in (plan.block_b, plan.block_h, plan.block_k):   # tl.arange's powers of two
                         assert block & (block - 1) == 0, plan
             plans = common.candidate_plans(B, H, LSTM_FORWARD, H100.sms)
@@ -70,7 +72,7 @@ def test_large_hidden_sizes_spread_over_most_sms_at_small_batch():
     the first streamed one, keep at least 96 of the 132 SMs busy (the forward stacks the
     gates of 4-8 units in one MMA, BPTT pads 8-unit tiles to 16 columns)."""
     for cell in (common.LSTM, common.GRU):
-        for product in (forward.product(cell), backward.product(cell)):
+        for product in (forward.product(cell, torch.float16), backward.product(cell, torch.float16)):
             for B in (1, 16, 64):
                 for H in (768, 1000, 1024, 2048):
                     plans = common.candidate_plans(B, H, product, H100.sms)
@@ -176,8 +178,15 @@ def test_tf32_follows_torch_switch():
     try:
         torch.backends.cudnn.allow_tf32 = True
         assert common.dot_precision(torch.float32) == "tf32"
+        assert not forward.product(common.LSTM, torch.float32).fma
         torch.backends.cudnn.allow_tf32 = False
         assert common.dot_precision(torch.float32) == "ieee"
+        # Exact fp32 runs on the FMA units, whose outputs spread over every thread: an
+        # exact product gets more warps than an MMA tile of the same shape could use.
+        assert backward.product(common.LSTM, torch.float32).fma
+        assert not backward.product(common.LSTM, torch.bfloat16).fma
+        assert common.max_useful_warps(64, 32, fma=True) == 8
+        assert common.max_useful_warps(64, 32) == 4
     finally:
         torch.backends.cudnn.allow_tf32 = old
 
@@ -216,10 +225,10 @@ def test_smallest_unit_blocks_match_torch(cell, monkeypatch):
     x, h0, c0 = x.detach(), h0.detach()[0], c0.detach()[0]
     close = dict(rtol=1e-5, atol=1e-6)   # the kernels carry their states in fp32
 
-    units = forward.product(cell).min_units
+    units = forward.product(cell, torch.float64).min_units
     for resident in (True, False):
         plan = common.LaunchPlan(16, units, 128 if resident else 32, 1, -(-H // units), resident, False,
-                                 2, forward.product(cell).tile_n(units))
+                                 2, forward.product(cell, torch.float64).tile_n(units))
         monkeypatch.setattr(forward, "_plan", lambda *args: plan)
         y, h_t, c_t, workspace = forward.run_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, None)
         torch.testing.assert_close(y, y_ref.detach(), **close)
@@ -286,12 +295,17 @@ def test_bptt_barrier_that_never_completes_aborts(monkeypatch):
 
 
 @pytest.mark.interpreter
-def test_fp16_backward_with_gradscaler_scale_matches_the_exact_gradients(monkeypatch):
+@pytest.mark.parametrize("split", [1, 4], ids=["one-warp-k", "k-split-4-ways"])
+def test_fp16_backward_with_gradscaler_scale_matches_the_exact_gradients(monkeypatch, split):
     """Upstream gradients scaled by 2^16 (GradScaler's default) push the fp32 gate
     gradients past fp16's 65504. Wherever the exact gradient (fp64 reference) is finite in
     fp16, ours must be finite and as close as fp16 allows; a plain fp16 cast of the gate
-    gradients before the recurrent product would turn such entries into inf."""
+    gradients before the recurrent product would turn such entries into inf. Both forms
+    of the product: whole K chunks, and chunks split over 4 warps (8-unit programs)."""
     T, B, I, H = 4, 2, 3, 16
+    if split > 1:
+        plan = common.LaunchPlan(16, 8, 64, 1, 2, False, False, split, 16, split)
+        monkeypatch.setattr(backward, "_plan", lambda *args: plan)
     g = torch.Generator().manual_seed(1)
 
     def rand(*shape, scale):

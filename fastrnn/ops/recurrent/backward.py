@@ -342,14 +342,15 @@ def mock_args(dtype: torch.dtype, T: int, B: int, H: int) -> list:
     return [MockTensor(d) for d in pointer_dtypes] + [T - 1, -1, T, B, H]
 
 
-def product(cell: int) -> common.Product:
+def product(cell: int, dtype: torch.dtype) -> common.Product:
     """BPTT's recurrent product: the gates in the reduction, the units along N."""
-    return common.Product(common.GATES[cell], stacked=False)
+    return common.Product(common.GATES[cell], stacked=False,
+                          fma=common.dot_precision(dtype) == "ieee" and dtype == torch.float32)
 
 
 def _plan(cell, w_hh, B, H, force_per_step, force_streamed) -> common.LaunchPlan:
     key = (cell, w_hh.dtype, common.dot_precision(w_hh.dtype))
-    return common.launch_plan("bptt", w_hh.device, B, H, product(cell), key, _bptt_kernel,
+    return common.launch_plan("bptt", w_hh.device, B, H, product(cell, w_hh.dtype), key, _bptt_kernel,
                               lambda: mock_args(w_hh.dtype, 64, B, H),
                               lambda plan: kernel_meta(cell, plan, w_hh.dtype), force_per_step,
                               force_streamed)

@@ -247,9 +247,11 @@ class Product:
     program's units, gates side by side: N = gate_slots x units, K = H. gate_slots is a
     power of two for tl.arange (the GRU's three gates take four slots, the fourth masked).
     Not stacked (BPTT): the gate gradients (BLOCK_B x gates*H) times W_hh[:, units]:
-    N = the units (at least MIN_DOT, padded), K = gates x H, one tile per gate."""
+    N = the units (at least MIN_DOT, padded), K = gates x H, one tile per gate.
+    fma: exact fp32, which tl.dot computes on the FMA units (no MMA instructions)."""
     gates: int
     stacked: bool
+    fma: bool = False
 
     @property
     def gate_slots(self) -> int:
@@ -284,16 +286,24 @@ RESIDENT_PER_SM = 2
 MAX_CANDIDATES_PER_MODE = 3
 
 
-def max_useful_warps(block_b: int, tile_n: int) -> int:
-    """Warps that each get their own part of a (block_b, tile_n) MMA output tile.
+def max_useful_warps(block_b: int, tile_n: int, fma: bool = False) -> int:
+    """Warps that each get their own part of a (block_b, tile_n) output tile.
 
     An mma.sync instruction covers 16 x 8. Triton (3.6 and 3.9, read from the TTGIR of
     our kernels) puts every warp along the longer side of the tile, rows first on a
     square one: 2 warps on a 16 x 16 tile become warpsPerCTA [2, 1] and compute the same
     rows twice. So the useful warps are the instruction tiles along that side. The
-    compiled layout is checked anyway (mma_replicated)."""
+    compiled layout is checked anyway (mma_replicated). An FMA product (exact fp32)
+    spreads its outputs over all threads: warps up to FMA_OUTPUTS_PER_THREAD each."""
+    if fma:
+        return max(1, min(8, block_b * tile_n // (32 * FMA_OUTPUTS_PER_THREAD)))
     along = block_b // 16 if block_b >= tile_n else tile_n // 8
     return max(1, min(8, along))
+
+
+# Outputs per thread of an FMA product below which more warps add more barrier and
+# reduction work than they take off each thread's K loop.
+FMA_OUTPUTS_PER_THREAD = 4
 
 
 # A resident W_hh slice is a loop-carried value: it lives in registers, spread over the
@@ -314,8 +324,8 @@ def candidate_plans(batch: int, hidden: int, product: Product, sms: int,
     over most SMs to larger ones (grids of at most one program per SM first, then up to
     RESIDENT_PER_SM per SM, where some SMs would carry two programs' work), then streamed
     tiles in the same order (MAX_CANDIDATES_PER_MODE tiles of each, a streamed tile also
-    with half the K chunk, which needs fewer registers), then one launch per step (again
-    with lighter variants). Each tile gets the most warps that do not replicate MMA work;
+    with half the K chunk, which needs fewer registers), then one launch per step (the
+    widest tile, then half the units, then half the rows, each with both K chunks). Each tile gets the most warps that do not replicate MMA work;
     resident tiles only where their weights fit in registers."""
     full_k = _pow2_at_least_16(hidden)
 
@@ -338,11 +348,9 @@ def candidate_plans(batch: int, hidden: int, product: Product, sms: int,
     block_b = min(_pow2_at_least_16(batch), 64)
     fitting = max(MIN_DOT, MAX_TILE_OUTPUTS // (product.gates * block_b))
     block_h = min(64, full_k, 1 << (fitting.bit_length() - 1))   # a power of two
-    per_step = _plan(batch, hidden, product, (block_b, block_h), full_k, False, False)
-    plans += _lighter_variants(per_step)
-    if block_h // 2 >= product.min_units:
-        plans += _lighter_variants(_plan(batch, hidden, product, (block_b, block_h // 2), full_k,
-                                         False, False))
+    for tile in [(block_b, block_h), (block_b, block_h // 2), (block_b // 2, block_h)]:
+        if tile[0] >= MIN_DOT and tile[1] >= product.min_units:
+            plans += _lighter_variants(_plan(batch, hidden, product, tile, full_k, False, False))
     return plans
 
 
@@ -354,7 +362,7 @@ def _plan(batch: int, hidden: int, product: Product, tile: Tuple[int, int], full
     chunk's K over SPLIT_WARPS warps instead."""
     block_b, block_h = tile
     tile_n = product.tile_n(block_h)
-    warps = max_useful_warps(block_b, tile_n)
+    warps = max_useful_warps(block_b, tile_n, product.fma)
     block_k = full_k if resident else min(STREAM_BLOCK_K if warps > 2 else 32, full_k)
     split = 1
     if not resident and persistent and not product.stacked and warps < SPLIT_WARPS \

@@ -228,9 +228,10 @@ def kernel_meta(cell: int, plan: common.LaunchPlan, dtype: torch.dtype, has_bias
                 DOT_PRECISION=common.dot_precision(dtype), **common.launch_options(plan))
 
 
-def product(cell: int) -> common.Product:
+def product(cell: int, dtype: torch.dtype) -> common.Product:
     """The forward's recurrent product: every gate of a program's units in one MMA."""
-    return common.Product(GATES[cell], stacked=True)
+    return common.Product(GATES[cell], stacked=True,
+                          fma=common.dot_precision(dtype) == "ieee" and dtype == torch.float32)
 
 
 def mock_args(dtype: torch.dtype, T: int, B: int, H: int) -> list:
@@ -244,7 +245,7 @@ def mock_args(dtype: torch.dtype, T: int, B: int, H: int) -> list:
 def _plan(cell, x, H, has_bias, has_lengths, force_per_step, force_streamed) -> common.LaunchPlan:
     key = (cell, x.dtype, has_bias, has_lengths, common.dot_precision(x.dtype))
     return common.launch_plan(
-        "forward", x.device, x.shape[1], H, product(cell), key, recurrent_forward_kernel,
+        "forward", x.device, x.shape[1], H, product(cell, x.dtype), key, recurrent_forward_kernel,
         lambda: mock_args(x.dtype, 64, x.shape[1], H),
         lambda plan: kernel_meta(cell, plan, x.dtype, has_bias, has_lengths), force_per_step,
         force_streamed)
