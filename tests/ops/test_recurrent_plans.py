@@ -68,10 +68,10 @@ def test_candidates_never_replicate_warps_and_spread_over_the_sms():
 
 
 def test_large_hidden_sizes_spread_over_most_sms_at_small_batch():
-    """H >= 768, B <= 64: the first candidate of the LSTM and GRU forward and BPTT, and
-    the first streamed one, keep at least 96 of the 132 SMs busy (the forward stacks the
-    gates of 4-8 units in one MMA, BPTT pads 8-unit tiles to 16 columns)."""
-    for cell in (common.LSTM, common.GRU):
+    """H >= 768, B <= 64: the first candidate of the LSTM, GRU and RNN forward and BPTT,
+    and the first streamed one, keep at least 96 of the 132 SMs busy (the forward stacks
+    the gates of 4-8 units in one MMA, BPTT pads 8-unit tiles to 16 columns)."""
+    for cell in (common.LSTM, common.GRU, common.RNN_TANH):
         for product in (forward.product(cell, torch.float16), backward.product(cell, torch.float16)):
             for B in (1, 16, 64):
                 for H in (768, 1000, 1024, 2048):
@@ -205,7 +205,8 @@ def _layer(cell, I, H):
                          ids=["lstm", "gru", "rnn_tanh"])
 def test_smallest_unit_blocks_match_torch(cell, monkeypatch):
     """Plans that split H over programs with the fewest units each: the forward's stacked
-    gates (4 units = 16 columns for the LSTM and GRU, the GRU's fourth slot masked) and
+    gates (4 units = 16 columns for the LSTM and GRU, the GRU's fourth slot masked; 8
+    units in two slots for the RNN, the second masked) and
     BPTT's 8-unit tiles padded to 16 columns, resident, streamed and with the K chunks
     split over 4 warps; H = 70 leaves the last program partly empty. Per-step launches
     (no grid barrier, which the interpreter cannot run) give the same index math as

@@ -244,8 +244,9 @@ class Product:
     """The recurrent product one program computes per step.
 
     stacked (the forward): h_{t-1} (BLOCK_B x H) times the W_hh rows of every gate of the
-    program's units, gates side by side: N = gate_slots x units, K = H. gate_slots is a
-    power of two for tl.arange (the GRU's three gates take four slots, the fourth masked).
+    program's units, gates side by side: N = slots x units >= 16, K = H. The slots are a
+    power of two for tl.arange (the GRU's three gates take four, the fourth masked; the
+    Elman cells' one gate takes two when a program owns 8 units).
     Not stacked (BPTT): the gate gradients (BLOCK_B x gates*H) times W_hh[:, units]:
     N = the units (at least MIN_DOT, padded), K = gates x H, one tile per gate.
     fma: exact fp32, which tl.dot computes on the FMA units (no MMA instructions)."""
@@ -254,15 +255,14 @@ class Product:
     fma: bool = False
 
     @property
-    def gate_slots(self) -> int:
-        return triton.next_power_of_2(self.gates) if self.stacked else 1
-
-    @property
     def min_units(self) -> int:
-        return MIN_DOT // self.gate_slots if self.stacked else MIN_PADDED_UNITS
+        if not self.stacked:
+            return MIN_PADDED_UNITS
+        return min(MIN_PADDED_UNITS, MIN_DOT // triton.next_power_of_2(self.gates))
 
     def tile_n(self, units: int) -> int:
-        return max(MIN_DOT, self.gate_slots * units)
+        slots = triton.next_power_of_2(self.gates) if self.stacked else 1
+        return max(MIN_DOT, slots * units)
 
     def weight_elements(self, units: int, block_k: int) -> int:
         """W_hh elements a resident program holds (padding included)."""

@@ -10,8 +10,9 @@ activations backward needs.
 
 The slice is one MMA operand for all gates: column c of the product is gate c % SLOTS of
 the program's unit c // SLOTS (SLOTS = 4 for the LSTM and GRU, whose fourth slot is
-masked, 1 for the Elman cells), so the product's N is SLOTS x BLOCK_H and an LSTM or GRU
-program may own just 4 units. split_gates takes the gates apart for the cell's math.
+masked; 1 for the Elman cells, or 2 with the second masked when a program owns 8 units),
+so the product's N is SLOTS x BLOCK_H >= 16 and an LSTM or GRU program may own just 4
+units. split_gates takes the gates apart for the cell's math.
 
 h_t travels through `hbuf` (T+1, B, H): hbuf[t] = y_t and hbuf[T] = h0, so the recurrent
 operand of step t is hbuf[(t - 1) mod (T + 1)] whatever launched before it, and the
@@ -59,6 +60,9 @@ def split_gates(product, SLOTS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl
     every block is the product itself)."""
     if SLOTS == 1:
         return product, product, product, product
+    elif SLOTS == 2:
+        g0, g1 = tl.split(tl.reshape(product, (BLOCK_B, BLOCK_H, 2)))
+        return g0, g1, g1, g1
     else:
         # Column j*4 + 2*a + b holds gate 2*a + b: split b, then a.
         even, odd = tl.split(tl.reshape(product, (BLOCK_B, BLOCK_H, 2, 2)))
@@ -140,7 +144,7 @@ def recurrent_forward_kernel(
         RESIDENT: tl.constexpr, GRID_BARRIER: tl.constexpr, DOT_PRECISION: tl.constexpr,
         MAX_POLLS: tl.constexpr, ABORT: tl.constexpr):
     G: tl.constexpr = 4 if CELL == 0 else (3 if CELL == 1 else 1)
-    SLOTS: tl.constexpr = 1 if G == 1 else 4
+    SLOTS: tl.constexpr = 4 if G > 1 else (2 if BLOCK_H < 16 else 1)
     TILE_N: tl.constexpr = SLOTS * BLOCK_H
     W: tl.constexpr = 5 if CELL == 0 else (4 if CELL == 1 else 1)
     pid_b = tl.program_id(0)
