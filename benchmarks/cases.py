@@ -93,7 +93,7 @@ def vocab(kernel: str, B: int, V: int, dtype: torch.dtype) -> Case:
 # ---------------------------------------------------------------------------- sweeps
 
 def gpu_sweep(kernels) -> List[Case]:
-    """DESIGN.md section 5: the headline LSTM/GRU B=16 T=1024 H=768 in fp16, bf16 and fp32;
+    """The GPU sweep: the headline LSTM/GRU B=16 T=1024 H=768 in fp16, bf16 and fp32;
     B in {1, 8, 64, 256} x H in {256, 512, 1024, 2048} (T=256, bf16); sampling and
     softmax B in {1, 32, 256} x V in {32000, 128256} (fp32 logits). Every kernel's
     headline cases come first, so a time-limited run still covers each kernel."""

@@ -1,4 +1,4 @@
-"""Benchmark runner: sweep the shapes of DESIGN.md section 5 on the device present, append
+"""Benchmark runner: sweep the shapes of benchmarks/cases.py on the device present, append
 the results to benchmarks/results/results.csv, and render results.md and PNG plots.
 
     python -m benchmarks.run                       # everything, on the GPU if there is one

@@ -7,7 +7,7 @@
 Run it after installing fastrnn on a new GPU, driver, CUDA or Triton version. For each
 backend (triton, ext, reference), op, dtype and shape it compares fastrnn's outputs and
 every gradient with torch's own computation, under the tolerances of fastrnn.testing
-(DESIGN.md section 4), prints one row per check and exits 1 when any check fails.
+(its module docstring), prints one row per check and exits 1 when any check fails.
 
 - LSTM, GRU and RNN (tanh, relu) run as the drop-in modules fastrnn.LSTM / GRU / RNN with
   the weights of a torch.nn module, against that module and a loop of its cell
@@ -18,7 +18,7 @@ every gradient with torch's own computation, under the tolerances of fastrnn.tes
   row of ties) must equal the sort-based reference's exactly, and every drawn token must
   lie in it.
 
-Shapes: a tiny case everywhere; on a GPU also the headline size of DESIGN.md section 5
+Shapes: a tiny case everywhere; on a GPU also the headline size of benchmarks/cases.py
 (LSTM/GRU/RNN B=16 T=1024 H=768; softmax and sampling 32 x 128256). Without a GPU the
 Triton kernels run under the Triton interpreter (tiny shapes, no bfloat16).
 

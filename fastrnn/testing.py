@@ -1,4 +1,4 @@
-"""Tolerances and helpers shared by tests and benchmarks (one definition, see DESIGN.md §4)."""
+"""Tolerances and helpers shared by tests and benchmarks (one definition for both)."""
 import contextlib
 import math
 

@@ -97,3 +97,22 @@ def test_planned_launches_compile_clean_for_hopper(tmp_path):
         assert row["co_resident"] and row["shared_bytes"] <= 232_448
         assert not row["replicated_warps"] and row["spill_bytes"] == 0, row
     assert {row["mode"] for row in rows} >= {"persistent", "streamed"}
+
+
+def test_sm_balance_flags_the_busiest_sm_not_the_sm_count():
+    """The step waits for the busiest SM: 48 programs of 16 units at H = 768 leave it
+    2.8x the even share of 132 SMs; 96 programs of 8 do not; on the 108 SMs of sm_80,
+    64 programs of 16 units at H = 1024 are within 2x of the even share (128 programs of
+    8 would put two on some SMs: the same busiest load)."""
+    from fastrnn.ops.recurrent import common
+
+    def plan(units, H, programs_b=1):
+        return common.LaunchPlan(16, units, 64, programs_b, -(-H // units), False, True, 4, 4 * units)
+    busiest, even = gpu_static.sm_balance(plan(16, 768), 768, common.SM90)
+    assert busiest == 16 and busiest > 2 * even
+    busiest, even = gpu_static.sm_balance(plan(8, 768), 768, common.SM90)
+    assert busiest == 8 and busiest <= 2 * even
+    busiest, even = gpu_static.sm_balance(plan(16, 1024), 1024, common.SM80)
+    assert busiest <= 2 * even
+    busiest, even = gpu_static.sm_balance(plan(8, 1024), 1024, common.SM80)
+    assert busiest == 16

@@ -10,10 +10,10 @@ memory and meet at a grid barrier once per step.
 
 The per-step product of one program (`Product`): the forward multiplies h_{t-1} by the
 W_hh rows of all gates of its units at once, the gates side by side along the MMA's N
-(GATE_SLOTS x BLOCK_H columns), so an LSTM or GRU program may own as few as 4 units and
-a hidden size of 768 spreads over 96 or more SMs even at batch 16. BPTT reduces over the
-gates (K = gates x H) and its N is the program's units, padded to tl.dot's 16 when a
-program owns 8.
+(gate slots x BLOCK_H columns), so an LSTM or GRU program may own as few as 4 units (an
+Elman one 8) and a hidden size of 768 spreads over 96 or more SMs even at batch 16. BPTT
+reduces over the gates (K = gates x H) and its N is the program's units, padded to
+tl.dot's 16 when a program owns 8; its warps then split each K chunk between them.
 
 Co-residency. The grid barrier needs every program of a launch on an SM at once. The
 planner (choose_plan) therefore admits a persistent plan only when the compiled kernel's
@@ -234,8 +234,9 @@ def _pow2_at_least_16(n: int) -> int:
 
 # tl.dot needs every dimension >= 16.
 MIN_DOT = 16
-# BPTT programs may own 8 units, their product padded to 16 columns (half of its MMA work
-# multiplies zeros; the weight loads are masked, so no memory traffic is wasted).
+# Programs may own 8 units with their product padded to 16 columns (BPTT, and the Elman
+# forward): half of its MMA work multiplies zeros, but the weight loads are masked, so no
+# memory traffic is wasted.
 MIN_PADDED_UNITS = 8
 
 
@@ -325,8 +326,9 @@ def candidate_plans(batch: int, hidden: int, product: Product, sms: int,
     RESIDENT_PER_SM per SM, where some SMs would carry two programs' work), then streamed
     tiles in the same order (MAX_CANDIDATES_PER_MODE tiles of each, a streamed tile also
     with half the K chunk, which needs fewer registers), then one launch per step (the
-    widest tile, then half the units, then half the rows, each with both K chunks). Each tile gets the most warps that do not replicate MMA work;
-    resident tiles only where their weights fit in registers."""
+    widest tile, then half the units, half the rows, half of both; each with both K
+    chunks). Each tile gets the most warps that do not replicate MMA work; resident tiles
+    only where their weights fit in registers."""
     full_k = _pow2_at_least_16(hidden)
 
     def programs(tile):
@@ -348,7 +350,8 @@ def candidate_plans(batch: int, hidden: int, product: Product, sms: int,
     block_b = min(_pow2_at_least_16(batch), 64)
     fitting = max(MIN_DOT, MAX_TILE_OUTPUTS // (product.gates * block_b))
     block_h = min(64, full_k, 1 << (fitting.bit_length() - 1))   # a power of two
-    for tile in [(block_b, block_h), (block_b, block_h // 2), (block_b // 2, block_h)]:
+    for tile in [(block_b, block_h), (block_b, block_h // 2), (block_b // 2, block_h),
+                 (block_b // 2, block_h // 2)]:
         if tile[0] >= MIN_DOT and tile[1] >= product.min_units:
             plans += _lighter_variants(_plan(batch, hidden, product, tile, full_k, False, False))
     return plans
@@ -357,7 +360,7 @@ def candidate_plans(batch: int, hidden: int, product: Product, sms: int,
 def _plan(batch: int, hidden: int, product: Product, tile: Tuple[int, int], full_k: int,
           resident: bool, persistent: bool) -> LaunchPlan:
     """The plan of one (block_b, block_h) tile: the most warps that do not replicate MMA
-    work; all of K when resident, else chunks of STREAM_BLOCK_K (32 for one- and two-warp
+    work (max_useful_warps); all of K when resident, else chunks of STREAM_BLOCK_K (32 for one- and two-warp
     programs, which stay out of spills that way); small streamed BPTT tiles split each
     chunk's K over SPLIT_WARPS warps instead."""
     block_b, block_h = tile

@@ -1,8 +1,8 @@
 """Sort-based sampling reference in plain PyTorch, the oracle for the sort-free paths.
 
 It filters the way Hugging Face does (sort each row once, read the filters off the
-sorted probabilities), but with fastrnn's semantics (DESIGN.md section 3), which decide
-ties by value rather than by position:
+sorted probabilities), but with fastrnn's semantics (README, "Softmax and sampling"),
+which decide ties by value rather than by position:
 
 - probabilities p = softmax(logits / T) in float32, computed as e_j = exp((l_j - max) / T)
   (the max subtracted before dividing, so a tiny T never overflows; T = +inf gives
