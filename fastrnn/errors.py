@@ -20,6 +20,7 @@ An error is raised once: after it is raised it is forgotten.
 from __future__ import annotations
 
 import dataclasses
+import struct
 import threading
 from typing import Callable, List
 
@@ -72,6 +73,28 @@ def report(codes: torch.Tensor, message: Message, exc_type: type = RuntimeError)
     with _lock:
         _pending.append(_Pending(host, done, message, exc_type))
     _raise_completed(wait=False)
+
+
+def report_first_row(bad: torch.Tensor, values: torch.Tensor, describe: Callable[[int, float], str],
+                     exc_type: type = ValueError) -> None:
+    """Report the first row where `bad` (R,) bool is True, with that row's entry of
+    `values` (R,): exc_type(describe(row, value)), through `report` (at once on CPU,
+    deferred on CUDA). The row is found and indexed on the device (indexing with a 0-d
+    tensor would read it on the host); the value travels as the bits of a float64."""
+    R = bad.shape[0]
+    if R == 0 or torch.compiler.is_compiling():  # nothing is read while tracing
+        return
+    if bad.device.type != "cuda" and not bool(bad.any()):
+        return  # off CUDA, reading the flag costs no sync and spares the codes below
+    row = torch.where(bad, torch.arange(R, device=bad.device), R).amin().reshape(1)
+    value = values.index_select(0, row.clamp_max(R - 1)).double()
+    codes = torch.cat([row, value.view(torch.int64)])
+
+    def message(codes: List[int]) -> "str | None":
+        if codes[0] == R:
+            return None
+        return describe(codes[0], struct.unpack("<d", struct.pack("<q", codes[1]))[0])
+    report(codes, message, exc_type)
 
 
 def check_errors() -> None:

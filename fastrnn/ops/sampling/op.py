@@ -19,7 +19,6 @@ device to a few codes and handed to fastrnn.errors.report, which raises at once 
 and defers the check on CUDA (fastrnn.check_errors() waits for it).
 """
 import importlib
-import struct
 from typing import Callable, Optional, Union
 
 import torch
@@ -72,29 +71,9 @@ class _Rule:
 
     def check_tensor(self, fn: str, values: Tensor):
         """Report the first row out of range, without a host sync on CUDA."""
-        B = values.shape[0]
-        if B == 0 or torch.compiler.is_compiling():  # nothing is read while tracing
-            return
-        bad = ~self.ok(values)
-        if values.device.type != "cuda" and not bool(bad.any()):
-            return  # off CUDA, reading the flag costs no sync and spares the codes below
-        row = _first_row(bad)
-        value = values.index_select(0, row.clamp_max(B - 1)).double()
-        codes = torch.cat([row, value.view(torch.int64)])
-
-        def message(codes):
-            if codes[0] == B:
-                return None
-            value = struct.unpack("<d", struct.pack("<q", codes[1]))[0]
-            return f"fastrnn.{fn}: {self.name} must be {self.text}, got {value:g} (row {codes[0]})"
-        errors.report(codes, message, ValueError)
-
-
-def _first_row(bad: Tensor) -> Tensor:
-    """(1,) int64 on bad's device: the first True row of bad (B,), or B if none. Computed
-    and later indexed on the device (indexing with a 0-d tensor would read it on the host)."""
-    B = bad.shape[0]
-    return torch.where(bad, torch.arange(B, device=bad.device), B).amin().reshape(1)
+        errors.report_first_row(
+            ~self.ok(values), values,
+            lambda row, value: f"fastrnn.{fn}: {self.name} must be {self.text}, got {value:g} (row {row})")
 
 
 # NaN fails every comparison below, so it is rejected by each rule.
@@ -152,20 +131,10 @@ def _parameters(fn: str, logits: Tensor, temperature: Param, top_k: Param, top_p
 
 def report_status(fn: str, status: Tensor):
     """ValueError naming the first row with a non-zero status (deferred on CUDA)."""
-    B = status.shape[0]
-    if B == 0 or torch.compiler.is_compiling():  # nothing is read while tracing
-        return
-    if status.device.type != "cuda" and not bool(status.any()):
-        return  # off CUDA, reading the flag costs no sync and spares the codes below
-    row = _first_row(status != 0)
-    codes = torch.cat([row, status.index_select(0, row.clamp_max(B - 1)).long()])
-
-    def message(codes):
-        if codes[0] == B:
-            return None
-        return (f"fastrnn.{fn}: logits row {codes[0]} {STATUS[codes[1]]}; nothing can be "
-                "sampled from it")
-    errors.report(codes, message, ValueError)
+    errors.report_first_row(
+        status != 0, status,
+        lambda row, code: (f"fastrnn.{fn}: logits row {row} {STATUS[int(code)]}; nothing can be "
+                           "sampled from it"))
 
 
 # ---- randomness ---------------------------------------------------------------------------

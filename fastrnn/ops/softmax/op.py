@@ -7,7 +7,6 @@ backend modules provide forward(x, temperature, log) and backward(grad, y, tempe
 log). Gradients flow to x only; temperature is treated as a constant.
 """
 import importlib
-import struct
 from typing import Optional, Union
 
 import torch
@@ -77,8 +76,8 @@ def _row_temperature(fn: str, temperature: Union[float, Tensor], rows_shape, dev
         if not temperature.dtype.is_floating_point:
             temperature = temperature.float()
         t = temperature.detach().to(device=device, dtype=torch.float32).expand(rows_shape).reshape(R)
-        if R:
-            _report_first_bad_row(fn, rule, t)
+        errors.report_first_row(~(t > 0), t,
+                                lambda row, value: f"fastrnn.{fn}: {rule}, got {value:g} (row {row})")
     elif isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
         if not temperature > 0:  # NaN fails too
             _fail(fn, f"{rule}, got {temperature}")
@@ -87,20 +86,6 @@ def _row_temperature(fn: str, temperature: Union[float, Tensor], rows_shape, dev
         _fail(fn, f"temperature must be a number or a Tensor, got {type(temperature).__name__}",
               TypeError)
     return t.contiguous()
-
-
-def _report_first_bad_row(fn: str, rule: str, t: Tensor):
-    """Raise (via fastrnn.errors) naming the first row whose temperature is not > 0."""
-    R = t.shape[0]
-    row = torch.where(t > 0, R, torch.arange(R, device=t.device)).amin()
-    codes = torch.stack([row, t[row.clamp_max(R - 1)].double().view(torch.int64)])
-
-    def message(codes):
-        if codes[0] == R:
-            return None
-        value = struct.unpack("<d", struct.pack("<q", codes[1]))[0]
-        return f"fastrnn.{fn}: {rule}, got {value:g} (row {codes[0]})"
-    errors.report(codes, message, ValueError)
 
 
 def _softmax(fn: str, x: Tensor, temperature, dim: int, log: bool, backend: Optional[str]) -> Tensor:
