@@ -47,6 +47,62 @@ struct Case {
   bool lengths;
 };
 
+// Per-row lengths 1, 3, 5, ... (mod T) when the case has lengths, else none.
+std::vector<int64_t> case_lengths(const Case& c) {
+  std::vector<int64_t> lengths;
+  for (int64_t b = 0; c.lengths && b < c.B; ++b) lengths.push_back(1 + (b * 2) % c.T);
+  return lengths;
+}
+
+std::string case_name(const std::string& cell, const Case& c) {
+  return cell + " T=" + std::to_string(c.T) + " B=" + std::to_string(c.B) + " H=" +
+         std::to_string(c.H) + (c.proj ? " proj" : "") + (c.lengths ? " lengths" : "");
+}
+
+// Step t of a naive loop: rows still active emit h_new (width per row) and keep it as
+// their state; rows past their length emit zeros and keep the state they had.
+void commit_step(const std::vector<int64_t>& lengths, int64_t t, int64_t B, int64_t width,
+                 const Vec& h_new, Vec* h, Vec* y) {
+  for (int64_t b = 0; b < B; ++b) {
+    const bool active = lengths.empty() || t < lengths[b];
+    for (int64_t q = 0; q < width; ++q) {
+      (*y)[(t * B + b) * width + q] = active ? h_new[b * width + q] : 0.0;
+      if (active) (*h)[b * width + q] = h_new[b * width + q];
+    }
+  }
+}
+
+// The header forward in fp64 and fp32 against the naive loop's output.
+void expect_forward(const std::string& name, const Vec& got_d, const Vec& got_f,
+                    const Vec& expected) {
+  for (size_t i = 0; i < expected.size(); ++i) {
+    expect_close(name + " forward fp64 [" + std::to_string(i) + "]", got_d[i], expected[i], 1e-12);
+    expect_close(name + " forward fp32 [" + std::to_string(i) + "]", got_f[i], expected[i], 2e-6);
+  }
+}
+
+double dot(const Vec& a, const Vec& b) {
+  double s = 0;
+  for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
+  return s;
+}
+
+// A gradient against central differences of the loss dot(naive(params), weights) in one
+// field of the parameters.
+template <typename Params, typename Naive>
+void expect_finite_differences(const std::string& name, const Params& p, Vec Params::*field,
+                               const std::vector<double>& grad, const char* what,
+                               const Vec& weights, const Naive& naive) {
+  const double eps = 1e-6;
+  for (size_t i = 0; i < grad.size(); ++i) {
+    Params plus = p, minus = p;
+    (plus.*field)[i] += eps;
+    (minus.*field)[i] -= eps;
+    const double fd = (dot(naive(plus), weights) - dot(naive(minus), weights)) / (2 * eps);
+    expect_close(name + " " + what + "[" + std::to_string(i) + "]", grad[i], fd, 1e-6);
+  }
+}
+
 // ---- LSTM -----------------------------------------------------------------------------
 
 struct LstmParams {
@@ -84,12 +140,9 @@ Vec naive_lstm(const Case& c, const LstmParams& p) {
         h_new[b * P + q] = v;
       }
     }
+    commit_step(p.lengths, t, B, P, h_new, &h, &y);
     for (int64_t b = 0; b < B; ++b) {
       const bool active = p.lengths.empty() || t < p.lengths[b];
-      for (int64_t q = 0; q < P; ++q) {
-        y[(t * B + b) * P + q] = active ? h_new[b * P + q] : 0.0;
-        if (active) h[b * P + q] = h_new[b * P + q];
-      }
       for (int64_t j = 0; j < H && active; ++j) cs[b * H + j] = c_new[b * H + j];
     }
   }
@@ -136,33 +189,20 @@ LstmParams make_lstm(std::mt19937& gen, const Case& c) {
   p.c0 = random_vec(gen, c.B * c.H);
   p.w_hh = random_vec(gen, 4 * c.H * c.P);
   if (c.proj) p.w_hr = random_vec(gen, c.P * c.H);
-  if (c.lengths) {
-    for (int64_t b = 0; b < c.B; ++b) p.lengths.push_back(1 + (b * 2) % c.T);
-  }
+  p.lengths = case_lengths(c);
   return p;
-}
-
-double dot(const Vec& a, const Vec& b) {
-  double s = 0;
-  for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
-  return s;
 }
 
 void test_lstm(const Case& c, unsigned seed) {
   std::mt19937 gen(seed);
   const LstmParams p = make_lstm(gen, c);
-  const std::string name = "lstm T=" + std::to_string(c.T) + " B=" + std::to_string(c.B) +
-                           " H=" + std::to_string(c.H) + (c.proj ? " proj" : "") +
-                           (c.lengths ? " lengths" : "");
+  const std::string name = case_name("lstm", c);
   const Vec expected = naive_lstm(c, p);
   std::vector<double> ws_d;
   std::vector<float> ws_f;
   const Vec got_d = header_lstm_forward<double>(c, p, &ws_d);
   const Vec got_f = header_lstm_forward<float>(c, p, &ws_f);
-  for (size_t i = 0; i < expected.size(); ++i) {
-    expect_close(name + " forward fp64 [" + std::to_string(i) + "]", got_d[i], expected[i], 1e-12);
-    expect_close(name + " forward fp32 [" + std::to_string(i) + "]", got_f[i], expected[i], 2e-6);
-  }
+  expect_forward(name, got_d, got_f, expected);
 
   // Backward (fp64) against finite differences of the naive loss.
   const int64_t T = c.T, B = c.B, H = c.H, P = c.P;
@@ -178,20 +218,10 @@ void test_lstm(const Case& c, unsigned seed) {
                          dgates.data(), dh0.data(), dc0.data(), c.proj ? dy.data() : nullptr,
                          dhidden.data(), dh_next.data()};
   lstm_backward(a, fastrnn::HeaderGemm<>(), fastrnn::SerialFor());
-  const double eps = 1e-6;
-  auto check_fd = [&](Vec LstmParams::*field, const std::vector<double>& grad, const char* what) {
-    for (size_t i = 0; i < grad.size(); ++i) {
-      LstmParams plus = p, minus = p;
-      (plus.*field)[i] += eps;
-      (minus.*field)[i] -= eps;
-      const double fd = (dot(naive_lstm(c, plus), weights) - dot(naive_lstm(c, minus), weights)) /
-                        (2 * eps);
-      expect_close(name + " " + what + "[" + std::to_string(i) + "]", grad[i], fd, 1e-6);
-    }
-  };
-  check_fd(&LstmParams::xg, dgates, "dgates");
-  check_fd(&LstmParams::h0, dh0, "dh0");
-  check_fd(&LstmParams::c0, dc0, "dc0");
+  auto naive = [&](const LstmParams& q) { return naive_lstm(c, q); };
+  expect_finite_differences(name, p, &LstmParams::xg, dgates, "dgates", weights, naive);
+  expect_finite_differences(name, p, &LstmParams::h0, dh0, "dh0", weights, naive);
+  expect_finite_differences(name, p, &LstmParams::c0, dc0, "dc0", weights, naive);
 }
 
 // ---- GRU ------------------------------------------------------------------------------
@@ -223,13 +253,7 @@ Vec naive_gru(const Case& c, const GruParams& p) {
         h_new[b * H + j] = (1 - z) * n + z * h[b * H + j];
       }
     }
-    for (int64_t b = 0; b < B; ++b) {
-      const bool active = p.lengths.empty() || t < p.lengths[b];
-      for (int64_t j = 0; j < H; ++j) {
-        y[(t * B + b) * H + j] = active ? h_new[b * H + j] : 0.0;
-        if (active) h[b * H + j] = h_new[b * H + j];
-      }
-    }
+    commit_step(p.lengths, t, B, H, h_new, &h, &y);
   }
   y.insert(y.end(), h.begin(), h.end());
   return y;
@@ -261,20 +285,14 @@ void test_gru(const Case& c, unsigned seed) {
   p.h0 = random_vec(gen, B * H);
   p.w_hh = random_vec(gen, 3 * H * H);
   p.b_hh = random_vec(gen, 3 * H);
-  if (c.lengths) {
-    for (int64_t b = 0; b < B; ++b) p.lengths.push_back(1 + (b * 2) % T);
-  }
-  const std::string name = "gru T=" + std::to_string(T) + " B=" + std::to_string(B) +
-                           " H=" + std::to_string(H) + (c.lengths ? " lengths" : "");
+  p.lengths = case_lengths(c);
+  const std::string name = case_name("gru", c);
   const Vec expected = naive_gru(c, p);
   std::vector<double> ws_d, y_d;
   std::vector<float> ws_f, y_f;
   const Vec got_d = header_gru_forward<double>(c, p, &ws_d, &y_d);
   const Vec got_f = header_gru_forward<float>(c, p, &ws_f, &y_f);
-  for (size_t i = 0; i < expected.size(); ++i) {
-    expect_close(name + " forward fp64 [" + std::to_string(i) + "]", got_d[i], expected[i], 1e-12);
-    expect_close(name + " forward fp32 [" + std::to_string(i) + "]", got_f[i], expected[i], 2e-6);
-  }
+  expect_forward(name, got_d, got_f, expected);
 
   const Vec weights = random_vec(gen, expected.size(), 1.0);
   const Vec gy(weights.begin(), weights.begin() + T * B * H);
@@ -284,25 +302,13 @@ void test_gru(const Case& c, unsigned seed) {
                         p.w_hh.data(), p.lengths.empty() ? nullptr : p.lengths.data(),
                         ws_d.data(), d_input.data(), d_hidden.data(), dh0.data(), dh_prev.data()};
   gru_backward(a, fastrnn::HeaderGemm<>(), fastrnn::SerialFor());
-  const double eps = 1e-6;
-  auto check_fd = [&](Vec GruParams::*field, const std::vector<double>& grad, const char* what) {
-    for (size_t i = 0; i < grad.size(); ++i) {
-      GruParams plus = p, minus = p;
-      (plus.*field)[i] += eps;
-      (minus.*field)[i] -= eps;
-      const double fd =
-          (dot(naive_gru(c, plus), weights) - dot(naive_gru(c, minus), weights)) / (2 * eps);
-      expect_close(name + " " + what + "[" + std::to_string(i) + "]", grad[i], fd, 1e-6);
-    }
-  };
-  check_fd(&GruParams::xg, d_input, "d_input");
-  check_fd(&GruParams::b_hh, [&] {  // d(b_hh) is the sum of d_hidden over steps and rows
-    std::vector<double> s(3 * H, 0.0);
-    for (int64_t r = 0; r < T * B; ++r)
-      for (int64_t k = 0; k < 3 * H; ++k) s[k] += d_hidden[r * 3 * H + k];
-    return s;
-  }(), "db_hh");
-  check_fd(&GruParams::h0, dh0, "dh0");
+  auto naive = [&](const GruParams& q) { return naive_gru(c, q); };
+  expect_finite_differences(name, p, &GruParams::xg, d_input, "d_input", weights, naive);
+  std::vector<double> db_hh(3 * H, 0.0);  // the sum of d_hidden over steps and rows
+  for (int64_t r = 0; r < T * B; ++r)
+    for (int64_t k = 0; k < 3 * H; ++k) db_hh[k] += d_hidden[r * 3 * H + k];
+  expect_finite_differences(name, p, &GruParams::b_hh, db_hh, "db_hh", weights, naive);
+  expect_finite_differences(name, p, &GruParams::h0, dh0, "dh0", weights, naive);
 }
 
 // ---- Elman RNN -------------------------------------------------------------------------
@@ -328,13 +334,7 @@ Vec naive_rnn(const Case& c, const RnnParams& p, bool relu) {
         h_new[b * H + j] = relu ? std::max(s, 0.0) : std::tanh(s);
       }
     }
-    for (int64_t b = 0; b < B; ++b) {
-      const bool active = p.lengths.empty() || t < p.lengths[b];
-      for (int64_t j = 0; j < H; ++j) {
-        y[(t * B + b) * H + j] = active ? h_new[b * H + j] : 0.0;
-        if (active) h[b * H + j] = h_new[b * H + j];
-      }
-    }
+    commit_step(p.lengths, t, B, H, h_new, &h, &y);
   }
   y.insert(y.end(), h.begin(), h.end());
   return y;
@@ -368,21 +368,14 @@ void test_rnn(const Case& c, bool relu, unsigned seed) {
   p.bias = random_vec(gen, H);
   p.h0 = random_vec(gen, B * H);
   p.w_hh = random_vec(gen, H * H, 1.0 / std::sqrt(double(H)));
-  if (c.lengths) {
-    for (int64_t b = 0; b < B; ++b) p.lengths.push_back(1 + (b * 2) % T);
-  }
-  const std::string name = std::string(relu ? "rnn relu" : "rnn tanh") + " T=" +
-                           std::to_string(T) + " B=" + std::to_string(B) + " H=" +
-                           std::to_string(H) + (c.lengths ? " lengths" : "");
+  p.lengths = case_lengths(c);
+  const std::string name = case_name(relu ? "rnn relu" : "rnn tanh", c);
   const Vec expected = naive_rnn(c, p, relu);
   std::vector<double> ws_d;
   std::vector<float> ws_f;
   const Vec got_d = header_rnn_forward<double>(c, p, relu, &ws_d);
   const Vec got_f = header_rnn_forward<float>(c, p, relu, &ws_f);
-  for (size_t i = 0; i < expected.size(); ++i) {
-    expect_close(name + " forward fp64 [" + std::to_string(i) + "]", got_d[i], expected[i], 1e-12);
-    expect_close(name + " forward fp32 [" + std::to_string(i) + "]", got_f[i], expected[i], 2e-6);
-  }
+  expect_forward(name, got_d, got_f, expected);
 
   const Vec weights = random_vec(gen, expected.size(), 1.0);
   const Vec gy(weights.begin(), weights.begin() + T * B * H);
@@ -396,19 +389,10 @@ void test_rnn(const Case& c, bool relu, unsigned seed) {
   } else {
     fastrnn::rnn_backward<false>(a, fastrnn::SerialFor());
   }
-  const double eps = 1e-6;
-  auto check_fd = [&](Vec RnnParams::*field, const std::vector<double>& grad, const char* what) {
-    for (size_t i = 0; i < grad.size(); ++i) {
-      RnnParams plus = p, minus = p;
-      (plus.*field)[i] += eps;
-      (minus.*field)[i] -= eps;
-      const double fd = (dot(naive_rnn(c, plus, relu), weights) -
-                         dot(naive_rnn(c, minus, relu), weights)) / (2 * eps);
-      expect_close(name + " " + what + "[" + std::to_string(i) + "]", grad[i], fd, 1e-6);
-    }
-  };
-  check_fd(&RnnParams::xg, d_pre, "d_pre");  // the gradient of x W_ih^T is d_pre itself
-  check_fd(&RnnParams::h0, dh0, "dh0");
+  auto naive = [&](const RnnParams& q) { return naive_rnn(c, q, relu); };
+  // The gradient of x W_ih^T is d_pre itself.
+  expect_finite_differences(name, p, &RnnParams::xg, d_pre, "d_pre", weights, naive);
+  expect_finite_differences(name, p, &RnnParams::h0, dh0, "dh0", weights, naive);
 }
 
 void test_gemm() {
