@@ -203,6 +203,23 @@ struct LstmBackward {
   T* dh_next;                // (B, P) scratch: dgates_t W_hh
 };
 
+// Units [j0, j1) of row b at step t: the gate gradients from dh (+ gy when not null) and
+// the carried dc; a padded step (t past the row's length) passes nothing through, so its
+// gate gradients are zero and the c gradient stays.
+template <typename T>
+void lstm_backward_piece(const LstmBackward<T>& a, int64_t t, int64_t b, int64_t j0, int64_t j1,
+                         const T* dh, const T* gy) {
+  const int64_t B = a.d.B, H = a.d.H;
+  T* dg_b = a.dgates + (t * B + b) * 4 * H;
+  if (!step_active(a.lengths, b, t)) {
+    for (int k = 0; k < 4; ++k) std::fill(dg_b + k * H + j0, dg_b + k * H + j1, T(0));
+    return;
+  }
+  const T* ws_b = a.workspace + (t * B + b) * 5 * H;
+  const T* c_prev = t > 0 ? ws_b - B * 5 * H + 4 * H : a.c0 + b * H;
+  lstm_backward_row(ws_b, c_prev, dh, gy, a.dc0 + b * H, dg_b, j0, j1, H);
+}
+
 // Backward without projection, H a multiple of 4 vector widths: W_hh (4H, H) packed once
 // into column panels of 4 * kLanes<T> units. Step t's gradient reaching h of unit j is
 // dgates_{t+1} W_hh[:, j] (K = 4H), and it feeds only unit j's gate math at step t, so per
@@ -233,19 +250,8 @@ void lstm_backward_packed(const LstmBackward<T>& a, const For& parallel_for) {
     if (t + 1 < a.d.T) dh_from(t + 1, p);
     if (t < 0) return;
     const T* gy_t = a.grad_y + t * B * P;
-    const T* ws_t = a.workspace + t * B * 5 * H;
-    T* dg_t = a.dgates + t * B * 4 * H;
-    const int64_t j0 = p * W, j1 = j0 + W;
     for (int64_t b = 0; b < B; ++b) {
-      T* dg_b = dg_t + b * 4 * H;
-      if (!step_active(a.lengths, b, t)) {
-        for (int k = 0; k < 4; ++k) std::fill(dg_b + k * H + j0, dg_b + k * H + j1, T(0));
-        continue;
-      }
-      const T* ws_b = ws_t + b * 5 * H;
-      const T* c_prev = t > 0 ? ws_b - B * 5 * H + 4 * H : a.c0 + b * H;
-      lstm_backward_row(ws_b, c_prev, a.dh0 + b * P, gy_t + b * P, a.dc0 + b * H, dg_b, j0, j1,
-                        H);
+      lstm_backward_piece(a, t, b, p * W, (p + 1) * W, a.dh0 + b * P, gy_t + b * P);
     }
   });
 }
@@ -261,7 +267,6 @@ void lstm_backward(const LstmBackward<T>& a, const Gemm& gemm, const For& parall
   std::memcpy(a.dc0, a.grad_cn, sizeof(T) * B * H);
   for (int64_t t = a.d.T - 1; t >= 0; --t) {
     const T* gy_t = a.grad_y + t * B * P;
-    const T* ws_t = a.workspace + t * B * 5 * H;
     T* dg_t = a.dgates + t * B * 4 * H;
     if (a.w_hr) {
       T* dy_t = a.dy + t * B * P;
@@ -274,21 +279,11 @@ void lstm_backward(const LstmBackward<T>& a, const Gemm& gemm, const For& parall
       gemm(B, H, P, dy_t, P, a.w_hr, H, a.dhidden, H, /*accumulate=*/false);
     }
     for_each_row_piece(parallel_for, B, H, [&](int64_t b, int64_t j0, int64_t j1) {
-      T* dg_b = dg_t + b * 4 * H;
-      if (!step_active(a.lengths, b, t)) {
-        // Nothing flows through a padded step: zero gate gradients, the c gradient stays.
-        for (int k = 0; k < 4; ++k) std::fill(dg_b + k * H + j0, dg_b + k * H + j1, T(0));
-        return;
-      }
-      const T* ws_b = ws_t + b * 5 * H;
-      const T* c_prev = t > 0 ? ws_b - B * 5 * H + 4 * H : a.c0 + b * H;
       // The gradient reaching o * tanh(c): through the projection, or straight from h.
       if (a.w_hr) {
-        lstm_backward_row(ws_b, c_prev, a.dhidden + b * H, static_cast<const T*>(nullptr),
-                          a.dc0 + b * H, dg_b, j0, j1, H);
+        lstm_backward_piece(a, t, b, j0, j1, a.dhidden + b * H, static_cast<const T*>(nullptr));
       } else {
-        lstm_backward_row(ws_b, c_prev, a.dh0 + b * P, gy_t + b * P, a.dc0 + b * H, dg_b, j0, j1,
-                          H);
+        lstm_backward_piece(a, t, b, j0, j1, a.dh0 + b * P, gy_t + b * P);
       }
     });
     gemm(B, P, 4 * H, dg_t, 4 * H, a.w_hh, P, a.dh_next, P, /*accumulate=*/false);
