@@ -7,6 +7,8 @@
 #   check        python -m fastrnn.check: every backend against torch, TF32 off and on
 #   headline     LSTM and GRU B=16 T=1024 H=768 in fp16, bf16, fp32, forward and
 #                forward+backward, fastrnn-triton against cuDNN's nn.LSTM / nn.GRU, one run
+#   grid         the tests marked grid: the sm_90 planner's multi-program plans (headline
+#                included) compiled, against torch.nn in fp64, and two streams at once
 #   build        the CUDA extension fastrnn._C for sm_90 only, in place (no pip, no network)
 #   check-ext    python -m fastrnn.check --backends ext (the extension did not exist before)
 #   cuda-tests   the tests marked cuda (Triton kernels and the extension on the GPU)
@@ -29,7 +31,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/out}
 PYTHON=${PYTHON:-python}
-STAGES=${STAGES:-"check headline build check-ext cuda-tests tests sweep"}
+STAGES=${STAGES:-"check headline grid build check-ext cuda-tests tests sweep"}
 TOTAL_LIMIT_S=${TOTAL_LIMIT_S:-570}
 TEST_ARGS=${TEST_ARGS:-"-m 'not cuda'"}
 BENCH_ARGS=${BENCH_ARGS:-}
@@ -100,6 +102,8 @@ for s in $STAGES; do
     headline)
       bench headline 90 --kernels lstm,gru --shapes B16-T1024-H768 --modes forward,forward+backward \
         --providers nn,fastrnn-triton ;;
+    grid)
+      stage grid 120 "$PYTHON -m pytest -q -rs -m grid --junitxml='$OUT/grid.xml'" ;;
     build)
       # In place, without pip: nothing to fetch, and the later stages import fastrnn from this
       # folder. sm_90 only (the H200): one architecture halves the nvcc time.

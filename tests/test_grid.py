@@ -209,3 +209,32 @@ def test_program_that_never_arrives(monkeypatch, direction):
                                    h0, c0, w_ih, w_hh, y, workspace, None)
     # concurrent_programs raises if any thread is still running when the launch returns.
     assert time.monotonic() - start < 300
+
+
+# ------------------------------------------------------------------ two streams at once
+
+
+@pytest.mark.cuda
+def test_two_streams_at_once():
+    """Two headline-sized forward+backward calls on two streams at the same time give what
+    each gives alone: cooperative launches beside each other may wait, never deadlock or
+    mix their barrier counters."""
+    torch.manual_seed(5)
+    modules = [torch.nn.LSTM(64, 768).cuda().half() for _ in range(2)]
+    from fastrnn import LSTM as FastLSTM
+    fast = []
+    for m in modules:
+        f = FastLSTM(64, 768).cuda().half()
+        f.load_state_dict(m.state_dict())
+        fast.append(f)
+    xs = [torch.randn(64, 16, 64, device="cuda", dtype=torch.float16) for _ in range(2)]
+    alone = [f(x)[0].float() for f, x in zip(fast, xs)]
+    torch.cuda.synchronize()
+    streams = [torch.cuda.Stream() for _ in range(2)]
+    together = [None, None]
+    for i, (f, x, s) in enumerate(zip(fast, xs, streams)):
+        with torch.cuda.stream(s):
+            together[i] = f(x)[0].float()
+    torch.cuda.synchronize()
+    for a, b in zip(alone, together):
+        assert torch.equal(a, b)
