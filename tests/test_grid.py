@@ -216,7 +216,7 @@ def test_program_that_never_arrives(monkeypatch, direction):
 
 @pytest.mark.cuda
 def test_two_streams_at_once():
-    """Two headline-sized forward+backward calls on two streams at the same time give what
+    """Two headline-sized forward calls on two streams at the same time give what
     each gives alone: cooperative launches beside each other may wait, never deadlock or
     mix their barrier counters."""
     torch.manual_seed(5)
