@@ -63,7 +63,7 @@ def calibration_markdown() -> str:
         err = st.us / a.published_us - 1
         modelled.append((a, err))
         lines.append(f"| {a.design.name} | {a.design.direction} | {_describe(a.design)} | "
-                     f"{a.published_us:.2f} ({a.source}) | {st.us:.2f} | {100 * err:+.0f}% | {_terms(st)} |")
+                     f"{a.published_us:.2f} ({a.source}) | {st.us:.2f} | {100 * err:+.1f}% | {_terms(st)} |")
     lines += ["", "Constants (each with its source in step_model.py): "
               + ", ".join(f"{k} = {v:.4g}" for k, v in constants) + ".", ""]
     lines += [
@@ -78,8 +78,10 @@ def calibration_markdown() -> str:
         "the only published grid.sync (0.73 us, RTX 3090). If cuDNN's barrier is cheaper (or flags), "
         "its +18%/+26% shrink.",
         "- cuDNN's design is closed: CTAs, warps, the input prefetch and, for BPTT, what it exchanges "
-        "(assumed: fp16 gate gradients to every CTA) are assumptions. The backward anchor is the "
-        "one outside +-25%: the parameter is the backward exchange.",
+        "(assumed: fp16 gate gradients to every CTA) are assumptions. Its backward (+25.5%) and "
+        "FlashRNN's Triton kernel (-25.2%) land just outside +-25%; the parameters behind them are "
+        "cuDNN's backward exchange and the HBM latency of FlashRNN's unpipelined Wx loads "
+        "(HBM_LATENCY_CYCLES, a range of 400-800 cycles in the sources).",
         "- `LAUNCH_US` is fitted to FlashRNN's alternating kernel (so that row is not a test of the "
         "model). Haste's fp32 row is outside: cuBLAS SGEMM at M = 16 is not modelled (the model "
         "gives it the FMA peak).", ""]
