@@ -86,8 +86,9 @@ def resources(regs=128, spills=0, shared=16 * 1024, warps=4):
 @pytest.mark.parametrize("B,H", [(16, 768), (64, 256), (1, 2048)])
 def test_planner_takes_the_lowest_modelled_plan_that_fits(product, B, H):
     """With stated resources (every third candidate spills, as a compile might report),
-    choose_plan returns the fitting candidate of least modelled time, whatever the
-    candidates' order, and compiles nothing slower than it."""
+    choose_plan returns a fitting candidate of least modelled time (times within the
+    model's resolution count as equal: the earliest of them in the candidates' order),
+    whatever that order, and compiles nothing slower."""
     plans = common.candidate_plans(B, H, product, H100.sms)
 
     def step_us(plan):
@@ -102,9 +103,9 @@ def test_planner_takes_the_lowest_modelled_plan_that_fits(product, B, H):
     for order in (plans, plans[::-1]):
         seen = []
         chosen = common.choose_plan(order, lambda p: seen.append(p) or compiled(p), H100, step_us)
-        assert step_us(chosen) == best
-        assert not common.check_plan(chosen, compiled(chosen), H100)
-        assert all(step_us(p) <= best for p in seen)
+        near = [p for p in order if p in fitting and step_us(p) <= best + m.RESOLUTION_US]
+        assert dataclasses.replace(chosen, reason="") == near[0]
+        assert all(step_us(p) <= best + m.RESOLUTION_US for p in seen)
         assert "lowest modelled step time" in chosen.reason
 
 

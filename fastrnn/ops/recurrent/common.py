@@ -433,24 +433,35 @@ def choose_plan(candidates: List[LaunchPlan], resources_of: Callable[[LaunchPlan
                 limits: DeviceLimits, step_us: Optional[Callable[[LaunchPlan], float]] = None) -> LaunchPlan:
     """The candidate with the lowest modelled step time (`step_us`, microseconds; see
     plan_for) among those whose compiled kernel fits `limits` (check_plan), with the
-    rejected ones named in its `reason`. Candidates are compiled in order of modelled time
-    (the given order among equals, and throughout when step_us is None), so the first that
-    fits is the answer and slower ones are never compiled. When none fits, the per-step
-    plan within the shared-memory limit that spills least is taken (it launches, slowly);
-    when there is none either, RuntimeError."""
-    if step_us is not None:
-        modelled = {id(plan): step_us(plan) for plan in candidates}
-        candidates = sorted(candidates, key=lambda plan: modelled[id(plan)])
-    rejected = []
-    fallback, fallback_spills = None, None
-    for plan in candidates:
-        res = resources_of(plan)
-        problems = check_plan(plan, res, limits)
-        if not problems:
-            why = "; ".join(rejected) if rejected else "first choice"
-            if step_us is not None:
-                why = f"lowest modelled step time that fits ({modelled[id(plan)]:.2f} us); {why}"
-            return dataclasses.replace(plan, reason=why)
+    rejected ones named in its `reason`. Times within step_model.RESOLUTION_US of the
+    lowest count as equal, and then the candidates' own order decides (resident tiles
+    first, most SMs first). Candidates are compiled in order of modelled time, so slower
+    ones are never compiled; without step_us, the first candidate that fits is taken.
+    When none fits, the per-step plan within the shared-memory limit that spills least is
+    taken (it launches, slowly); when there is none either, RuntimeError."""
+    checked = {}
+
+    def problems_of(i):
+        if i not in checked:
+            res = resources_of(candidates[i])
+            checked[i] = (res, check_plan(candidates[i], res, limits))
+        return checked[i][1]
+
+    times = [step_us(plan) if step_us is not None else 0.0 for plan in candidates]
+    best = next((times[i] for i in sorted(range(len(candidates)), key=lambda i: times[i])
+                 if not problems_of(i)), None)
+    if best is not None:
+        chosen = next(i for i in range(len(candidates))
+                      if times[i] <= best + step_model.RESOLUTION_US and not problems_of(i))
+        rejected = [f"{_describe(candidates[i])}: {', '.join(problems_of(i))}"
+                    for i in sorted(checked) if checked[i][1]]
+        why = "; ".join(rejected) if rejected else "first choice"
+        if step_us is not None:
+            why = f"lowest modelled step time that fits ({times[chosen]:.2f} us); {why}"
+        return dataclasses.replace(candidates[chosen], reason=why)
+    rejected, fallback, fallback_spills = [], None, None
+    for i, plan in enumerate(candidates):
+        res, problems = checked[i]
         rejected.append(f"{_describe(plan)}: {', '.join(problems)}")
         if not plan.persistent and res.shared_bytes <= limits.shared_per_block \
                 and (fallback is None or res.spill_bytes < fallback_spills):

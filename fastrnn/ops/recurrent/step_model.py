@@ -117,6 +117,11 @@ LAUNCH_US = 4.3
 # headline shape take 0.1-0.13 ms at 600-800 TFLOP/s (shared/notes/gpu_anchors_and_floor.md).
 GEMM_TFLOPS = 700.0
 
+# The model's resolution: plans whose modelled times differ by less are not told apart
+# (the planner then keeps its candidates' order). About 5% of a step at the headline
+# shape, well inside the +-25% of the calibration. [judgement]
+RESOLUTION_US = 0.1
+
 # Where W_hh lives during the steps.
 REGISTERS = "registers"
 SHARED = "shared memory"
