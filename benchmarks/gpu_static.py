@@ -49,7 +49,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource, make_backend  # noqa: E402
 from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
-from fastrnn.ops.recurrent import backward, common, forward  # noqa: E402
+from fastrnn.ops.recurrent import backward, common, forward, step_model  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 LIMITS = {90: common.SM90, 80: common.SM80}
@@ -199,43 +199,16 @@ def mma_count(ptx: str) -> int:
 # ------------------------------------------------------------------ the model per step
 
 
-# Per-SM rates of one sm_90 SM at 1.755 GHz, for the estimate only: mma.sync throughput
-# (multiply-adds per cycle) by operand type, FMA pipes for exact fp32, L2 bandwidth per SM
-# and the latencies of an L2 round trip and of a grid barrier (arrive + poll). An SM has
-# four sub-partitions, each with its own tensor cores, and a warp runs on one of them:
-# a program of w warps gets min(w, 4) / 4 of the SM's MMA rate.
-CLOCK_GHZ = 1.755
-MACS_PER_CYCLE = {"fp16": 1024, "bf16": 1024, "tf32": 512, "ieee": 128}
-L2_BYTES_PER_CYCLE = 64
-L2_LATENCY_US = 0.6
-GRID_BARRIER_US = 1.0
-
-
 def step_estimate(plan: common.LaunchPlan, cell: int, dtype: str, precision: str, H: int,
                   direction: str) -> dict:
-    """Work and traffic of one program per step, and the modelled step time (us).
-
-    The step is a dependent chain: read h_{t-1} (or the gate gradients) from L2, the
-    recurrent product, the gate math, the stores, then the barrier, so the time is the
-    L2 latency plus the slower of the MMA work and the L2 traffic, plus the barrier."""
-    G = common.GATES[cell]
-    e = torch.tensor([], dtype=DTYPES[dtype]).element_size()
-    k = H * (G if direction == "backward" else 1)             # reduction length
-    # The MMA's N: padding included (the forward's fourth GRU slot, BPTT's 8-unit tiles),
-    # since those columns are multiplied too; their weights are masked, never loaded.
-    macs = plan.block_b * plan.tile_n * k
-    operand = e if direction == "forward" else 4                # backward reads fp32 dgates
-    l2_bytes = plan.block_b * k * operand
-    if not plan.resident:
-        l2_bytes += G * plan.block_h * H * e                      # W_hh streamed each step
-    kind = precision if dtype == "fp32" else dtype
-    rate = MACS_PER_CYCLE[kind] * min(plan.num_warps, 4) / 4
-    compute_us = macs / rate / (CLOCK_GHZ * 1e3)
-    traffic_us = l2_bytes / L2_BYTES_PER_CYCLE / (CLOCK_GHZ * 1e3)
-    barrier_us = GRID_BARRIER_US if plan.cooperative else 0.0
-    launch_us = 0.0 if plan.persistent else 3.0                 # one launch per step
-    return {"macs_per_step_program": macs, "l2_bytes_per_step": l2_bytes * plan.programs,
-            "est_step_us": round(L2_LATENCY_US + max(compute_us, traffic_us) + barrier_us + launch_us, 2)}
+    """Work and L2 traffic per step, and the modelled step time (us) of
+    fastrnn/ops/recurrent/step_model.py (the planner's model)."""
+    design = step_model.plan_design(plan, step_model.cell_name(cell), direction,
+                                    DTYPES[dtype].itemsize, step_model.operand_kind(dtype, precision), H)
+    streamed = design.weight_bytes if design.weights == step_model.L2 else 0
+    return {"macs_per_step_program": design.macs,
+            "l2_bytes_per_step": (design.exchange_bytes + streamed) * plan.programs,
+            "est_step_us": round(step_model.step_time(design).us, 2)}
 
 
 # ------------------------------------------------------------------ the recurrent grid

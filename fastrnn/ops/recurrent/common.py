@@ -46,6 +46,8 @@ import triton
 import triton.language as tl
 from triton.runtime.errors import OutOfResources
 
+from fastrnn.ops.recurrent import step_model
+
 LSTM = 0
 GRU = 1
 RNN_TANH = 2
@@ -428,19 +430,38 @@ def check_plan(plan: LaunchPlan, res: Resources, limits: DeviceLimits) -> List[s
 
 
 def choose_plan(candidates: List[LaunchPlan], resources_of: Callable[[LaunchPlan], Resources],
-                limits: DeviceLimits) -> LaunchPlan:
-    """The first candidate whose compiled kernel fits `limits` (check_plan), with the
-    rejected ones named in its `reason`. When none does, the per-step plan within the
-    shared-memory limit that spills least is taken (it launches, slowly); when there is
-    none either, RuntimeError."""
-    rejected = []
-    fallback, fallback_spills = None, None
-    for plan in candidates:
-        res = resources_of(plan)
-        problems = check_plan(plan, res, limits)
-        if not problems:
-            why = "; ".join(rejected) if rejected else "first choice"
-            return dataclasses.replace(plan, reason=why)
+                limits: DeviceLimits, step_us: Optional[Callable[[LaunchPlan], float]] = None) -> LaunchPlan:
+    """The candidate with the lowest modelled step time (`step_us`, microseconds; see
+    plan_for) among those whose compiled kernel fits `limits` (check_plan), with the
+    rejected ones named in its `reason`. Times within step_model.RESOLUTION_US of the
+    lowest count as equal, and then the candidates' own order decides (resident tiles
+    first, most SMs first). Candidates are compiled in order of modelled time, so slower
+    ones are never compiled; without step_us, the first candidate that fits is taken.
+    When none fits, the per-step plan within the shared-memory limit that spills least is
+    taken (it launches, slowly); when there is none either, RuntimeError."""
+    checked = {}
+
+    def problems_of(i):
+        if i not in checked:
+            res = resources_of(candidates[i])
+            checked[i] = (res, check_plan(candidates[i], res, limits))
+        return checked[i][1]
+
+    times = [step_us(plan) if step_us is not None else 0.0 for plan in candidates]
+    best = next((times[i] for i in sorted(range(len(candidates)), key=lambda i: times[i])
+                 if not problems_of(i)), None)
+    if best is not None:
+        chosen = next(i for i in range(len(candidates))
+                      if times[i] <= best + step_model.RESOLUTION_US and not problems_of(i))
+        rejected = [f"{_describe(candidates[i])}: {', '.join(problems_of(i))}"
+                    for i in sorted(checked) if checked[i][1]]
+        why = "; ".join(rejected) if rejected else "first choice"
+        if step_us is not None:
+            why = f"lowest modelled step time that fits ({times[chosen]:.2f} us); {why}"
+        return dataclasses.replace(candidates[chosen], reason=why)
+    rejected, fallback, fallback_spills = [], None, None
+    for i, plan in enumerate(candidates):
+        res, problems = checked[i]
         rejected.append(f"{_describe(plan)}: {', '.join(problems)}")
         if not plan.persistent and res.shared_bytes <= limits.shared_per_block \
                 and (fallback is None or res.spill_bytes < fallback_spills):
@@ -452,6 +473,18 @@ def choose_plan(candidates: List[LaunchPlan], resources_of: Callable[[LaunchPlan
                        + "; ".join(rejected))
 
 
+def modelled_step_us(plan: LaunchPlan, product: Product, element_size: int, hidden: int) -> float:
+    """step_model's time per step (us) of `plan` for `product` (the forward's stacked
+    product or BPTT's) at this hidden size and input element size (bytes)."""
+    if product.fma:
+        kind = "fma"
+    else:
+        kind = "tf32" if element_size == 4 else "fp16"   # fp16 and bf16 MMAs run at one rate
+    cell = {4: "lstm", 3: "gru", 1: "rnn"}[product.gates]
+    return step_model.plan_step_us(plan, cell, "forward" if product.stacked else "backward",
+                                   element_size, kind, hidden)
+
+
 def _describe(plan: LaunchPlan) -> str:
     split = f", K split {plan.split} ways" if plan.split > 1 else ""
     return f"{plan.mode} ({plan.block_b},{plan.block_h},{plan.block_k}) x{plan.num_warps} warps{split}"
@@ -460,17 +493,19 @@ def _describe(plan: LaunchPlan) -> str:
 def plan_for(kernel, args: list, meta_of: Callable[[LaunchPlan], dict], batch: int, hidden: int,
              product: Product, limits: DeviceLimits, resources_of,
              mode: Optional[str] = None) -> LaunchPlan:
-    """The plan choose_plan picks for `kernel` from its compiled resources.
+    """The plan choose_plan picks for `kernel` from its compiled resources and the
+    step-time model (step_model).
 
     args: the kernel's arguments for specialisation (MockTensors and ints); meta_of(plan):
     its constexprs and launch options. resources_of(kernel, args, plan, meta) compiles
     (runtime_resources on the GPU at hand; the static check compiles for a target without
     one). mode restricts the candidates ("streamed", "per-step"; tests force them)."""
-    candidates = candidate_plans(batch, hidden, product, limits.sms, args[0].dtype.itemsize)
+    element_size = args[0].dtype.itemsize
+    candidates = candidate_plans(batch, hidden, product, limits.sms, element_size)
     if mode is not None:
         candidates = [p for p in candidates if p.mode == mode]
     return choose_plan(candidates, lambda plan: resources_of(kernel, args, plan, meta_of(plan)),
-                       limits)
+                       limits, lambda plan: modelled_step_us(plan, product, element_size, hidden))
 
 
 def launch_plan(name: str, device: torch.device, batch: int, hidden: int, product: Product, key: tuple,
