@@ -237,6 +237,19 @@ def test_fp16_within_pytorch_error(cell, case):
 
 
 @pytest.mark.interpreter
+@pytest.mark.parametrize("case", [Case(T=7, B=3, I=5, H=20, lengths=(4, 1, 7)),
+                                  Case(T=6, B=3, I=5, H=37, lengths=(4, 1, 5), streamed=True)], ids=str)
+@pytest.mark.parametrize("cell", CELLS)
+def test_exchange_copy_is_what_the_programs_read(cell, case, monkeypatch):
+    """bf16 programs read each other's gate gradients from a separate 16-bit copy (the
+    interpreter has no bf16): the same path with an fp32 copy must give the exact
+    gradients, and the copy, poisoned with NaN before the kernel, must be written
+    wherever it is read."""
+    monkeypatch.setattr(backward, "exchanges_16_bit", lambda dtype: True)
+    check_fp32(cell, case, torch.device("cpu"))
+
+
+@pytest.mark.interpreter
 @pytest.mark.parametrize("cell", CELLS)
 def test_empty_batch(cell):
     """No rows: no launch (a grid must not be empty), empty gradients of the right shapes,

@@ -39,10 +39,20 @@ def test_candidates_never_replicate_warps_and_spread_over_the_sms():
                     assert plan.tile_n == product.tile_n(plan.block_h) >= 16, plan
                     if plan.split > 1:   # warps on K slices of at least tl.dot's 16
                         assert plan.num_warps == plan.split and plan.block_k // plan.split >= 16, plan
-                        assert not product.stacked and not plan.resident, plan
+                        # Streamed BPTT tiles, or resident forward tiles whose weights the
+                        # output tile's warps could not hold.
+                        assert product.stacked == plan.resident, plan
+                        if plan.resident:
+                            assert plan.split in common.RESIDENT_SPLITS, plan
+                            assert not common.resident_fits(
+                                dataclasses.replace(plan, split=1, num_warps=common.max_useful_warps(
+                                    plan.block_b, plan.tile_n, product.fma)), product, 2), plan
                     else:
                         assert plan.num_warps <= common.max_useful_warps(plan.block_b, plan.tile_n,
                                                                          product.fma), plan
+                    if plan.resident and product.stacked:   # K chunks cover H, padding < a chunk
+                        assert plan.k_chunks <= common.MAX_K_CHUNKS, plan
+                        assert H <= plan.block_k * plan.k_chunks < H + plan.block_k, plan
                     for block in (plan.block_b, plan.block_h, plan.block_k):   # tl.arange's powers of two
                         assert block & (block - 1) == 0, plan
             plans = common.candidate_plans(B, H, LSTM_FORWARD, H100.sms)
@@ -83,12 +93,15 @@ def test_large_hidden_sizes_spread_over_most_sms_at_small_batch():
 
 def test_headline_shape_first_choice():
     """B=16, H=768 (LSTM): 96 programs of 8 units each. The forward's product is 16 x 32
-    (4 gates x 8 units), four warps with a column block each; W_hh (4 x 8 x 768 per
-    program) does not fit those warps' registers, so it streams from L2. BPTT's 8 units
-    pad to 16 columns and its four warps each reduce a quarter of every K chunk."""
+    (4 gates x 8 units); its W_hh slice (4 x 8 x 768 per program) would not fit the
+    registers of the four warps that tile has columns for, so eight warps each hold an
+    eighth of every K chunk (3 chunks of 256) and it stays on chip. BPTT's 8 units pad to
+    16 columns and its four warps each reduce a quarter of every K chunk it streams."""
     plan = common.candidate_plans(16, 768, LSTM_FORWARD, H100.sms)[0]
-    assert (plan.mode, plan.block_b, plan.block_h, plan.tile_n, plan.programs) == ("streamed", 16, 8, 32, 96)
-    assert (plan.num_warps, plan.split) == (4, 1)
+    assert (plan.mode, plan.block_b, plan.block_h, plan.tile_n, plan.programs) == ("persistent", 16, 8, 32, 96)
+    assert (plan.num_warps, plan.split, plan.block_k, plan.k_chunks) == (8, 8, 256, 3)
+    streamed = [p for p in common.candidate_plans(16, 768, LSTM_FORWARD, H100.sms) if not p.resident][0]
+    assert (streamed.mode, streamed.block_h, streamed.num_warps, streamed.split) == ("streamed", 8, 4, 1)
     plan = common.candidate_plans(16, 768, LSTM_BPTT, H100.sms)[0]
     assert (plan.mode, plan.block_b, plan.block_h, plan.tile_n, plan.programs) == ("streamed", 16, 8, 16, 96)
     assert (plan.num_warps, plan.split, plan.block_k) == (4, 4, 64)
@@ -129,8 +142,8 @@ def test_spilling_tiles_retry_with_half_the_k_chunk_before_fewer_sms():
     """A streamed tile that spills with 64-wide K chunks is tried with 32 before the
     planner gives up SMs (BPTT's split tile then has 2 warps of 16 each); among per-step
     plans, one that does not spill is preferred."""
-    def spills_at_k64(plan):
-        return resources(spills=8 if plan.block_k == 64 else 0, warps=plan.num_warps)
+    def spills_at_k64(plan):   # and every resident plan spills
+        return resources(spills=8 if plan.block_k == 64 or plan.resident else 0, warps=plan.num_warps)
     chosen = common.choose_plan(common.candidate_plans(16, 768, LSTM_FORWARD, H100.sms), spills_at_k64, H100)
     assert (chosen.block_h, chosen.block_k, chosen.programs, chosen.num_warps) == (8, 32, 96, 4)
     chosen = common.choose_plan(common.candidate_plans(16, 768, LSTM_BPTT, H100.sms), spills_at_k64, H100)
@@ -226,10 +239,18 @@ def test_smallest_unit_blocks_match_torch(cell, monkeypatch):
     x, h0, c0 = x.detach(), h0.detach()[0], c0.detach()[0]
     close = dict(rtol=1e-5, atol=1e-6)   # the kernels carry their states in fp32
 
-    units = forward.product(cell, torch.float64).min_units
-    for resident in (True, False):
-        plan = common.LaunchPlan(16, units, 128 if resident else 32, 1, -(-H // units), resident, False,
-                                 2, forward.product(cell, torch.float64).tile_n(units))
+    fw = forward.product(cell, torch.float64)
+    units = fw.min_units
+    plans = [common.LaunchPlan(16, units, 128 if resident else 32, 1, -(-H // units), resident, False,
+                               2, fw.tile_n(units)) for resident in (True, False)]
+    # Resident weights in 3 K chunks of 32 (H = 70 leaves the third partly empty), each
+    # chunk's K split over 2 warps: split into 4-unit programs, and one program over all
+    # of H running every step in one launch (the persistent loop, with the next step's
+    # input projection loaded ahead).
+    plans += [common.LaunchPlan(16, units, 32, 1, -(-H // units), True, False, 2, fw.tile_n(units),
+                                split=2, k_chunks=3),
+              common.LaunchPlan(16, 128, 32, 1, 1, True, True, 2, fw.tile_n(128), split=2, k_chunks=3)]
+    for plan in plans:
         monkeypatch.setattr(forward, "_plan", lambda *args: plan)
         y, h_t, c_t, workspace = forward.run_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, None)
         torch.testing.assert_close(y, y_ref.detach(), **close)

@@ -143,8 +143,18 @@ def _streamed_recurrent_product(dg_next, w_hh_ptr, H, offs_n, col_ok, mask_b, G:
 
 
 @triton.jit
+def _store_gate(dg_row, xch_row, offset, value, mask, EXCHANGE16: tl.constexpr):
+    """Stores one gate's gradients (fp32) for the weight-gradient GEMMs and, with
+    EXCHANGE16, a 16-bit copy for the other programs' recurrent products (half the bytes
+    every program reads per step)."""
+    tl.store(dg_row + offset, value, mask=mask)
+    if EXCHANGE16:
+        tl.store(xch_row + offset, value.to(xch_row.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _lstm_step_backward(dh, dc_state, ws_row, prev_ws_row, c0_ptr, state_offs, has_prev, mask,
-                        offs_h, H, dg_ptrs_row, active):
+                        offs_h, H, dg_ptrs_row, xch_row, active, EXCHANGE16: tl.constexpr):
     """Pointwise LSTM backward of one step; stores d(i, f, g, o) pre-activations and returns
     the carried dc_state."""
     i = tl.load(ws_row + 0 * H + offs_h[None, :], mask=mask, other=0.0)
@@ -159,16 +169,20 @@ def _lstm_step_backward(dh, dc_state, ws_row, prev_ws_row, c0_ptr, state_offs, h
     tanh_c = _tanh(c)
     dc = dc_state + dh * o * (1.0 - tanh_c * tanh_c)
     keep = active[:, None]
-    tl.store(dg_ptrs_row + 0 * H + offs_h[None, :], tl.where(keep, dc * g * i * (1.0 - i), 0.0), mask=mask)
-    tl.store(dg_ptrs_row + 1 * H + offs_h[None, :], tl.where(keep, dc * c_prev * f * (1.0 - f), 0.0), mask=mask)
-    tl.store(dg_ptrs_row + 2 * H + offs_h[None, :], tl.where(keep, dc * i * (1.0 - g * g), 0.0), mask=mask)
-    tl.store(dg_ptrs_row + 3 * H + offs_h[None, :], tl.where(keep, dh * tanh_c * o * (1.0 - o), 0.0), mask=mask)
+    _store_gate(dg_ptrs_row, xch_row, 0 * H + offs_h[None, :], tl.where(keep, dc * g * i * (1.0 - i), 0.0), mask,
+                EXCHANGE16)
+    _store_gate(dg_ptrs_row, xch_row, 1 * H + offs_h[None, :], tl.where(keep, dc * c_prev * f * (1.0 - f), 0.0), mask,
+                EXCHANGE16)
+    _store_gate(dg_ptrs_row, xch_row, 2 * H + offs_h[None, :], tl.where(keep, dc * i * (1.0 - g * g), 0.0), mask,
+                EXCHANGE16)
+    _store_gate(dg_ptrs_row, xch_row, 3 * H + offs_h[None, :], tl.where(keep, dh * tanh_c * o * (1.0 - o), 0.0), mask,
+                EXCHANGE16)
     return tl.where(keep, dc * f, dc_state)
 
 
 @triton.jit
 def _gru_step_backward(dh, ws_row, h_prev_row, h0_ptr, state_offs, has_prev, mask, offs_h, H,
-                       dg_hidden_row, dg_input_row, active):
+                       dg_hidden_row, dg_input_row, xch_row, active, EXCHANGE16: tl.constexpr):
     """Pointwise GRU backward of one step; stores the input-side gate gradients [dr, dz, dn]
     and the hidden-side ones [dr, dz, dn * r], and returns dh_local = dh * z."""
     r = tl.load(ws_row + 0 * H + offs_h[None, :], mask=mask, other=0.0)
@@ -189,14 +203,15 @@ def _gru_step_backward(dh, ws_row, h_prev_row, h0_ptr, state_offs, has_prev, mas
     tl.store(dg_input_row + 0 * H + offs_h[None, :], dr, mask=mask)
     tl.store(dg_input_row + 1 * H + offs_h[None, :], dz, mask=mask)
     tl.store(dg_input_row + 2 * H + offs_h[None, :], dn, mask=mask)
-    tl.store(dg_hidden_row + 0 * H + offs_h[None, :], dr, mask=mask)
-    tl.store(dg_hidden_row + 1 * H + offs_h[None, :], dz, mask=mask)
-    tl.store(dg_hidden_row + 2 * H + offs_h[None, :], dn * r, mask=mask)
+    _store_gate(dg_hidden_row, xch_row, 0 * H + offs_h[None, :], dr, mask, EXCHANGE16)
+    _store_gate(dg_hidden_row, xch_row, 1 * H + offs_h[None, :], dz, mask, EXCHANGE16)
+    _store_gate(dg_hidden_row, xch_row, 2 * H + offs_h[None, :], dn * r, mask, EXCHANGE16)
     return dh * z
 
 
 @triton.jit
-def _rnn_step_backward(dh, ws_row, mask, offs_h, dg_row, active, RELU: tl.constexpr):
+def _rnn_step_backward(dh, ws_row, mask, offs_h, dg_row, xch_row, active, RELU: tl.constexpr,
+                       EXCHANGE16: tl.constexpr):
     """Pointwise Elman RNN backward of one step from the saved h_t: stores the
     pre-activation gradient (relu: where h_t > 0, as torch's threshold_backward; tanh:
     times 1 - h_t^2)."""
@@ -205,24 +220,25 @@ def _rnn_step_backward(dh, ws_row, mask, offs_h, dg_row, active, RELU: tl.conste
         dpre = tl.where(h > 0.0, dh, 0.0)
     else:
         dpre = dh * (1.0 - h * h)
-    tl.store(dg_row + offs_h[None, :], tl.where(active[:, None], dpre, 0.0), mask=mask)
+    _store_gate(dg_row, xch_row, offs_h[None, :], tl.where(active[:, None], dpre, 0.0), mask, EXCHANGE16)
 
 
 # T, B and the iteration range change from call to call: specialising on them (== 1,
 # multiples of 16) would compile a new variant for each.
 @triton.jit(do_not_specialize=["t_hi", "t_lo", "T", "B"])
 def _bptt_kernel(grad_y_ptr, workspace_ptr, y_ptr, h0_ptr, c0_ptr, w_hh_ptr, lengths_ptr,
-                 dg_hidden_ptr, dg_input_ptr, dh_state_ptr, carry_ptr,
+                 dg_hidden_ptr, dg_input_ptr, dg_exchange_ptr, dh_state_ptr, carry_ptr,
                  barrier_ptr, error_ptr, t_hi, t_lo, T, B, H,
                  CELL: tl.constexpr, GRID_BARRIER: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                 RANGE_SCALE: tl.constexpr, RESIDENT: tl.constexpr,
+                 RANGE_SCALE: tl.constexpr, EXCHANGE16: tl.constexpr, RESIDENT: tl.constexpr,
                  BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
                  SPLIT: tl.constexpr, MAX_POLLS: tl.constexpr, ABORT: tl.constexpr):
     """Runs iterations t = t_hi .. t_lo (descending) of the BPTT loop described above.
 
     All tensors are contiguous: grad_y, y (T, B, H); workspace (T, B, WS_WIDTH*H) fp32;
     h0, c0 and the state buffers (B, H); w_hh (GATES*H, H); gate gradients (T, B, GATES*H)
-    fp32; lengths (B,). carry holds the cell's second carried state: dc_state (LSTM) or
+    fp32; dg_exchange the hidden-side gate gradients the programs exchange: a 16-bit copy
+    (T, B, GATES*H) with EXCHANGE16, else dg_hidden itself; lengths (B,). carry holds the cell's second carried state: dc_state (LSTM) or
     dh_local (GRU); the RNN has none (zeros).
     """
     G: tl.constexpr = 4 if CELL == 0 else (3 if CELL == 1 else 1)
@@ -278,7 +294,7 @@ def _bptt_kernel(grad_y_ptr, workspace_ptr, y_ptr, h0_ptr, c0_ptr, w_hh_ptr, len
         if ok:
             if t + 1 < block_end:
                 # Finish step t+1. int64 row offsets: t * B * G * H can pass 2^31.
-                dg_next = dg_hidden_ptr + ((offs_b + (t + 1) * B).to(tl.int64) * GH)[:, None]
+                dg_next = dg_exchange_ptr + ((offs_b + (t + 1) * B).to(tl.int64) * GH)[:, None]
                 if RESIDENT:
                     rec = _gate_product(dg_next, 0, H, offs_k, mask_k, w0, DOT_PRECISION, RANGE_SCALE)
                     if G > 1:
@@ -301,18 +317,22 @@ def _bptt_kernel(grad_y_ptr, workspace_ptr, y_ptr, h0_ptr, c0_ptr, w_hh_ptr, len
                 dh = dh_state + tl.where(active[:, None], grad.to(tl.float32), 0.0)
                 ws_row = workspace_ptr + rows[:, None] * (WS_WIDTH * H)
                 dg_row = dg_hidden_ptr + rows[:, None] * GH
+                xch_row = dg_exchange_ptr + rows[:, None] * GH
                 if CELL == 0:
                     prev_ws_row = workspace_ptr + (rows - B)[:, None] * (WS_WIDTH * H)
                     carry = _lstm_step_backward(dh, carry, ws_row, prev_ws_row, c0_ptr, state_offs,
-                                                has_prev, mask, offs_h, H, dg_row, active)
+                                                has_prev, mask, offs_h, H, dg_row, xch_row, active,
+                                                EXCHANGE16)
                 elif CELL == 1:
                     h_prev_row = y_ptr + (rows - B)[:, None] * H
                     dh_local = _gru_step_backward(dh, ws_row, h_prev_row, h0_ptr, state_offs,
                                                   has_prev, mask, offs_h, H, dg_row,
-                                                  dg_input_ptr + rows[:, None] * GH, active)
+                                                  dg_input_ptr + rows[:, None] * GH, xch_row, active,
+                                                  EXCHANGE16)
                     carry = dh_local
                 else:
-                    _rnn_step_backward(dh, ws_row, mask, offs_h, dg_row, active, CELL == 3)
+                    _rnn_step_backward(dh, ws_row, mask, offs_h, dg_row, xch_row, active, CELL == 3,
+                                       EXCHANGE16)
         t -= 1
         ok = ok & (t >= t_lo)
 
@@ -329,16 +349,31 @@ def kernel_meta(cell: int, plan: common.LaunchPlan, dtype: torch.dtype) -> dict:
     """Constexprs and launch options of the BPTT kernel for `plan` (also what the static
     GPU check compiles)."""
     return dict(CELL=cell, DOT_PRECISION=common.dot_precision(dtype),
-                RANGE_SCALE=dtype == torch.float16, RESIDENT=plan.resident, BLOCK_B=plan.block_b,
+                RANGE_SCALE=dtype == torch.float16, EXCHANGE16=exchanges_16_bit(dtype),
+                RESIDENT=plan.resident, BLOCK_B=plan.block_b,
                 BLOCK_H=plan.block_h, BLOCK_K=plan.block_k, SPLIT=plan.split,
                 **common.launch_options(plan))
+
+
+def exchanges_16_bit(dtype: torch.dtype) -> bool:
+    """Whether the programs exchange the gate gradients in `dtype` rather than fp32: for
+    bf16, whose range is fp32's, so the product is the same as casting at the consumer
+    (each program reads half the bytes per step). fp16 keeps fp32 rows, which the
+    consumer scales by a power of two per row before its cast (RANGE_SCALE)."""
+    return dtype == torch.bfloat16
+
+
+def exchange_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The type of the gate gradients every program reads each step."""
+    return dtype if exchanges_16_bit(dtype) else torch.float32
 
 
 def mock_args(dtype: torch.dtype, T: int, B: int, H: int) -> list:
     """The kernel's arguments as Triton sees them for specialisation: tensors by dtype
     (16-byte aligned, as torch allocates them), integers by value."""
     f32, i32 = torch.float32, torch.int32
-    pointer_dtypes = [dtype, f32, dtype, dtype, dtype, dtype, torch.int64, f32, f32, f32, f32, i32, i32]
+    pointer_dtypes = [dtype, f32, dtype, dtype, dtype, dtype, torch.int64, f32, f32,
+                      exchange_dtype(dtype), f32, f32, i32, i32]
     return [MockTensor(d) for d in pointer_dtypes] + [T - 1, -1, T, B, H]
 
 
@@ -386,6 +421,10 @@ def _recurrence(cell, grad_y, grad_hT, grad_cT, h0, c0, w_hh, y, workspace, leng
     dg_hidden = new_buffer(T, B, G * H, device=device, dtype=torch.float32)
     dg_input = dg_hidden if cell != common.GRU else new_buffer(T, B, G * H, device=device,
                                                                 dtype=torch.float32)
+    # The gate gradients the programs read from each other (written at every step the
+    # kernel runs, read at no other).
+    dg_exchange = (torch.empty(T, B, G * H, device=device, dtype=w_hh.dtype)
+                   if exchanges_16_bit(w_hh.dtype) else dg_hidden)
     dh_state = _state_buffer(grad_hT)
     # The LSTM carries dc_state; the GRU carries dh_local = dh * z of the last step.
     carry = _state_buffer(grad_cT) if is_lstm else torch.zeros_like(dh_state)
@@ -399,7 +438,7 @@ def _recurrence(cell, grad_y, grad_hT, grad_cT, h0, c0, w_hh, y, workspace, leng
     # Cells without c0 pass h0 in the unused pointer.
     args = (grad_y.contiguous(), workspace.contiguous(), y.contiguous(), h0.contiguous(),
             (c0 if is_lstm else h0).contiguous(), w_hh.contiguous(), lengths.contiguous(),
-            dg_hidden, dg_input, dh_state, carry)
+            dg_hidden, dg_input, dg_exchange, dh_state, carry)
     # Each launch runs iterations t_hi .. t_lo; t = -1 only finishes step 0.
     for t_hi, t_lo, counter in _launch_ranges(T, plan, device):
         _bptt_kernel[plan.grid](*args, counter, error, t_hi, t_lo, T, B, H, **meta)

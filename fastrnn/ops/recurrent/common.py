@@ -108,6 +108,124 @@ def step_barrier(counter_ptr, arrivals, error_ptr, GRID_BARRIER: tl.constexpr,
     return ok
 
 
+@triton.jit
+def k_slices(k0, SPLIT: tl.constexpr, KS: tl.constexpr, AXIS: tl.constexpr):
+    """Reduction indices k0 + s*KS + k of a K chunk split into SPLIT slices of KS: a 3-D
+    (SPLIT, ., .) block with k along AXIS (1 or 2)."""
+    slices = k0 + tl.arange(0, SPLIT)[:, None, None] * KS
+    if AXIS == 1:
+        return slices + tl.arange(0, KS)[None, :, None]
+    else:
+        return slices + tl.arange(0, KS)[None, None, :]
+
+
+@triton.jit
+def load_weight_chunk(ptr, col_offsets, col_ok, k0, K, stride_k, SPLIT: tl.constexpr,
+                      KS: tl.constexpr):
+    """One K chunk of a resident weight operand: tile[k, n] = ptr[col_offsets[n] +
+    (k0 + k) * stride_k] for k < SPLIT*KS (zero past K), as (KS, N) when SPLIT == 1, else
+    (SPLIT, KS, N) with slice s holding k0 + s*KS .. k0 + (s+1)*KS - 1: the operand of a
+    batched tl.dot whose warps Triton places along the batch dimension, so each warp keeps
+    only its own K slice of the weights in registers."""
+    if SPLIT == 1:
+        ks = k0 + tl.arange(0, KS)
+        return tl.load(ptr + ks.to(tl.int64)[:, None] * stride_k + col_offsets[None, :],
+                       mask=(ks < K)[:, None] & col_ok[None, :], other=0.0)
+    else:
+        ks = k_slices(k0, SPLIT, KS, 1)
+        return tl.load(ptr + ks.to(tl.int64) * stride_k + col_offsets[None, None, :],
+                       mask=(ks < K) & col_ok[None, None, :], other=0.0)
+
+
+@triton.jit
+def load_rows_chunk(row_ptrs, row_ok, k0, K, SPLIT: tl.constexpr, KS: tl.constexpr):
+    """The same K chunk of the rows the weights multiply (row_ptrs: (BLOCK_B, 1) pointers
+    to contiguous rows of length K): (BLOCK_B, KS) or (SPLIT, BLOCK_B, KS). Read with .cg,
+    from L2, where the other programs' stores land (never a stale L1 line)."""
+    if SPLIT == 1:
+        ks = k0 + tl.arange(0, KS)
+        return tl.load(row_ptrs + ks[None, :], mask=row_ok[:, None] & (ks < K)[None, :], other=0.0,
+                       cache_modifier=".cg")
+    else:
+        ks = k_slices(k0, SPLIT, KS, 2)
+        return tl.load(row_ptrs[None, :, :] + ks, mask=row_ok[None, :, None] & (ks < K), other=0.0,
+                       cache_modifier=".cg")
+
+
+@triton.jit
+def chunk_dot(a, w, SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr, RANGE_SCALE: tl.constexpr):
+    """a @ w (2-D, or batched over the K slices) in fp32, a cast to w's type first. With
+    RANGE_SCALE (fp16 weights, fp32 rows that may pass 65504) each row of the chunk is
+    scaled by a power of two before the cast and the product scaled back (exact)."""
+    if RANGE_SCALE:
+        if SPLIT == 1:
+            shift = range_shift(tl.max(tl.abs(a), axis=1))[:, None]
+        else:
+            shift = range_shift(tl.max(tl.max(tl.abs(a), axis=2), axis=0))[None, :, None]
+        return tl.dot((a * tl.exp2(-shift)).to(w.dtype), w, input_precision=DOT_PRECISION) * tl.exp2(shift)
+    else:
+        return tl.dot(a.to(w.dtype), w, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def range_shift(row_peak):
+    """log2 of the power of two that brings a row whose largest value is row_peak near
+    2^13 (<= 2^15 even if log2 is off by one), so an fp16 cast cannot overflow; powers of
+    two scale exactly. Rows below 1e-30 (zero ones included) scale by 2^100 at most, which
+    keeps 2^-shift finite."""
+    return tl.maximum(tl.floor(tl.log2(tl.maximum(row_peak, 1e-30))) - 13.0, -100.0)
+
+
+@triton.jit
+def resident_product(row_ptrs, row_ok, K, w0, w1, w2, w3, K_CHUNKS: tl.constexpr,
+                     SPLIT: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr,
+                     TILE_N: tl.constexpr, DOT_PRECISION: tl.constexpr, RANGE_SCALE: tl.constexpr):
+    """(BLOCK_B, TILE_N) fp32: the rows (length K) times the resident weights, held as
+    K_CHUNKS chunks w0..w3 of BLOCK_K (load_weight_chunk; chunks past K_CHUNKS unused).
+    Chunks let K = 768 take 3 x 256 instead of padding to 1024. With SPLIT > 1 every warp
+    multiplies its K slices and the partial products are summed over the warps at the
+    end (one reduction through shared memory per step)."""
+    KS: tl.constexpr = BLOCK_K // SPLIT
+    if SPLIT == 1:
+        acc = tl.zeros((BLOCK_B, TILE_N), dtype=tl.float32)
+    else:
+        acc = tl.zeros((SPLIT, BLOCK_B, TILE_N), dtype=tl.float32)
+    acc += chunk_dot(load_rows_chunk(row_ptrs, row_ok, 0, K, SPLIT, KS), w0,
+                     SPLIT, DOT_PRECISION, RANGE_SCALE)
+    if K_CHUNKS > 1:
+        acc += chunk_dot(load_rows_chunk(row_ptrs, row_ok, BLOCK_K, K, SPLIT, KS), w1,
+                         SPLIT, DOT_PRECISION, RANGE_SCALE)
+    if K_CHUNKS > 2:
+        acc += chunk_dot(load_rows_chunk(row_ptrs, row_ok, 2 * BLOCK_K, K, SPLIT, KS), w2,
+                         SPLIT, DOT_PRECISION, RANGE_SCALE)
+    if K_CHUNKS > 3:
+        acc += chunk_dot(load_rows_chunk(row_ptrs, row_ok, 3 * BLOCK_K, K, SPLIT, KS), w3,
+                         SPLIT, DOT_PRECISION, RANGE_SCALE)
+    if SPLIT == 1:
+        return acc
+    else:
+        return tl.sum(acc, axis=0)
+
+
+@triton.jit
+def load_resident_weights(ptr, col_offsets, col_ok, K, stride_k, K_CHUNKS: tl.constexpr,
+                          SPLIT: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The K_CHUNKS weight chunks resident_product multiplies (unused ones repeat w0 and
+    cost nothing)."""
+    KS: tl.constexpr = BLOCK_K // SPLIT
+    w0 = load_weight_chunk(ptr, col_offsets, col_ok, 0, K, stride_k, SPLIT, KS)
+    w1 = w0
+    w2 = w0
+    w3 = w0
+    if K_CHUNKS > 1:
+        w1 = load_weight_chunk(ptr, col_offsets, col_ok, BLOCK_K, K, stride_k, SPLIT, KS)
+    if K_CHUNKS > 2:
+        w2 = load_weight_chunk(ptr, col_offsets, col_ok, 2 * BLOCK_K, K, stride_k, SPLIT, KS)
+    if K_CHUNKS > 3:
+        w3 = load_weight_chunk(ptr, col_offsets, col_ok, 3 * BLOCK_K, K, stride_k, SPLIT, KS)
+    return w0, w1, w2, w3
+
+
 def barrier_error_message(kernel: str, plan: "LaunchPlan") -> Callable[[List[int]], Optional[str]]:
     def message(codes: List[int]) -> Optional[str]:
         if not any(codes):
@@ -203,7 +321,8 @@ class LaunchPlan:
     persistent: bool    # all steps in one launch (else one launch per step)
     num_warps: int
     tile_n: int         # N of the program's MMA output tile (Product.tile_n)
-    split: int = 1      # warps that each reduce a slice of every K chunk (BPTT, streamed)
+    split: int = 1      # warps that each reduce a slice of every K chunk
+    k_chunks: int = 1   # resident: the weights are k_chunks chunks of block_k along K
     reason: str = ""    # why this plan, and what was rejected before it
 
     @property
@@ -309,16 +428,33 @@ def max_useful_warps(block_b: int, tile_n: int, fma: bool = False) -> int:
 FMA_OUTPUTS_PER_THREAD = 4
 
 
-# A resident W_hh slice is a loop-carried value: it lives in registers, spread over the
+# A resident W_hh slice is a loop-invariant value: it lives in registers, spread over the
 # program's threads. Past this many elements per thread (64 registers' worth at 16 bits,
 # 64 registers at 32) it cannot stay there beside the step's working set; such tiles are
 # not even compiled (ptxas spends minutes on them, and they spill).
 RESIDENT_ELEMENTS_PER_THREAD = {2: 128, 4: 64}
+# A resident forward slice is held as at most this many K chunks (load_resident_weights)
+# of a power of two each, so K = 768 takes 3 x 256 rather than padding to 1024.
+MAX_K_CHUNKS = 4
+MAX_CHUNK = 1024
+# Warps a resident tile splits K over when its weights do not fit the registers of the
+# warps its output tile gives work to (each warp then holds 1/SPLIT of the weights): at
+# least four, so that every SM sub-partition's tensor core takes part.
+RESIDENT_SPLITS = (4, 8)
+
+
+def resident_chunking(k: int) -> Tuple[int, int]:
+    """(chunk, chunks): the power-of-two chunk of at least tl.dot's 16 whose at most
+    MAX_K_CHUNKS copies cover k with the least padding (the largest such chunk)."""
+    options = [(c * -(-k // c), -c) for c in (1 << i for i in range(4, MAX_CHUNK.bit_length()))
+               if -(-k // c) <= MAX_K_CHUNKS]
+    padded, neg_chunk = min(options)
+    return -neg_chunk, padded // -neg_chunk
 
 
 def resident_fits(plan: "LaunchPlan", product: Product, element_size: int) -> bool:
-    per_thread = product.weight_elements(plan.block_h, plan.block_k) // (32 * plan.num_warps)
-    return per_thread <= RESIDENT_ELEMENTS_PER_THREAD[min(element_size, 4)]
+    elements = product.weight_elements(plan.block_h, plan.block_k) * plan.k_chunks
+    return elements // (32 * plan.num_warps) <= RESIDENT_ELEMENTS_PER_THREAD[min(element_size, 4)]
 
 
 def candidate_plans(batch: int, hidden: int, product: Product, sms: int,
@@ -342,8 +478,8 @@ def candidate_plans(batch: int, hidden: int, product: Product, sms: int,
     # One program per SM first, most programs first; among equals, wider batch blocks
     # (fewer barrier groups).
     tiles.sort(key=lambda tile: (programs(tile) > sms, -programs(tile), -tile[0]))
-    resident_plans = [plan for plan in (_plan(batch, hidden, product, tile, full_k, True, True)
-                                         for tile in tiles)
+    resident_plans = [plan for plan in (_plan(batch, hidden, product, tile, full_k, True, True,
+                                               element_size) for tile in tiles)
                       if resident_fits(plan, product, element_size)]
     plans = resident_plans[:MAX_CANDIDATES_PER_MODE]
     for tile in tiles[:MAX_CANDIDATES_PER_MODE]:
@@ -360,22 +496,33 @@ def candidate_plans(batch: int, hidden: int, product: Product, sms: int,
 
 
 def _plan(batch: int, hidden: int, product: Product, tile: Tuple[int, int], full_k: int,
-          resident: bool, persistent: bool) -> LaunchPlan:
+          resident: bool, persistent: bool, element_size: int = 2) -> LaunchPlan:
     """The plan of one (block_b, block_h) tile: the most warps that do not replicate MMA
-    work (max_useful_warps); all of K when resident, else chunks of STREAM_BLOCK_K (32 for one- and two-warp
-    programs, which stay out of spills that way); small streamed BPTT tiles split each
-    chunk's K over SPLIT_WARPS warps instead."""
+    work (max_useful_warps). Resident forward tiles hold K in chunks (resident_chunking)
+    and, when their weights do not fit those warps' registers, split every chunk's K over
+    4 or 8 warps instead (a batched tl.dot: no warp holds another's weights). Streamed
+    tiles take chunks of STREAM_BLOCK_K (32 for one- and two-warp programs, which stay out
+    of spills that way); small streamed BPTT tiles split each chunk's K over SPLIT_WARPS
+    warps."""
     block_b, block_h = tile
     tile_n = product.tile_n(block_h)
     warps = max_useful_warps(block_b, tile_n, product.fma)
     block_k = full_k if resident else min(STREAM_BLOCK_K if warps > 2 else 32, full_k)
-    split = 1
-    if not resident and persistent and not product.stacked and warps < SPLIT_WARPS \
+    split, chunks = 1, 1
+    if resident and product.stacked:
+        block_k, chunks = resident_chunking(hidden)
+    elif not resident and persistent and not product.stacked and warps < SPLIT_WARPS \
             and full_k >= STREAM_BLOCK_K:
         warps = split = SPLIT_WARPS
         block_k = STREAM_BLOCK_K
-    return LaunchPlan(block_b, block_h, block_k, triton.cdiv(batch, block_b), triton.cdiv(hidden, block_h),
-                      resident, persistent, warps, tile_n, split)
+    plan = LaunchPlan(block_b, block_h, block_k, triton.cdiv(batch, block_b), triton.cdiv(hidden, block_h),
+                      resident, persistent, warps, tile_n, split, chunks)
+    if resident and product.stacked and not resident_fits(plan, product, element_size):
+        for split in RESIDENT_SPLITS:
+            wide = dataclasses.replace(plan, num_warps=split, split=split)
+            if block_k // split >= MIN_DOT and resident_fits(wide, product, element_size):
+                return wide
+    return plan
 
 
 def _lighter_variants(plan: LaunchPlan) -> List[LaunchPlan]:

@@ -96,15 +96,32 @@ def streamed_product(h_rows_ptr, w_ptr, w_rows, col_ok, row_ok, H, DOT_PRECISION
 
 
 @triton.jit
-def cell_step(CELL: tl.constexpr, xproj_ptr, x_base, ws_base, units, H, tile_ok, hg0, hg1, hg2,
-              hg3, h_state, c_state):
-    """The cell's gate math for one step in fp32; stores the activations backward needs
+def load_x_gates(xproj_ptr, x_base, units, H, mask, G: tl.constexpr):
+    """The input projection of one step for the cell's gates, (BLOCK_B, BLOCK_H) fp32 each
+    (gates the cell lacks repeat gate 0 and are never used)."""
+    x0 = load_gate_input(xproj_ptr, 0, x_base, units, H, mask)
+    x1 = x0
+    x2 = x0
+    x3 = x0
+    if G > 1:
+        x1 = load_gate_input(xproj_ptr, 1, x_base, units, H, mask)
+        x2 = load_gate_input(xproj_ptr, 2, x_base, units, H, mask)
+    if G > 3:
+        x3 = load_gate_input(xproj_ptr, 3, x_base, units, H, mask)
+    return x0, x1, x2, x3
+
+
+@triton.jit
+def cell_step(CELL: tl.constexpr, x0, x1, x2, x3, ws_base, H, tile_ok, hg0, hg1, hg2, hg3, h_state,
+              c_state):
+    """The cell's gate math for one step in fp32 from the input projection (x0..x3) and
+    the recurrent product (hg0..hg3) of each gate; stores the activations backward needs
     into the workspace and returns (h_new, c_new) (c_new = c_state for cells without c)."""
     if CELL == 0:  # LSTM: i, f, g, o; workspace i, f, g, o, c
-        i = tl.sigmoid(load_gate_input(xproj_ptr, 0, x_base, units, H, tile_ok) + hg0)
-        f = tl.sigmoid(load_gate_input(xproj_ptr, 1, x_base, units, H, tile_ok) + hg1)
-        g = tanh(load_gate_input(xproj_ptr, 2, x_base, units, H, tile_ok) + hg2)
-        o = tl.sigmoid(load_gate_input(xproj_ptr, 3, x_base, units, H, tile_ok) + hg3)
+        i = tl.sigmoid(x0 + hg0)
+        f = tl.sigmoid(x1 + hg1)
+        g = tanh(x2 + hg2)
+        o = tl.sigmoid(x3 + hg3)
         c_new = f * c_state + i * g
         h_new = o * tanh(c_new)
         tl.store(ws_base, i, mask=tile_ok)
@@ -113,9 +130,9 @@ def cell_step(CELL: tl.constexpr, xproj_ptr, x_base, ws_base, units, H, tile_ok,
         tl.store(ws_base + 3 * H, o, mask=tile_ok)
         tl.store(ws_base + 4 * H, c_new, mask=tile_ok)
     elif CELL == 1:  # GRU: r, z, n with b_hn inside r * (W_hn h + b_hn); workspace r, z, n, hn
-        r = tl.sigmoid(load_gate_input(xproj_ptr, 0, x_base, units, H, tile_ok) + hg0)
-        z = tl.sigmoid(load_gate_input(xproj_ptr, 1, x_base, units, H, tile_ok) + hg1)
-        n = tanh(load_gate_input(xproj_ptr, 2, x_base, units, H, tile_ok) + r * hg2)
+        r = tl.sigmoid(x0 + hg0)
+        z = tl.sigmoid(x1 + hg1)
+        n = tanh(x2 + r * hg2)
         h_new = (1.0 - z) * n + z * h_state
         c_new = c_state
         tl.store(ws_base, r, mask=tile_ok)
@@ -123,7 +140,7 @@ def cell_step(CELL: tl.constexpr, xproj_ptr, x_base, ws_base, units, H, tile_ok,
         tl.store(ws_base + 2 * H, n, mask=tile_ok)
         tl.store(ws_base + 3 * H, hg2, mask=tile_ok)
     else:  # Elman RNN, tanh (2) or relu (3); workspace h
-        pre = load_gate_input(xproj_ptr, 0, x_base, units, H, tile_ok) + hg0
+        pre = x0 + hg0
         if CELL == 3:
             h_new = tl.maximum(pre, 0.0)
         else:
@@ -141,7 +158,7 @@ def recurrent_forward_kernel(
         counter_ptr, error_ptr, T, B, H, t_begin, t_end,
         CELL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LENGTHS: tl.constexpr,
         BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
-        RESIDENT: tl.constexpr, GRID_BARRIER: tl.constexpr, DOT_PRECISION: tl.constexpr,
+        SPLIT: tl.constexpr, K_CHUNKS: tl.constexpr, RESIDENT: tl.constexpr, GRID_BARRIER: tl.constexpr, DOT_PRECISION: tl.constexpr,
         MAX_POLLS: tl.constexpr, ABORT: tl.constexpr):
     G: tl.constexpr = 4 if CELL == 0 else (3 if CELL == 1 else 1)
     SLOTS: tl.constexpr = 4 if G > 1 else (2 if BLOCK_H < 16 else 1)
@@ -151,17 +168,17 @@ def recurrent_forward_kernel(
     pid_h = tl.program_id(1)
     rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     units = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
-    ks = tl.arange(0, BLOCK_K)
     row_ok = rows < B
     unit_ok = units < H
-    k_ok = ks < H
     tile_ok = row_ok[:, None] & unit_ok[None, :]
     rows64 = rows.to(tl.int64)
     w_rows, col_ok = gate_columns(pid_h, H, G, SLOTS, BLOCK_H)
 
     if RESIDENT:
-        # This program's slice of W_hh stays on chip for every step of the launch.
-        w = load_weight_tile(w_hh_ptr, w_rows, col_ok, ks, H, k_ok)
+        # This program's slice of W_hh (as W_hh^T: K = H down, its gate rows across) stays
+        # in registers for every step of the launch.
+        w0, w1, w2, w3 = common.load_resident_weights(w_hh_ptr, w_rows.to(tl.int64) * H, col_ok, H, 1,
+                                                      K_CHUNKS, SPLIT, BLOCK_K)
     if HAS_BIAS:
         bias = tl.load(b_hh_ptr + w_rows, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     else:
@@ -180,27 +197,33 @@ def recurrent_forward_kernel(
         # Every program of the block stops at the same step, so the barrier counts agree.
         t_stop = tl.minimum(t_end, tl.max(length, axis=0).to(tl.int32))
 
-    # A while loop: the pipeliner leaves it alone, so nothing of step t+1 is loaded
-    # before step t's stores (see common.py). `ok` turns False when the launch aborts.
+    # The input projection of the first step (t_begin < T, so in bounds even when there
+    # is nothing to compute); each later one is loaded before the wait for the step
+    # before it, so its latency hides behind the barrier.
     t = t_begin
     ok = t_begin < t_stop
+    x0, x1, x2, x3 = load_x_gates(xproj_ptr, (t * B + rows64[:, None]) * (G * H), units, H, tile_ok, G)
+    # A while loop: the pipeliner leaves it alone, so nothing of step t+1 is loaded
+    # before step t's stores (see common.py). `ok` turns False when the launch aborts.
     while ok:
         # t * B stays far below 2^31; the products with H are formed in int64 via rows64.
         prev = (t + T) % (T + 1)
         h_rows = hbuf_ptr + (prev * B + rows64[:, None]) * H
         if RESIDENT:
-            # .cg: read h from L2, where the other programs' stores land, never a stale L1 line.
-            h_prev = tl.load(h_rows + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0,
-                             cache_modifier=".cg")
-            product = tl.dot(h_prev, w, input_precision=DOT_PRECISION)
+            product = common.resident_product(h_rows, row_ok, H, w0, w1, w2, w3, K_CHUNKS, SPLIT, BLOCK_K,
+                                              BLOCK_B, TILE_N, DOT_PRECISION, False)
         else:
             product = streamed_product(h_rows, w_hh_ptr, w_rows, col_ok, row_ok, H, DOT_PRECISION,
                                        BLOCK_B, TILE_N, BLOCK_K)
         hg0, hg1, hg2, hg3 = split_gates(product + bias, SLOTS, BLOCK_B, BLOCK_H)
-        x_base = (t * B + rows64[:, None]) * (G * H)
         ws_base = ws_ptr + (t * B + rows64[:, None]) * (W * H) + units[None, :]
-        h_new, c_new = cell_step(CELL, xproj_ptr, x_base, ws_base, units, H, tile_ok, hg0, hg1, hg2,
-                                 hg3, h_state, c_state)
+        x_now = x0
+        if G == 1:
+            # The Elman cells load their one gate's input here: Triton 3.6 fails to compile
+            # (TritonGPURemoveLayoutConversions) their loop carrying it from the step before.
+            x_now = load_gate_input(xproj_ptr, 0, (t * B + rows64[:, None]) * H, units, H, tile_ok)
+        h_new, c_new = cell_step(CELL, x_now, x1, x2, x3, ws_base, H, tile_ok, hg0, hg1, hg2, hg3, h_state,
+                                 c_state)
         if HAS_LENGTHS:
             active = (length > t)[:, None]
             h_state = tl.where(active, h_new, h_state)
@@ -214,6 +237,16 @@ def recurrent_forward_kernel(
         t += 1
         ok = t < t_stop
         if ok:
+            next0, next1, next2, next3 = load_x_gates(xproj_ptr, (t * B + rows64[:, None]) * (G * H), units,
+                                                      H, tile_ok, G)
+            # Only the cell's gates are carried to the next step (Triton 3.6 fails to
+            # compile a loop that carries one value in several variables).
+            if G > 1:
+                x0 = next0
+                x1 = next1
+                x2 = next2
+            if G > 3:
+                x3 = next3
             # Every program of this batch block has written its slice of h_t.
             ok = common.step_barrier(counter_ptr + pid_b, t - t_begin, error_ptr, GRID_BARRIER,
                                      MAX_POLLS, ABORT)
@@ -228,7 +261,8 @@ def kernel_meta(cell: int, plan: common.LaunchPlan, dtype: torch.dtype, has_bias
     """Constexprs and launch options of the forward kernel for `plan` (also what the
     static GPU check compiles)."""
     return dict(CELL=cell, HAS_BIAS=has_bias, HAS_LENGTHS=has_lengths, BLOCK_B=plan.block_b,
-                BLOCK_H=plan.block_h, BLOCK_K=plan.block_k, RESIDENT=plan.resident,
+                BLOCK_H=plan.block_h, BLOCK_K=plan.block_k, SPLIT=plan.split, K_CHUNKS=plan.k_chunks,
+                RESIDENT=plan.resident,
                 DOT_PRECISION=common.dot_precision(dtype), **common.launch_options(plan))
 
 
