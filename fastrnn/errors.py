@@ -97,6 +97,21 @@ def report_first_row(bad: torch.Tensor, values: torch.Tensor, describe: Callable
     report(codes, message, exc_type)
 
 
+def check_lengths(lengths: "torch.Tensor | None", T: int, op: str) -> None:
+    """Report sequence lengths outside [1, T] (fastrnn.functional's rule) as a RuntimeError
+    naming `op`, the first bad row and its value, through report_first_row: at once on
+    CPU, at the next fastrnn call or check_errors() on CUDA (no host sync).
+
+    fastrnn.functional checks lengths on the host before calling a layer op, except while
+    torch.compile traces, where no value can be read; the layer ops call this at run time
+    so that a compiled call rejects them too. lengths: (B,) integers, or None."""
+    if lengths is None:
+        return
+    report_first_row((lengths < 1) | (lengths > T), lengths,
+                     lambda row, value: f"{op}: lengths must lie in [1, T={T}], got {value:.0f} "
+                                        f"at batch row {row}", RuntimeError)
+
+
 def check_errors() -> None:
     """Wait for every kernel that reported codes and raise the first error among them.
 

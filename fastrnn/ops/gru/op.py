@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from fastrnn.ops.gru import reference
+from fastrnn import errors
 from fastrnn.ops.layer_autograd import first_derivatives, register_double_backward, variables
 
 GATES = 3
@@ -59,6 +60,7 @@ def backend_module(name: str):
 def gru_layer_op(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
                  b_hh: Optional[Tensor], lengths: Optional[Tensor],
                  backend: str) -> Tuple[Tensor, Tensor, Tensor]:
+    errors.check_lengths(lengths, x.shape[0], "fastrnn::gru_layer")   # also under torch.compile
     return backend_module(backend).forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths)
 
 

@@ -24,6 +24,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from fastrnn import errors
 from fastrnn.ops.layer_autograd import first_derivatives, register_double_backward, variables
 from fastrnn.ops.lstm import reference
 
@@ -64,6 +65,7 @@ def backend_module(name: str):
 def lstm_layer_op(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
                   b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hr: Optional[Tensor],
                   lengths: Optional[Tensor], backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    errors.check_lengths(lengths, x.shape[0], "fastrnn::lstm_layer")   # also under torch.compile
     return backend_module(backend).forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths)
 
 

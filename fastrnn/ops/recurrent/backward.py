@@ -369,8 +369,8 @@ def exchange_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def mock_args(dtype: torch.dtype, T: int, B: int, H: int) -> list:
-    """The kernel's arguments as Triton sees them for specialisation: tensors by dtype
-    (16-byte aligned, as torch allocates them), integers by value."""
+    """The kernel's arguments as Triton sees them for specialisation, as _recurrence
+    launches it: tensors by dtype, 16-byte aligned (common.aligned), integers by value."""
     f32, i32 = torch.float32, torch.int32
     pointer_dtypes = [dtype, f32, dtype, dtype, dtype, dtype, torch.int64, f32, f32,
                       exchange_dtype(dtype), f32, f32, i32, i32]
@@ -410,7 +410,15 @@ def _recurrence(cell, grad_y, grad_hT, grad_cT, h0, c0, w_hh, y, workspace, leng
     dgates_input is dgates_hidden but for the GRU and dc0 is None but for the LSTM.
 
     Never synchronises with the host: a barrier timeout is reported through
-    fastrnn.errors (a RuntimeError at the next fastrnn call or fastrnn.check_errors())."""
+    fastrnn.errors (a RuntimeError at the next fastrnn call or fastrnn.check_errors()).
+    Plans and launches on y's device (Triton launches on the current one)."""
+    with torch.cuda.device_of(y):
+        return _run_recurrence(cell, grad_y, grad_hT, grad_cT, h0, c0, w_hh, y, workspace, lengths,
+                               force_per_step, force_streamed)
+
+
+def _run_recurrence(cell, grad_y, grad_hT, grad_cT, h0, c0, w_hh, y, workspace, lengths,
+                    force_per_step, force_streamed):
     T, B, H = y.shape
     G = common.GATES[cell]
     is_lstm = cell == common.LSTM
@@ -432,13 +440,18 @@ def _recurrence(cell, grad_y, grad_hT, grad_cT, h0, c0, w_hh, y, workspace, leng
         return dg_hidden, dg_input, dh_state, (carry if is_lstm else None)
     if lengths is None:
         lengths = torch.full((B,), T, dtype=torch.int64, device=device)
+    else:
+        # Lengths past T are an error, which the layer op reports (on CUDA after the call
+        # returns); clamped so that the kernel never reads a step past the gate gradients.
+        lengths = lengths.clamp(max=T)
     plan = _plan(cell, w_hh, B, H, force_per_step, force_streamed)
     meta = kernel_meta(cell, plan, w_hh.dtype)
     error = torch.zeros(1, dtype=torch.int32, device=device)
-    # Cells without c0 pass h0 in the unused pointer.
-    args = (grad_y.contiguous(), workspace.contiguous(), y.contiguous(), h0.contiguous(),
-            (c0 if is_lstm else h0).contiguous(), w_hh.contiguous(), lengths.contiguous(),
-            dg_hidden, dg_input, dg_exchange, dh_state, carry)
+    # Inputs contiguous and aligned as the planner assumed (mock_args); cells without c0
+    # pass h0 in the unused pointer.
+    args = tuple(common.aligned(t) for t in (grad_y, workspace, y, h0, c0 if is_lstm else h0,
+                                             w_hh, lengths)) + (dg_hidden, dg_input, dg_exchange,
+                                                                dh_state, carry)
     # Each launch runs iterations t_hi .. t_lo; t = -1 only finishes step 0.
     for t_hi, t_lo, counter in _launch_ranges(T, plan, device):
         _bptt_kernel[plan.grid](*args, counter, error, t_hi, t_lo, T, B, H, **meta)

@@ -61,11 +61,15 @@ WORKSPACE_WIDTH = {LSTM: 5, GRU: 4, RNN_TANH: 1, RNN_RELU: 1}
 # round trip (0.3-0.6 us on sm_80/sm_90), so this is about a second; a wait between two
 # steps of a healthy launch takes microseconds.
 MAX_BARRIER_POLLS = 1 << 21
-# Added to a barrier counter by the program that gives up: every other wait then ends
-# at once and reads the abort from the counter's value.
+# The program that gives up raises the barrier counter to this value (an atomic max): every
+# other wait then ends at once and reads the abort from the counter's value. Why it cannot
+# overflow int32: a launch counts at most MAX_BARRIER_ARRIVALS arrivals in all (longer
+# sequences run in several launches), each adding 1, so before any abort the counter is
+# below MAX_BARRIER_ARRIVALS < BARRIER_ABORT; an abort sets it to BARRIER_ABORT whatever it
+# held (a max, not an add: any number of programs may abort, together or not, and the
+# value stays BARRIER_ABORT), and the arrivals after it add at most MAX_BARRIER_ARRIVALS:
+# the counter stays below BARRIER_ABORT + MAX_BARRIER_ARRIVALS = 3 * 2^29 < 2^31.
 BARRIER_ABORT = 1 << 30
-# Barrier targets count steps x programs in int32 below BARRIER_ABORT: longer sequences
-# run in several launches.
 MAX_BARRIER_ARRIVALS = 1 << 29
 
 
@@ -74,8 +78,9 @@ def grid_barrier(counter_ptr, target, error_ptr, MAX_POLLS: tl.constexpr, ABORT:
     """Wait until `target` arrivals are counted at counter_ptr (one per program per step).
 
     Returns True when every program arrived, False when the launch was aborted: this
-    program polled MAX_POLLS times in vain (it then sets the abort in the counter and the
-    error flag), or another program had aborted. The release add publishes this program's
+    program polled MAX_POLLS times in vain (it then raises the counter to ABORT and sets
+    the error flag), or another program had aborted (the counter is ABORT or more; see
+    BARRIER_ABORT for why it cannot overflow). The release add publishes this program's
     stores (made visible to all its threads by the CTA barrier first); the acquire loads
     make the other programs' stores visible. Scalar atomics run on one thread and their
     result is broadcast to the CTA, so every thread takes the same branch.
@@ -88,7 +93,7 @@ def grid_barrier(counter_ptr, target, error_ptr, MAX_POLLS: tl.constexpr, ABORT:
         count = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
         polls += 1
     if count < target:
-        tl.atomic_add(counter_ptr, ABORT, sem="relaxed", scope="gpu")
+        tl.atomic_max(counter_ptr, ABORT, sem="relaxed", scope="gpu")
         tl.atomic_xchg(error_ptr, 1, sem="relaxed", scope="gpu")
     tl.debug_barrier()
     return (count >= target) & (count < ABORT)
@@ -241,15 +246,38 @@ def barrier_error_message(kernel: str, plan: "LaunchPlan") -> Callable[[List[int
 # --------------------------------------------------------------------------- planning
 
 
+def max_blocks_per_sm(arch: int) -> int:
+    """Resident blocks per SM that CUDA allows on compute capability arch // 10 . arch % 10
+    (cudaOccMaxBlocksPerMultiprocessor in the CUDA toolkit's cuda_occupancy.h; the CUDA C++
+    Programming Guide's table of technical specifications per compute capability)."""
+    major, minor = divmod(arch, 10)
+    if major == 7:
+        return 16 if minor == 5 else 32
+    if major == 8:
+        return {0: 32, 9: 24}.get(minor, 16)
+    if major == 10:
+        return 24 if minor == 1 else 32
+    if major == 11:
+        return 24 if minor == 0 else 32
+    if major == 12:
+        return 24
+    return 32
+
+
 @dataclasses.dataclass(frozen=True)
 class DeviceLimits:
-    """What bounds a launch on one GPU (from torch.cuda.get_device_properties)."""
+    """What bounds a launch on one GPU (from torch.cuda.get_device_properties, and CUDA's
+    per-architecture constants where torch does not report them)."""
     arch: int                   # compute capability as 90, 80, ...
     sms: int
     shared_per_block: int       # bytes one program may use (opt-in maximum)
     shared_per_sm: int
     regs_per_sm: int
     threads_per_sm: int
+    blocks_per_sm: int = 32
+    regs_per_block: int = 65_536
+    # Shared memory the driver reserves for every resident block (sm_80 and later).
+    reserved_shared_per_block: int = 1024
 
 
 # The targets the static check compiles for (NVIDIA's published limits).
@@ -259,19 +287,24 @@ SM80 = DeviceLimits(80, 108, 166_912, 167_936, 65_536, 2048)   # A100
 
 def device_limits(device: torch.device) -> DeviceLimits:
     p = torch.cuda.get_device_properties(device)
-    return DeviceLimits(p.major * 10 + p.minor, p.multi_processor_count,
-                        p.shared_memory_per_block_optin, p.shared_memory_per_multiprocessor,
-                        p.regs_per_multiprocessor, p.max_threads_per_multi_processor)
+    arch = p.major * 10 + p.minor
+    return DeviceLimits(arch, p.multi_processor_count, p.shared_memory_per_block_optin,
+                        p.shared_memory_per_multiprocessor, p.regs_per_multiprocessor,
+                        p.max_threads_per_multi_processor, max_blocks_per_sm(arch),
+                        reserved_shared_per_block=1024 if arch >= 80 else 0)
 
 
 @dataclasses.dataclass(frozen=True)
 class Resources:
     """What one compiled program needs (from the compiled kernel)."""
-    regs: int           # per thread
-    spill_bytes: int    # per thread
+    regs: int           # per thread (0: unknown, the kernel did not load)
+    spill_bytes: int    # local memory per thread, in bytes (where spilled registers live)
     shared_bytes: int   # per program
     num_warps: int
     replicated: bool = False   # some warps compute another warp's MMA tile again
+    # Why the driver would not load the kernel, as Triton's OutOfResources names it
+    # ("shared memory", "threads", ...: "threads: 256 required, limit 128"); "" when it loads.
+    out_of: str = ""
 
 
 MMA_LAYOUT = re.compile(r"warpsPerCTA = \[([\d, ]+)\], instrShape = \[([\d, ]+)\]")
@@ -299,15 +332,49 @@ def mma_replicated(ttgir: str, block_b: int, tile_n: int, split: int = 1) -> boo
     return any(w * i > n for w, i, n in zip(warps, instr, shape))
 
 
+# CUDA's occupancy rules for sm_70 and later (cuda_occupancy.h of the CUDA toolkit, the
+# source of cudaOccupancyMaxActiveBlocksPerMultiprocessor and of the occupancy calculator):
+# registers are allocated per warp, in units of 256 (so per thread in multiples of 8), from
+# one of the SM's 4 sub-partitions (a quarter of the register file each); a block takes
+# at most 256 registers per thread; shared memory is allocated in units of 128 bytes
+# (sm_80 and later), the driver's reserved 1 KiB per block included.
+REG_ALLOCATION_UNIT = 256
+SUB_PARTITIONS = 4
+MAX_REGS_PER_THREAD = 256
+SHARED_ALLOCATION_UNIT = 128
+MAX_THREADS_PER_BLOCK = 1024
+
+
+def _round_up(n: int, unit: int) -> int:
+    return -(-n // unit) * unit
+
+
 def programs_per_sm(res: Resources, limits: DeviceLimits) -> int:
-    """How many programs of this kernel an SM holds at once (CUDA's occupancy rules:
-    registers are allocated per warp in units of 256, each block reserves 1 KiB of
-    shared memory on sm_80+)."""
-    threads = 32 * res.num_warps
-    regs_per_warp = -(-res.regs * 32 // 256) * 256
-    by_regs = limits.regs_per_sm // (regs_per_warp * res.num_warps) if res.regs else 32
-    by_shared = limits.shared_per_sm // (res.shared_bytes + 1024)
-    return max(0, min(limits.threads_per_sm // threads, by_regs, by_shared, 32))
+    """How many programs of this kernel an SM holds at once, by CUDA's occupancy rules
+    (cudaOccMaxActiveBlocksPerMultiprocessor in cuda_occupancy.h, default shared-memory
+    carveout, no partitioned global caching, which sm_70 and later lack): the least of
+    the limits by warps, by blocks per SM, by registers and by shared memory. A kernel
+    whose registers are unknown (res.regs == 0: it did not load) is limited by the rest."""
+    warps = res.num_warps
+    if warps * 32 > MAX_THREADS_PER_BLOCK:
+        return 0
+    by_warps = limits.threads_per_sm // 32 // warps
+    regs_per_warp = _round_up(res.regs * 32, REG_ALLOCATION_UNIT)
+    if regs_per_warp == 0:
+        by_regs = by_warps
+    elif (res.regs > MAX_REGS_PER_THREAD or regs_per_warp * warps > limits.regs_per_block
+          # The hardware checks a block's registers as if its warps filled every sub-partition.
+          or regs_per_warp * _round_up(warps, SUB_PARTITIONS) > limits.regs_per_block):
+        by_regs = 0
+    else:
+        warps_per_partition = limits.regs_per_sm // SUB_PARTITIONS // regs_per_warp
+        by_regs = warps_per_partition * SUB_PARTITIONS // warps
+    shared = _round_up(res.shared_bytes + limits.reserved_shared_per_block, SHARED_ALLOCATION_UNIT)
+    if shared > limits.shared_per_block + limits.reserved_shared_per_block:
+        by_shared = 0
+    else:
+        by_shared = limits.shared_per_sm // shared
+    return min(by_warps, limits.blocks_per_sm, by_regs, by_shared)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -545,24 +612,38 @@ def _unit_blocks(min_units: int, full_k: int) -> List[int]:
     return [1 << i for i in range(min_units.bit_length() - 1, full_k.bit_length()) if 1 << i <= full_k]
 
 
+# Triton's CompiledKernel.n_spills is the kernel's local memory per thread in 4-byte words:
+# its CUDA driver module (third_party/nvidia/backend/driver.c, load_binary, in Triton 3.6
+# and 3.9 alike) reads CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES and divides it by 4.
+TRITON_SPILL_UNIT_BYTES = 4
+
+
 def runtime_resources(kernel, args, plan: LaunchPlan, meta) -> Resources:
     """Compiles (without launching) the kernel as Triton's JIT would for these arguments on
     the current GPU and reads what one program needs. The launch that follows with the
-    same specialisation reuses this compiled kernel."""
+    same specialisation reuses this compiled kernel.
+
+    When the driver refuses the kernel, Triton raises OutOfResources before loading it
+    (shared memory over the block's limit: registers unknown) or after (more threads than
+    the block's registers allow: registers known); its `name`, `required` and `limit` go
+    into Resources.out_of, which check_plan reports."""
     compiled = kernel.warmup(*args, grid=plan.grid, **meta)
     replicated = mma_replicated(compiled.asm["ttgir"], plan.block_b, plan.tile_n, plan.split)
+    out_of = ""
     try:
         compiled._init_handles()   # loads the binary: registers and spills come from the driver
-    except OutOfResources:
-        # More shared memory than a block may have: check_plan rejects it on that count.
-        return Resources(0, 0, compiled.metadata.shared, meta["num_warps"], replicated)
-    return Resources(compiled.n_regs, compiled.n_spills, compiled.metadata.shared, meta["num_warps"],
-                     replicated)
+    except OutOfResources as err:
+        out_of = f"{err.name}: {err.required} required, limit {err.limit}"
+    return Resources(getattr(compiled, "n_regs", None) or 0,
+                     (getattr(compiled, "n_spills", None) or 0) * TRITON_SPILL_UNIT_BYTES,
+                     compiled.metadata.shared, meta["num_warps"], replicated, out_of)
 
 
 def check_plan(plan: LaunchPlan, res: Resources, limits: DeviceLimits) -> List[str]:
     """The reasons this plan cannot run well on `limits`; empty when it can."""
     problems = []
+    if res.out_of:
+        problems.append(f"the driver refuses it (out of {res.out_of})")
     if res.shared_bytes > limits.shared_per_block:
         problems.append(f"shared memory {res.shared_bytes} B > {limits.shared_per_block} B per block")
     if res.spill_bytes:
@@ -584,8 +665,9 @@ def choose_plan(candidates: List[LaunchPlan], resources_of: Callable[[LaunchPlan
     lowest count as equal, and then the candidates' own order decides (resident tiles
     first, most SMs first). Candidates are compiled in order of modelled time, so slower
     ones are never compiled; without step_us, the first candidate that fits is taken.
-    When none fits, the per-step plan within the shared-memory limit that spills least is
-    taken (it launches, slowly); when there is none either, RuntimeError."""
+    When none fits, the per-step plan that the driver loads (within the shared-memory and
+    thread limits) and that spills least is taken (it launches, slowly); when there is none
+    either, RuntimeError."""
     checked = {}
 
     def problems_of(i):
@@ -610,7 +692,7 @@ def choose_plan(candidates: List[LaunchPlan], resources_of: Callable[[LaunchPlan
     for i, plan in enumerate(candidates):
         res, problems = checked[i]
         rejected.append(f"{_describe(plan)}: {', '.join(problems)}")
-        if not plan.persistent and res.shared_bytes <= limits.shared_per_block \
+        if not plan.persistent and not res.out_of and res.shared_bytes <= limits.shared_per_block \
                 and (fallback is None or res.spill_bytes < fallback_spills):
             fallback, fallback_spills = plan, res.spill_bytes
     if fallback is not None:
@@ -678,12 +760,27 @@ def launch_options(plan: LaunchPlan) -> dict:
                 **({"launch_cooperative_grid": True} if plan.cooperative else {}))
 
 
+# Triton specialises a pointer argument on whether it is a multiple of 16 (in 3.6 and 3.9):
+# the planner and the static check compile the aligned variant (MockTensor), so every
+# tensor a recurrent kernel is launched with is 16-byte aligned (`aligned`).
+POINTER_ALIGNMENT = 16
+
+
+def aligned(t: torch.Tensor) -> torch.Tensor:
+    """t contiguous and 16-byte aligned: itself when it is, else a copy. torch allocates
+    at least that aligned; a view at an offset may not be (h0[1] of a stacked state, a
+    weight inside a flat buffer), and launching it would run a variant of the kernel
+    (no divisibility hint) that was never planned or checked."""
+    t = t.contiguous()
+    return t if t.data_ptr() % POINTER_ALIGNMENT == 0 else t.clone()
+
+
 def barrier_counters(launches: int, plan: LaunchPlan, device) -> List[torch.Tensor]:
-    """Zeroed barrier counters (one per batch block) for each of `launches` launches;
-    plans without a grid barrier share one unused row."""
-    rows = torch.zeros(launches if plan.cooperative else 1, plan.programs_b, dtype=torch.int32,
-                       device=device)
-    return [rows[i if plan.cooperative else 0] for i in range(launches)]
+    """Zeroed barrier counters (one per batch block) for each of `launches` launches, each
+    launch's row 16-byte aligned; plans without a grid barrier share one unused row."""
+    width = -(-plan.programs_b // 4) * 4   # int32s: a multiple of 16 bytes
+    rows = torch.zeros(launches if plan.cooperative else 1, width, dtype=torch.int32, device=device)
+    return [rows[i if plan.cooperative else 0, :plan.programs_b] for i in range(launches)]
 
 
 def interpreter_plan(batch: int, hidden: int, product: Product, force_per_step: bool,

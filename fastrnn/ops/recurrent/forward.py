@@ -272,11 +272,12 @@ def product(cell: int, dtype: torch.dtype) -> common.Product:
                           fma=common.dot_precision(dtype) == "ieee" and dtype == torch.float32)
 
 
-def mock_args(dtype: torch.dtype, T: int, B: int, H: int) -> list:
-    """The kernel's arguments as Triton sees them for specialisation: tensors by dtype
-    (16-byte aligned, as torch allocates them), integers by value."""
-    pointer_dtypes = [dtype, dtype, dtype, torch.int64, dtype, torch.float32, torch.float32,
-                      torch.float32, torch.int32, torch.int32]
+def mock_args(dtype: torch.dtype, T: int, B: int, H: int, has_lengths: bool = True) -> list:
+    """The kernel's arguments as Triton sees them for specialisation, as run_forward
+    launches it: tensors by dtype, 16-byte aligned (common.aligned), integers by value.
+    Without lengths the lengths pointer is the int32 barrier counter (never read)."""
+    pointer_dtypes = [dtype, dtype, dtype, torch.int64 if has_lengths else torch.int32, dtype,
+                      torch.float32, torch.float32, torch.float32, torch.int32, torch.int32]
     return [MockTensor(d) for d in pointer_dtypes] + [T, B, H, 0, T]
 
 
@@ -284,7 +285,7 @@ def _plan(cell, x, H, has_bias, has_lengths, force_per_step, force_streamed) -> 
     key = (cell, x.dtype, has_bias, has_lengths, common.dot_precision(x.dtype))
     return common.launch_plan(
         "forward", x.device, x.shape[1], H, product(cell, x.dtype), key, recurrent_forward_kernel,
-        lambda: mock_args(x.dtype, 64, x.shape[1], H),
+        lambda: mock_args(x.dtype, 64, x.shape[1], H, has_lengths),
         lambda plan: kernel_meta(cell, plan, x.dtype, has_bias, has_lengths), force_per_step,
         force_streamed)
 
@@ -295,7 +296,14 @@ def run_forward(cell: int, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, force_per
     c_T (None but for the LSTM) and the workspace (T, B, W*H) fp32.
 
     Never synchronises with the host: a barrier timeout is reported through
-    fastrnn.errors (a RuntimeError at the next fastrnn call or fastrnn.check_errors())."""
+    fastrnn.errors (a RuntimeError at the next fastrnn call or fastrnn.check_errors()).
+    Plans and launches on x's device (Triton launches on the current one)."""
+    with torch.cuda.device_of(x):
+        return _run_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, force_per_step,
+                            force_streamed)
+
+
+def _run_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, force_per_step, force_streamed):
     T, B = x.shape[0], x.shape[1]
     G = GATES[cell]
     H = w_hh.shape[0] // G
@@ -311,12 +319,14 @@ def run_forward(cell: int, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, force_per
         plan = _plan(cell, x, H, b_hh is not None, lengths is not None, force_per_step, force_streamed)
         meta = kernel_meta(cell, plan, x.dtype, b_hh is not None, lengths is not None)
         error = torch.zeros(1, dtype=torch.int32, device=x.device)
-        w_hh = w_hh.contiguous()
+        # Inputs contiguous and aligned as the planner assumed (mock_args).
+        w_hh = common.aligned(w_hh)
+        b_hh = common.aligned(b_hh) if b_hh is not None else w_hh
+        lengths = common.aligned(lengths) if lengths is not None else None
         for t_begin, t_end, counter in _launch_ranges(T, plan, x.device):
             recurrent_forward_kernel[plan.grid](
-                xproj, w_hh, b_hh if b_hh is not None else w_hh,
-                lengths if lengths is not None else counter, hbuf, h_state, c_state, workspace,
-                counter, error, T, B, H, t_begin, t_end, **meta)
+                xproj, w_hh, b_hh, lengths if lengths is not None else counter, hbuf, h_state,
+                c_state, workspace, counter, error, T, B, H, t_begin, t_end, **meta)
         if plan.cooperative:
             errors.report(error, common.barrier_error_message("forward", plan))
     y = hbuf[:T]

@@ -20,6 +20,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from fastrnn import errors
 from fastrnn.ops.layer_autograd import first_derivatives, register_double_backward, variables
 from fastrnn.ops.rnn import reference
 
@@ -57,6 +58,7 @@ def backend_module(name: str):
 def rnn_layer_op(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
                  b_hh: Optional[Tensor], lengths: Optional[Tensor], nonlinearity: str,
                  backend: str) -> Tuple[Tensor, Tensor, Tensor]:
+    errors.check_lengths(lengths, x.shape[0], "fastrnn::rnn_layer")   # also under torch.compile
     return backend_module(backend).forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, nonlinearity)
 
 

@@ -316,6 +316,14 @@ def _draw_kernel(x_ptr, stride, V, chunk, t_ptr, k_ptr, top_p_ptr, min_p_ptr, pa
 # ---- launchers ----------------------------------------------------------------------------
 
 def _launch(logits, temperature, top_k, top_p, min_p, uniform, write_mask, programs_per_row):
+    # Triton launches on the current device and its stream: make them the logits'.
+    with torch.cuda.device_of(logits):
+        return _launch_on_device(logits, temperature, top_k, top_p, min_p, uniform, write_mask,
+                                 programs_per_row)
+
+
+def _launch_on_device(logits, temperature, top_k, top_p, min_p, uniform, write_mask,
+                      programs_per_row):
     B, V = logits.shape
     if logits.stride(-1) != 1:
         logits = logits.contiguous()

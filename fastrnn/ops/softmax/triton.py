@@ -285,11 +285,13 @@ def forward(x: torch.Tensor, temperature: torch.Tensor, log: bool,
     if R == 0 or V == 0:
         return y
     p = plan(R, V, x.device, programs_per_row)
-    stats = row_statistics(x, temperature, p)
-    _softmax_fwd_kernel[p.grid](x, x.stride(0), y, y.stride(0), V, p.chunk, temperature,
-                                stats.part_max, stats.part_arg, stats.part_flag, stats.part_sum,
-                                1.0 / p.sum_one, LOG=log, PARTS=MAX_PARTS, BLOCK=p.block,
-                                num_warps=p.num_warps)
+    # Triton launches on the current device and its stream: make them x's.
+    with torch.cuda.device_of(x):
+        stats = row_statistics(x, temperature, p)
+        _softmax_fwd_kernel[p.grid](x, x.stride(0), y, y.stride(0), V, p.chunk, temperature,
+                                    stats.part_max, stats.part_arg, stats.part_flag,
+                                    stats.part_sum, 1.0 / p.sum_one, LOG=log, PARTS=MAX_PARTS,
+                                    BLOCK=p.block, num_warps=p.num_warps)
     return y
 
 
@@ -300,8 +302,9 @@ def backward(grad: torch.Tensor, y: torch.Tensor, temperature: torch.Tensor,
     dx = torch.empty_like(y)
     if R:
         block = min(256 if interpreter_enabled() else 4096, triton.next_power_of_2(V))
-        _softmax_bwd_kernel[(R,)](grad, y, temperature, dx, V, LOG=log, BLOCK=block,
-                                  num_warps=NUM_WARPS if interpreter_enabled() else 8)
+        with torch.cuda.device_of(y):   # Triton launches on the current device
+            _softmax_bwd_kernel[(R,)](grad, y, temperature, dx, V, LOG=log, BLOCK=block,
+                                      num_warps=NUM_WARPS if interpreter_enabled() else 8)
     return dx
 
 
