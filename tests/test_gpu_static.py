@@ -337,7 +337,7 @@ def test_ci_compiles_the_headline_grid_and_a_fixed_sample():
     assert set(headline) <= set(sample)
     assert any(p.B == 16 and p.H == 768 and p.cell == "lstm" for p in headline)
     others = len(grid) - len(headline)
-    assert others / 16 < len(sample) - len(headline) < others / 4
+    assert others / 32 < len(sample) - len(headline) < others / 8
     # a function of the problem alone: the same sample on every run and machine
     assert [p for p in grid if gpu_static.in_ci_sample(p)] == sample
 
