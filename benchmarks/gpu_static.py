@@ -749,7 +749,7 @@ def check_problem(problem: Problem, compiler: Compiler, limits: common.DeviceLim
         per_warp *= triton.cdiv(problem.H * (common.GATES[cell] if problem.direction == "backward" else 1),
                                 plan.block_k * (common.GATES[cell] if problem.direction == "backward" else 1))
     row.update(mode=plan.mode, block_b=plan.block_b, block_h=plan.block_h, block_k=plan.block_k,
-               tile_n=plan.tile_n, split_k=plan.split, num_warps=plan.num_warps, num_stages=meta["num_stages"], programs=plan.programs,
+               tile_n=plan.tile_n, split_k=plan.split, k_chunks=plan.k_chunks, num_warps=plan.num_warps, num_stages=meta["num_stages"], programs=plan.programs,
                sms_used=sms, regs=c.regs, spill_bytes=c.spill_bytes, shared_bytes=c.shared_bytes,
                programs_per_sm=per_sm, co_resident=plan.programs <= per_sm * limits.sms,
                mma_per_step_warp=per_warp, mma_per_step_program=per_warp * plan.num_warps,
@@ -939,7 +939,7 @@ def run(arch: int, jobs: int, selection: list) -> list:
 
 
 COLUMNS = ("kernel", "cell", "dtype", "direction", "precision", "mode", "B", "H", "V", "block_b",
-           "block_h", "block_k", "tile_n", "split_k", "num_warps", "programs", "sms_used", "programs_per_row", "passes_over_v",
+           "block_h", "block_k", "tile_n", "split_k", "k_chunks", "num_warps", "programs", "sms_used", "programs_per_row", "passes_over_v",
            "regs", "spill_bytes", "shared_bytes", "programs_per_sm", "mma_per_step_warp",
            "replicated_warps", "l2_bytes_per_step", "est_step_us", "hazards")
 

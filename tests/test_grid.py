@@ -57,7 +57,7 @@ def plan_of(row) -> common.LaunchPlan:
         row["block_b"], row["block_h"], row["block_k"], triton.cdiv(row["B"], row["block_b"]),
         triton.cdiv(row["H"], row["block_h"]), resident=row["mode"] == "persistent",
         persistent=row["mode"] != "per-step", num_warps=row["num_warps"], tile_n=row["tile_n"],
-        split=row["split_k"], reason="sm_90 table")
+        split=row["split_k"], k_chunks=row.get("k_chunks", 1), reason="sm_90 table")
     assert plan.programs == row["programs"], row
     return plan
 
