@@ -197,7 +197,7 @@ class _FusedRNNBase(nn.RNNBase):
             # per mode and device type); the fused layers take one dtype.
             x, state = x.to(dtype), tuple(h.to(dtype) for h in state)
             weights = [w.to(dtype) for w in weights]
-        with torch.autocast(x.device.type, enabled=False):
+        with layer_autocast.disabled(x.device):
             return self._run_stack(x, state, weights, lengths, packed_rows)
 
     def _run_stack(self, x, state, weights, lengths, packed_rows):

@@ -13,11 +13,44 @@ on any device the reference runs on (CPU and CUDA alike), in the workspace preci
 (float32 for 16-bit inputs, float64 for float64), and it is itself differentiable, so third
 and higher derivatives work too. It is slower than the kernels, and only runs when a
 gradient of a gradient is asked for.
+
+The same reference also runs the whole layer when a torch.func transform (grad, jacrev,
+jacfwd, jvp, vmap, hessian, ...) or forward-mode AD (torch.autograd.forward_ad) is active:
+the ops' autograd formulas, registered through torch.library, give torch.func no way in
+(torch raises "must override the setup_context staticmethod") and give forward-mode AD no
+tangent (torch.func.jvp would see zeros). Plain PyTorch composes with every transform, so
+run_composable computes the layer there, in the workspace precision, exactly as torch.nn.
 """
 from typing import Callable, Optional, Sequence
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 from torch import Tensor
+
+
+def transform_active(*tensors: Optional[Tensor]) -> bool:
+    """True when the fused ops cannot serve this call: a torch.func transform is active, or
+    one of `tensors` carries a forward-mode AD tangent (torch.autograd.forward_ad).
+
+    Under torch.compile this is False: Dynamo traces the custom ops (torch.compile of a
+    torch.func transform is not supported by fastrnn's ops)."""
+    if torch.compiler.is_compiling():
+        return False
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        return True
+    return forward_ad._current_level >= 0 and any(
+        t is not None and forward_ad.unpack_dual(t).tangent is not None for t in tensors)
+
+
+def run_composable(reference_layer: Callable, tensors: Sequence[Optional[Tensor]], *rest,
+                   workspace_dtype: torch.dtype) -> tuple:
+    """reference_layer(*tensors, *rest) computed in `workspace_dtype` (the precision of the
+    kernels' state and gate math) through differentiable casts, outputs cast back to the
+    dtype of tensors[0]: the layer in plain PyTorch, for the calls transform_active flags."""
+    dtype = tensors[0].dtype
+    outputs = reference_layer(*(None if t is None else t.to(workspace_dtype) for t in tensors),
+                              *rest)
+    return tuple(o.to(dtype) for o in outputs)
 
 
 def register_double_backward(backward_op, differentiable_backward: Callable,

@@ -24,7 +24,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from fastrnn.ops.layer_autograd import first_derivatives, register_double_backward, variables
+from fastrnn.ops.layer_autograd import (first_derivatives, register_double_backward, run_composable,
+                                       transform_active, variables)
 from fastrnn.ops.lstm import reference
 
 GATES = 4
@@ -73,6 +74,20 @@ def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, backend):
     P = h0.shape[-1]
     return (x.new_empty(T, B, P), h0.new_empty(h0.shape), c0.new_empty(c0.shape),
             x.new_empty(T, B, 5 * H, dtype=workspace_dtype(x.dtype)))
+
+
+def lstm_layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
+               b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hr: Optional[Tensor],
+               lengths: Optional[Tensor], backend: str) -> Tuple[Tensor, Tensor, Tensor]:
+    """(y, h_T, c_T) of the layer: lstm_layer_op on `backend`, or, under a torch.func
+    transform or forward-mode AD, the reference in the workspace precision
+    (layer_autograd.transform_active)."""
+    tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+    if transform_active(*tensors):
+        return run_composable(reference.lstm_layer, tensors, lengths,
+                              workspace_dtype=workspace_dtype(x.dtype))
+    y, h_t, c_t, _ = lstm_layer_op(*tensors, lengths, backend)
+    return y, h_t, c_t
 
 
 @torch.library.custom_op("fastrnn::lstm_layer_backward", mutates_args=())
