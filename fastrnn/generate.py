@@ -122,7 +122,7 @@ def _check_vocabulary(prompts: List[Tensor], V: int, eos: List[int], num_beams: 
         _fail(f"num_beams = {num_beams} exceeds the {V} tokens a beam can continue with")
 
 
-def apply_repetition_penalty(scores: Tensor, seen: Tensor, penalty: float) -> Tensor:
+def _apply_repetition_penalty(scores: Tensor, seen: Tensor, penalty: float) -> Tensor:
     """Each token already in the row's sequence, once: negative scores times penalty,
     others divided by it (the CTRL / Hugging Face rule).
 
@@ -144,7 +144,7 @@ def _seen_tokens(prompts: List[Tensor], V: int) -> Tensor:
 
 
 def _processed_scores(logits, seen, step, repetition_penalty, min_new_tokens, eos):
-    scores = apply_repetition_penalty(logits, seen, repetition_penalty)
+    scores = _apply_repetition_penalty(logits, seen, repetition_penalty)
     if step < min_new_tokens and eos:
         # Out of place: scores may be the model's own output (no penalty), never written.
         eos_ids = torch.tensor(eos, dtype=torch.long, device=scores.device)
@@ -181,7 +181,7 @@ def generate(model, input_ids: Union[Tensor, Sequence[Tensor]], max_new_tokens: 
         max_new_tokens / min_new_tokens: bounds on new tokens (EOS is barred before the min).
         do_sample: draw with fastrnn.sample (temperature, top_k, top_p, min_p, as there);
             otherwise greedy (argmax, ties to the lowest id), or beam search if num_beams > 1.
-        repetition_penalty: > 0; 1 disables (see apply_repetition_penalty).
+        repetition_penalty: > 0; 1 disables (see _apply_repetition_penalty).
         num_beams: 1 <= num_beams <= V.
         length_penalty, early_stopping: beam search as Hugging Face's generate defines it
             (GenerationConfig docs; the heuristic of its `_check_early_stop_heuristic`).

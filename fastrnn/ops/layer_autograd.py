@@ -23,9 +23,12 @@ run_composable computes the layer there, in the workspace precision, exactly as 
 """
 from typing import Callable, Optional, Sequence
 
+import math
+
 import torch
 import torch.autograd.forward_ad as forward_ad
 from torch import Tensor
+from torch.utils.flop_counter import register_flop_formula
 
 
 def transform_active(*tensors: Optional[Tensor]) -> bool:
@@ -144,3 +147,28 @@ def variables(dtype: torch.dtype, *tensors: Optional[Tensor]) -> list:
     respect to it may still be differentiated with respect to the others."""
     return [None if t is None else
             (t if t.requires_grad else t.detach().requires_grad_()).to(dtype) for t in tensors]
+
+
+def register_flops(op_name: str, x_index: int, weight_indices: Sequence[int],
+                   passes: int) -> None:
+    """Tell torch.utils.flop_counter.FlopCounterMode (profilers, MFU reports) how many
+    floating-point operations the layer op `op_name` ("fastrnn::gru_layer", ...) performs.
+
+    Counted as FlopCounterMode counts torch.nn's layers: matrix products only, 2 FLOPs per
+    multiply-add. Every weight matrix W (w_ih, w_hh, w_hr) multiplies one vector per step
+    and batch row, so a forward pass costs 2 T B sum(W.numel()); a backward pass does two
+    products per forward one (the gradient of the input and of the weight): `passes` = 1
+    for a forward op, 2 for a backward op. Padded steps of a variable-length batch are
+    counted (the formula sees shapes, not lengths).
+
+    Args:
+        x_index: position of x (T, B, I) among the op's arguments.
+        weight_indices: positions of the weight matrices (None allowed: no projection).
+    """
+    namespace, name = op_name.split("::")
+
+    @register_flop_formula(getattr(getattr(torch.ops, namespace), name))
+    def flops(*shapes, out_shape=None, **kwargs) -> int:
+        steps, batch = shapes[x_index][0], shapes[x_index][1]
+        weights = sum(math.prod(shapes[i]) for i in weight_indices if shapes[i] is not None)
+        return passes * 2 * steps * batch * weights

@@ -23,8 +23,8 @@ import torch
 from torch import Tensor
 
 from fastrnn.ops.gru import reference
-from fastrnn.ops.layer_autograd import (first_derivatives, register_double_backward, run_composable,
-                                       transform_active, variables)
+from fastrnn.ops.layer_autograd import (first_derivatives, register_double_backward, register_flops,
+                                       run_composable, transform_active, variables)
 
 GATES = 3
 
@@ -151,3 +151,6 @@ def differentiable_backward(grad_y, grad_hT, x, h0, w_ih, w_hh, b_ih, b_hh, y, w
 
 
 register_double_backward(gru_layer_backward_op, differentiable_backward, num_differentiable=8)
+# FLOPs for torch.utils.flop_counter: x and the weight matrices (w_ih, w_hh).
+register_flops("fastrnn::gru_layer", x_index=0, weight_indices=(2, 3), passes=1)
+register_flops("fastrnn::gru_layer_backward", x_index=2, weight_indices=(4, 5), passes=2)

@@ -24,8 +24,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from fastrnn.ops.layer_autograd import (first_derivatives, register_double_backward, run_composable,
-                                       transform_active, variables)
+from fastrnn.ops.layer_autograd import (first_derivatives, register_double_backward, register_flops,
+                                       run_composable, transform_active, variables)
 from fastrnn.ops.lstm import reference
 
 GATES = 4
@@ -166,3 +166,6 @@ def differentiable_backward(grad_y, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_i
 
 
 register_double_backward(lstm_layer_backward_op, differentiable_backward, num_differentiable=11)
+# FLOPs for torch.utils.flop_counter: x and the weight matrices (w_ih, w_hh, w_hr).
+register_flops("fastrnn::lstm_layer", x_index=0, weight_indices=(3, 4, 7), passes=1)
+register_flops("fastrnn::lstm_layer_backward", x_index=3, weight_indices=(6, 7, 10), passes=2)
