@@ -195,6 +195,20 @@ def test_vmap_of_forward_equals_torch_nn(backend, dtype, name, kwargs, forced):
     assert_matches(out, expected.to(dtype), dtype, "vmap")
 
 
+def test_compiled_transforms_equal_torch_nn():
+    """torch.compile of torch.func.jvp once traced the custom op and returned zeros."""
+    ours, reference = pair("GRU", {}, torch.float32)
+    x, v = inputs(torch.float32, unbatched=True)
+    torch._dynamo.reset()
+    tangent = torch.compile(lambda z, t: torch.func.jvp(lambda u: ours(u)[0], (z,), (t,))[1])(
+        x, v.float())
+    testing.assert_close_fp32(tangent, oracle_jvp(reference, x, v), "compiled jvp")
+    grad = torch.compile(lambda z: torch.func.grad(lambda u: ours(u)[0].pow(2).sum())(z))(x)
+    xd = x.double().requires_grad_()
+    (expected,) = torch.autograd.grad(reference.double()(xd)[0].pow(2).sum(), xd)
+    testing.assert_close_fp32(grad, expected, "compiled grad")
+
+
 def test_ordinary_calls_still_run_the_fused_ops(monkeypatch):
     """Outside transforms the layer ops run (the composable path is only for transforms)."""
     calls = []

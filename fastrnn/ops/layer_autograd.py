@@ -21,9 +21,8 @@ the ops' autograd formulas, registered through torch.library, give torch.func no
 tangent (torch.func.jvp would see zeros). Plain PyTorch composes with every transform, so
 run_composable computes the layer there, in the workspace precision, exactly as torch.nn.
 """
-from typing import Callable, Optional, Sequence
-
 import math
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.autograd.forward_ad as forward_ad
@@ -35,10 +34,9 @@ def transform_active(*tensors: Optional[Tensor]) -> bool:
     """True when the fused ops cannot serve this call: a torch.func transform is active, or
     one of `tensors` carries a forward-mode AD tangent (torch.autograd.forward_ad).
 
-    Under torch.compile this is False: Dynamo traces the custom ops (torch.compile of a
-    torch.func transform is not supported by fastrnn's ops)."""
-    if torch.compiler.is_compiling():
-        return False
+    Dynamo evaluates it while tracing (torch.compile of a torch.func transform runs the
+    transform on fake tensors), so compiled transforms take the reference too, and
+    compiled plain calls keep the custom ops without a graph break."""
     if torch._C._functorch.peek_interpreter_stack() is not None:
         return True
     return forward_ad._current_level >= 0 and any(
