@@ -28,6 +28,7 @@ from torch import nn
 
 import fastrnn
 from fastrnn import backends
+from fastrnn.check import device_argument
 
 VOCAB = 256  # bytes: any text file is a valid corpus, nothing to build
 VAL_STREAMS = 8  # the held-out text is read as 8 contiguous streams, each with its own state
@@ -202,7 +203,8 @@ def parse_args(argv=None):
     p.add_argument("--val-bytes", type=int, default=50_000, help="held-out tail of the corpus")
     p.add_argument("--prompt", default="def ")
     p.add_argument("--sample-length", type=int, default=200)
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--device", type=device_argument, default="auto",
+                   help="auto (cuda when present), cpu or cuda")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice; 1 keeps the comparison "
                         "stable on a machine shared with other jobs)")
@@ -215,8 +217,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if args.device == "auto" else args.device))
+    device = args.device
     data = load_corpus(args.corpus, args.corpus_bytes)
     if len(data) <= 2 * args.val_bytes:
         raise SystemExit(f"corpus has {len(data)} bytes; need more than 2 x --val-bytes")

@@ -634,6 +634,25 @@ def summary(rows: List[Row], seconds: float, interrupted: bool) -> str:
 
 # ---------------------------------------------------------------------------- command
 
+def device_argument(name: str) -> torch.device:
+    """argparse type of a --device option: "auto" (cuda when torch sees a GPU, else cpu),
+    "cpu", "cuda" or "cuda:N". A CUDA device this torch cannot use raises
+    argparse.ArgumentTypeError (argparse prints it and exits with status 2), instead of
+    torch's "AssertionError: Torch not compiled with CUDA enabled" at the first tensor."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        why = ("this torch is a CPU-only build" if torch.version.cuda is None
+               else "torch sees no GPU (driver, CUDA_VISIBLE_DEVICES?)")
+        raise argparse.ArgumentTypeError(
+            f"no CUDA device is available: {why} (torch {torch.__version__}); use --device cpu")
+    return device
+
+
 def parse_args(argv=None):
     ops = list(all_ops())
     p = argparse.ArgumentParser(prog="python -m fastrnn.check", description=__doc__.split("\n\n")[0])
@@ -644,7 +663,8 @@ def parse_args(argv=None):
     p.add_argument("--dtypes", type=lambda s: s.split(","), default=list(DTYPES),
                    help="comma-separated subset of " + ",".join(DTYPES))
     p.add_argument("--quick", action="store_true", help="tiny shapes only (no headline size on a GPU)")
-    p.add_argument("--device", default="auto", help="auto (cuda when present), cuda or cpu")
+    p.add_argument("--device", type=device_argument, default="auto",
+                   help="auto (cuda when present), cuda or cpu")
     p.add_argument("--json", metavar="PATH", help="also write the environment and every row to PATH")
     args = p.parse_args(argv)
     for name, chosen, allowed in (("ops", args.ops, ops), ("backends", args.backends, backends.BACKENDS),
@@ -658,9 +678,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     """Run the checks; returns the exit status (1 if any check failed or none ran)."""
     args = parse_args(argv)
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(args.device)
+    device = args.device
     env = environment(device)
     print_header(env)
     ops = [op for name, op in all_ops().items() if name in args.ops]

@@ -11,9 +11,9 @@ import torch
 from torch import Tensor
 
 from fastrnn import backends
-from fastrnn.ops.gru.op import gru_layer_op
-from fastrnn.ops.lstm.op import lstm_layer_op
-from fastrnn.ops.rnn.op import rnn_layer_op
+from fastrnn.ops.gru import op as gru_op
+from fastrnn.ops.lstm import op as lstm_op
+from fastrnn.ops.rnn import op as rnn_op
 from fastrnn.ops.rnn.reference import NONLINEARITIES
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -125,9 +125,8 @@ def lstm_layer(x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], weight_ih:
                                           ("lengths", lengths is not None),
                                           ("fp64", x.dtype == torch.float64)) if used)
     chosen = _backend(x, "lstm", needs, backend)
-    y, h_t, c_t, _ = lstm_layer_op(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
-                                   lengths, chosen)
-    return y, h_t, c_t
+    return lstm_op.lstm_layer(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
+                              lengths, chosen)
 
 
 def gru_layer(x: Tensor, h0: Optional[Tensor], weight_ih: Tensor, weight_hh: Tensor,
@@ -161,8 +160,7 @@ def gru_layer(x: Tensor, h0: Optional[Tensor], weight_ih: Tensor, weight_hh: Ten
     needs = tuple(name for name, used in (("lengths", lengths is not None),
                                           ("fp64", x.dtype == torch.float64)) if used)
     chosen = _backend(x, "gru", needs, backend)
-    y, h_t, _ = gru_layer_op(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, chosen)
-    return y, h_t
+    return gru_op.gru_layer(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, chosen)
 
 
 def rnn_layer(x: Tensor, h0: Optional[Tensor], weight_ih: Tensor, weight_hh: Tensor,
@@ -200,6 +198,5 @@ def rnn_layer(x: Tensor, h0: Optional[Tensor], weight_ih: Tensor, weight_hh: Ten
     needs = tuple(name for name, used in (("lengths", lengths is not None),
                                           ("fp64", x.dtype == torch.float64)) if used)
     chosen = _backend(x, "rnn", needs, backend)
-    y, h_t, _ = rnn_layer_op(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinearity,
-                             chosen)
-    return y, h_t
+    return rnn_op.rnn_layer(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinearity,
+                            chosen)

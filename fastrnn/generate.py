@@ -122,7 +122,7 @@ def _check_vocabulary(prompts: List[Tensor], V: int, eos: List[int], num_beams: 
         _fail(f"num_beams = {num_beams} exceeds the {V} tokens a beam can continue with")
 
 
-def apply_repetition_penalty(scores: Tensor, seen: Tensor, penalty: float) -> Tensor:
+def _apply_repetition_penalty(scores: Tensor, seen: Tensor, penalty: float) -> Tensor:
     """Each token already in the row's sequence, once: negative scores times penalty,
     others divided by it (the CTRL / Hugging Face rule).
 
@@ -144,7 +144,7 @@ def _seen_tokens(prompts: List[Tensor], V: int) -> Tensor:
 
 
 def _processed_scores(logits, seen, step, repetition_penalty, min_new_tokens, eos):
-    scores = apply_repetition_penalty(logits, seen, repetition_penalty)
+    scores = _apply_repetition_penalty(logits, seen, repetition_penalty)
     if step < min_new_tokens and eos:
         # Out of place: scores may be the model's own output (no penalty), never written.
         eos_ids = torch.tensor(eos, dtype=torch.long, device=scores.device)
@@ -181,21 +181,28 @@ def generate(model, input_ids: Union[Tensor, Sequence[Tensor]], max_new_tokens: 
         max_new_tokens / min_new_tokens: bounds on new tokens (EOS is barred before the min).
         do_sample: draw with fastrnn.sample (temperature, top_k, top_p, min_p, as there);
             otherwise greedy (argmax, ties to the lowest id), or beam search if num_beams > 1.
-        repetition_penalty: > 0; 1 disables (see apply_repetition_penalty).
+        repetition_penalty: > 0; 1 disables (see _apply_repetition_penalty). Greedy and
+            sampling apply it (and the min_new_tokens bar) to the logits; beam search to the
+            log-probabilities, after log_softmax and without renormalising. Both are Hugging
+            Face's rules (its processors see the logits in _sample, the log-probabilities in
+            _beam_search).
         num_beams: 1 <= num_beams <= V.
-        length_penalty, early_stopping: beam search as Hugging Face's generate defines it
-            (GenerationConfig docs; the heuristic of its `_check_early_stop_heuristic`).
-            A finished hypothesis scores sum(log p) / new_tokens ** length_penalty (its EOS
-            counted); a prompt keeps the num_beams best. It is done when
-            - early_stopping=True: num_beams hypotheses are finished;
-            - early_stopping=False (the heuristic): num_beams are finished and the worst
-              of them scores at least best_running / cur_len ** length_penalty, where
-              best_running is the best running beam's sum(log p) and cur_len its length.
-              With length_penalty > 0 a longer continuation can still score higher, so
-              this may stop before the best hypothesis is found;
-            - early_stopping="never" (exact): as False, but with cur_len replaced by
-              max_new_tokens when length_penalty > 0, which makes the bound a true
-              upper bound on every continuation's score: stopping never changes the result.
+        length_penalty, early_stopping: beam search exactly as Hugging Face's generate
+            (transformers 5.25; the docstring of this module's _beam_search lists the
+            rules). A finished hypothesis scores sum(log p) / new_tokens ** length_penalty
+            (its EOS counted); each step keeps max(2, 1 + len(eos)) * num_beams candidates,
+            and only an EOS candidate among the first num_beams finishes. A prompt is done
+            when num_beams hypotheses are finished and
+            - early_stopping=True: at once;
+            - early_stopping=False (Hugging Face's heuristic): the worst of them scores
+              at least best_running / cur_len ** length_penalty, best_running the best
+              running beam's sum(log p), cur_len its new tokens. With length_penalty > 0
+              a longer continuation can still score higher, so this may stop before the
+              best hypothesis is found;
+            - early_stopping="never": as False, with cur_len replaced by max_new_tokens when
+              length_penalty > 0, which makes the bound a true upper bound on every
+              continuation's score: stopping early never changes the result (the result
+              is still beam search's, which keeps num_beams beams, not exhaustive search).
         eos_token_id: id or ids that end a sequence; later positions get pad_token_id
             (default: the first eos id, or 0).
         generator / seed: randomness for sampling. seed is an int (each row draws its own
@@ -317,99 +324,111 @@ def _greedy_or_sample(model, prompts, logits, state, draw, *, max_new_tokens, mi
     return _pad_rows([torch.cat([p, n]) for p, n in zip(prompts, new)], pad)
 
 
-class _Hypotheses:
-    """The best `size` finished hypotheses of one prompt, best first (Hugging Face's
-    BeamHypotheses: the score is sum(log p) / length ** length_penalty)."""
-
-    def __init__(self, size: int, length_penalty: float):
-        self.size, self.length_penalty, self.items = size, length_penalty, []
-
-    def add(self, sum_logprob: float, tokens: Tensor):
-        score = sum_logprob / (tokens.shape[0] ** self.length_penalty)
-        self.items.append((score, tokens))
-        self.items.sort(key=lambda h: -h[0])  # stable: the earlier of equal scores first
-        del self.items[self.size:]
-
-    def done(self, best_running: float, length: int, max_length: int, early_stopping) -> bool:
-        """Whether no running beam can still enter the list (see generate's docstring)."""
-        if best_running == float("-inf"):
-            return True  # nothing left running
-        if len(self.items) < self.size:
-            return False
-        if early_stopping is True:
-            return True
-        if early_stopping == "never" and self.length_penalty > 0:
-            length = max_length
-        return self.items[-1][0] >= best_running / (length ** self.length_penalty)
+# Hugging Face's beam search marks impossible candidates with this finite score (not -inf,
+# so that sums and topk stay defined); fastrnn keeps it, so the same candidates tie.
+_IMPOSSIBLE = -1.0e9
 
 
 def _beam_search(model, prompts, logits, state, K, length_penalty, early_stopping, *,
                  max_new_tokens, min_new_tokens, repetition_penalty, eos, pad, state_batch_dim,
                  backend):
+    """Hugging Face's beam search (transformers 5.25, GenerationMixin._beam_search and its
+    helpers), step for step, on (B, K) tensors in float32 as there.
+
+    Each step, per prompt:
+    - log-probabilities: log_softmax of the logits, then the repetition penalty and the
+      min_new_tokens rule applied to them (not renormalised), as Hugging Face's processors;
+    - candidates: the best S = max(2, 1 + len(eos)) * K of the K * V continuations by
+      accumulated log-probability (at most K * V, where Hugging Face's topk would fail),
+      so that K of them still run whatever ends here;
+    - a candidate "hits" when its token is an end token, or at the last step;
+    - running beams: the best K candidates that do not hit;
+    - finished hypotheses: the best K of the old ones and the candidates that hit AND rank
+      among the first K (a hit ranked lower is dropped), scored
+      sum(log p) / new_tokens ** length_penalty; none enters once the prompt is done;
+    - the prompt is done (Hugging Face's _check_early_stop_heuristic) once the best running
+      beam divided by L ** length_penalty cannot beat the worst of K finished hypotheses,
+      L = the new tokens so far, or max_new_tokens for early_stopping="never" with
+      length_penalty > 0; with early_stopping=True also once K hypotheses are finished.
+    The loop ends when every prompt is done or at max_new_tokens; each prompt returns its
+    best finished hypothesis.
+    """
     B, V = len(prompts), logits.shape[-1]
     device = logits.device
+    S = min(max(2, 1 + len(eos)) * K, K * V)
     expand = torch.arange(B, device=device).repeat_interleave(K)
     logits = logits[expand]
     state = map_state(state, lambda s: s.index_select(state_batch_dim, expand))
     seen = _seen_tokens(prompts, V)[expand]
-    beam_scores = torch.full((B, K), float("-inf"), dtype=torch.float64, device=device)
-    beam_scores[:, 0] = 0.0  # all beams start equal: expand from one only
-    tokens = torch.zeros(B * K, 0, dtype=torch.long, device=device)
-    hypotheses = [_Hypotheses(K, length_penalty) for _ in range(B)]
-    done = [False] * B
+    eos_ids = torch.tensor(eos, dtype=torch.long, device=device)
+    # Running beams: tokens (B, K, steps) and accumulated log-probability. All beams start
+    # from the prompt; only the first counts, so its continuations are not repeated.
+    running = torch.zeros(B, K, 0, dtype=torch.long, device=device)
+    running_score = torch.zeros(B, K, device=device)
+    running_score[:, 1:] = _IMPOSSIBLE
+    # Finished hypotheses: tokens (padded with pad), their count, score, and whether the
+    # slot holds a real hypothesis.
+    best = torch.full((B, K, max_new_tokens), pad, dtype=torch.long, device=device)
+    best_length = torch.zeros(B, K, dtype=torch.long, device=device)
+    best_score = torch.full((B, K), _IMPOSSIBLE, device=device)
+    finished = torch.zeros(B, K, dtype=torch.bool, device=device)
+    improvable = torch.ones(B, 1, dtype=torch.bool, device=device)
+    in_first_k = torch.arange(S, device=device) < K
+    batch = torch.arange(B, device=device)[:, None]
 
     for step in range(max_new_tokens):
-        scores = _processed_scores(logits, seen, step, repetition_penalty, min_new_tokens, eos)
-        _check_beam_scores(scores, done, K)
-        logp = log_softmax(scores, backend=backend).double()
-        total = (beam_scores.reshape(-1, 1) + logp).reshape(B, K * V)
-        top_scores, top_ids = total.topk(2 * K, dim=-1)
-        next_beam = torch.zeros(B, K, dtype=torch.long)
-        # Slots left empty hold dead beams (score -inf): token 0 keeps the model's input
-        # valid; they are never chosen again.
-        next_token = torch.zeros(B, K, dtype=torch.long)
-        next_score = torch.full((B, K), float("-inf"), dtype=torch.float64)
-        top_scores_l, top_ids_l = top_scores.tolist(), top_ids.tolist()  # synchronises on CUDA
-        errors.check_errors()  # the scores' checks, before any of them is used
-        for b in range(B):
-            if done[b]:
-                continue
-            chosen = 0
-            for score, flat in zip(top_scores_l[b], top_ids_l[b]):
-                beam, token = divmod(flat, V)
-                if score == float("-inf"):
-                    break
-                if token in eos:
-                    seq = torch.cat([tokens[b * K + beam], tokens.new_tensor([token])])
-                    hypotheses[b].add(score, seq)
-                    continue
-                next_beam[b, chosen], next_token[b, chosen], next_score[b, chosen] = beam, token, score
-                chosen += 1
-                if chosen == K:
-                    break
-            done[b] = hypotheses[b].done(next_score[b].max().item(), step + 1, max_new_tokens,
-                                         early_stopping)
-        rows = (torch.arange(B)[:, None] * K + next_beam).reshape(-1).to(device)
-        tokens = torch.cat([tokens[rows], next_token.reshape(-1, 1).to(device)], dim=1)
-        beam_scores = next_score.to(device)
-        if all(done) or step + 1 == max_new_tokens:
+        done = ~improvable[:, 0] | (finished.all(-1) & (early_stopping is True))
+        _check_beam_scores(logits, done.repeat_interleave(K))
+        logp = log_softmax(logits, backend=backend)
+        logp = _processed_scores(logp, seen, step, repetition_penalty, min_new_tokens, eos)
+        total = (logp.view(B, K, V) + running_score[:, :, None]).view(B, K * V)
+        top_score, top_index = total.topk(S, dim=-1)
+        parent, token = top_index // V, top_index % V
+        candidates = torch.cat([running[batch, parent], token[:, :, None]], dim=-1)
+        hits = torch.isin(token, eos_ids) | (step + 1 == max_new_tokens)
+
+        # Running beams for the next step: the best K candidates that did not hit.
+        keep = (top_score + hits.float() * _IMPOSSIBLE).topk(K, dim=-1)
+        running_score = keep.values
+        running, parent = candidates[batch, keep.indices], parent[batch, keep.indices]
+
+        # Finished hypotheses: merge the hits among the first K with the old ones.
+        new_score = top_score / ((step + 1) ** length_penalty)
+        new_score += (finished.all(-1, keepdim=True) & (early_stopping is True)).float() * _IMPOSSIBLE
+        new_score += (~improvable).float() * _IMPOSSIBLE
+        entered = hits & in_first_k
+        new_score += (~entered).float() * _IMPOSSIBLE
+        padded = torch.full((B, S, max_new_tokens), pad, dtype=torch.long, device=device)
+        padded[:, :, :step + 1] = candidates
+        merged = torch.cat([best_score, new_score], dim=1).topk(K, dim=-1).indices
+        best = torch.cat([best, padded], dim=1)[batch, merged]
+        best_length = torch.cat([best_length, torch.full_like(token, step + 1)], dim=1)[batch, merged]
+        best_score = torch.cat([best_score, new_score], dim=1)[batch, merged]
+        finished = torch.cat([finished, entered], dim=1)[batch, merged]
+
+        # Can a running beam still beat the worst finished hypothesis?
+        length = max_new_tokens if early_stopping == "never" and length_penalty > 0 else step + 1
+        best_possible = running_score[:, :1] / (length ** length_penalty)
+        worst = torch.where(finished, best_score.min(dim=1, keepdim=True).values, _IMPOSSIBLE)
+        improvable &= (best_possible > worst).any(dim=-1, keepdim=True)
+        going_on = improvable.any() & ~(finished.all() & (early_stopping is True)) & ~hits.all()
+        stop = not bool(going_on)  # synchronises on CUDA, once per step
+        errors.check_errors()  # the logits' checks, before anything built on them is returned
+        if stop:
             break
+
+        rows = (batch * K + parent).reshape(-1)
         seen = seen[rows]
-        seen[torch.arange(B * K, device=device), tokens[:, -1]] = True
+        seen[torch.arange(B * K, device=device), running[:, :, -1].reshape(-1)] = True
         state = map_state(state, lambda s: s.index_select(state_batch_dim, rows))
-        logits, state = _last_logits(model, tokens[:, -1:], state)
+        logits, state = _last_logits(model, running[:, :, -1].reshape(-1, 1), state)
 
-    for b in range(B):
-        if not done[b]:  # at max_new_tokens: the running beams are hypotheses too
-            for k in range(K):
-                if beam_scores[b, k].item() > float("-inf"):
-                    hypotheses[b].add(beam_scores[b, k].item(), tokens[b * K + k])
-    best = [hypotheses[b].items[0][1] for b in range(B)]
-    return _pad_rows([torch.cat([p, s.to(p.device)]) for p, s in zip(prompts, best)], pad)
+    outputs = best[:, 0].tolist(), best_length[:, 0].tolist()
+    return _pad_rows([torch.cat([p, p.new_tensor(tokens[:n])]) for p, tokens, n in
+                      zip(prompts, *outputs)], pad)
 
 
-def _check_beam_scores(scores: Tensor, done: List[bool], K: int):
-    """ValueError for a beam of a running prompt whose scores have a NaN, a +inf or no
-    finite value (beam search reads its scores on the host every step anyway)."""
-    running = torch.tensor(done, device=scores.device).repeat_interleave(K).logical_not()
-    report_status("generate", torch.where(running, logits_status(scores), 0))
+def _check_beam_scores(logits: Tensor, done: Tensor):
+    """ValueError for a beam of a prompt still searching whose logits have a NaN, a +inf or
+    no finite value (deferred on CUDA to the step's synchronisation)."""
+    report_status("generate", torch.where(done, 0, logits_status(logits)))

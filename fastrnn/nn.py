@@ -1,10 +1,27 @@
 """Drop-in replacements for torch.nn.LSTM, torch.nn.GRU and torch.nn.RNN that run fastrnn's
 fused layers.
 
-The modules subclass torch.nn.RNNBase, not nn.LSTM / nn.GRU: RNNBase gives the same
-constructor checks, parameter names, registration order, initialisation, repr, state_dict,
+The modules subclass torch.nn.RNNBase, not nn.LSTM / nn.GRU / nn.RNN: RNNBase gives the
+same constructor checks, parameter names, registration order, initialisation, state_dict,
 pickling and functional_call support, while torch.compile's Dynamo refuses to trace any
-subclass of nn.LSTM / nn.GRU (it graph-breaks on them unless a config flag is set).
+instance of nn.RNN / nn.GRU / nn.LSTM, subclasses included ("Dynamo does not support RNN,
+GRU, or LSTM", torch/_dynamo/variables/builder.py, unless torch._dynamo.config.allow_rnn).
+So isinstance(m, torch.nn.GRU) is False, and isinstance(m, torch.nn.RNNBase) is True: code
+that finds recurrent layers by type should test nn.RNNBase, or m.mode ("LSTM", "GRU",
+"RNN_TANH", "RNN_RELU"). Their repr names fastrnn (fastrnn.GRU(4, 5)), so print(model)
+shows which layers were swapped.
+
+Outputs are saved for backward (the kernels read h_t from them), as cuDNN's RNN does on
+CUDA: modifying an output in place before backward raises a RuntimeError from torch
+("modified by an inplace operation", or "is a view and is being modified inplace"),
+never a wrong gradient; torch.nn's CPU GRU/LSTM/RNN allow it. Clone the output first.
+(A bidirectional module's output is a concatenation nobody saves: changing it in place
+is allowed, as in torch.nn.)
+
+TorchScript: torch.jit.script cannot compile these modules (their forward picks a backend
+and calls torch.library custom ops from Python) and raises a RuntimeError saying so; use
+torch.compile or torch.jit.trace, which keep fastrnn's kernels, or script a torch.nn module
+loaded with the same state_dict.
 
 Each layer and direction is one call of fastrnn.functional.lstm_layer / gru_layer, which
 picks the backend (fastrnn.backends). Variable-length batches (PackedSequence) run as a
@@ -100,6 +117,21 @@ class _FusedRNNBase(nn.RNNBase):
     """Forward shared by LSTM and GRU. Subclasses give the hidden-state handling and
     `_run_direction` (one layer, one direction through fastrnn.functional)."""
 
+    _rank_error = ""  # torch.nn's message for an input that is not 2-D or 3-D
+
+    def _get_name(self) -> str:
+        """repr's name: fastrnn.GRU(...), not torch's GRU(...)."""
+        return f"fastrnn.{type(self).__name__}"
+
+    def __prepare_scriptable__(self):
+        """torch.jit.script calls this first: refuse with a clear error instead of a
+        TorchScript compile error deep inside forward."""
+        raise RuntimeError(
+            f"fastrnn.{type(self).__name__} cannot be compiled by torch.jit.script (its forward "
+            "calls fastrnn's kernels through Python). Use torch.compile or torch.jit.trace, "
+            f"which keep the kernels, or script torch.nn.{type(self).__name__} loaded with this "
+            "module's state_dict.")
+
     def flatten_parameters(self) -> None:
         """No-op: fastrnn's kernels read the weights where they are (nn.RNNBase would pack
         them into one cuDNN buffer)."""
@@ -133,7 +165,7 @@ class _FusedRNNBase(nn.RNNBase):
             batch, batched = layout.batch, True
         else:
             if input.dim() not in (2, 3):
-                raise ValueError(f"{self.mode}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+                raise ValueError(self._rank_error.format(input.dim()))
             x, batch_sizes, sorted_indices, unsorted_indices = input, None, None, None
             batched = x.dim() == 3
             batch_dim = 0 if self.batch_first else 1
@@ -197,7 +229,7 @@ class _FusedRNNBase(nn.RNNBase):
             # per mode and device type); the fused layers take one dtype.
             x, state = x.to(dtype), tuple(h.to(dtype) for h in state)
             weights = [w.to(dtype) for w in weights]
-        with torch.autocast(x.device.type, enabled=False):
+        with layer_autocast.disabled(x.device):
             return self._run_stack(x, state, weights, lengths, packed_rows)
 
     def _run_stack(self, x, state, weights, lengths, packed_rows):
@@ -247,8 +279,10 @@ class LSTM(_FusedRNNBase):
     returns ``output, (h_n, c_n)``.
 
     It subclasses torch.nn.RNNBase so that torch.compile can trace it, so
-    ``isinstance(m, torch.nn.LSTM)`` is False.
+    ``isinstance(m, torch.nn.LSTM)`` is False (see this module's docstring).
     """
+
+    _rank_error = "LSTM: Expected input to be 2D or 3D, got {}D instead"
 
     def __init__(self, *args, **kwargs):
         super().__init__("LSTM", *args, **kwargs)
@@ -298,8 +332,10 @@ class GRU(_FusedRNNBase):
     bidirectional=False, device=None, dtype=None)``; forward returns ``output, h_n``.
 
     It subclasses torch.nn.RNNBase so that torch.compile can trace it, so
-    ``isinstance(m, torch.nn.GRU)`` is False.
+    ``isinstance(m, torch.nn.GRU)`` is False (see this module's docstring).
     """
+
+    _rank_error = "GRU: Expected input to be 2D or 3D, got {}D instead"
 
     def __init__(self, *args, **kwargs):
         if "proj_size" in kwargs:
@@ -343,8 +379,10 @@ class RNN(_FusedRNNBase):
     nonlinearity "tanh" or "relu" (ValueError otherwise); forward returns ``output, h_n``.
 
     It subclasses torch.nn.RNNBase so that torch.compile can trace it, so
-    ``isinstance(m, torch.nn.RNN)`` is False.
+    ``isinstance(m, torch.nn.RNN)`` is False (see this module's docstring).
     """
+
+    _rank_error = "RNN: Expected input to be 2D or 3D, got {}D tensor instead"
 
     def __init__(self, *args, **kwargs):
         # nn.RNN's own argument handling: nonlinearity is the fourth positional argument.
@@ -415,6 +453,11 @@ def _converted(rnn: nn.RNNBase) -> nn.RNNBase:
     for name in rnn._flat_weights_names:
         setattr(new, name, getattr(rnn, name))
     new._init_flat_weights()
+    # The hook dictionaries themselves, not copies: the handles the original's
+    # register_*_hook returned still remove hooks from the new module.
+    for name, value in vars(rnn).items():
+        if "hook" in name:
+            setattr(new, name, value)
     return new.train(rnn.training)
 
 
@@ -426,7 +469,9 @@ def replace_rnns(model: nn.Module) -> nn.Module:
 
     Only modules whose type is exactly nn.LSTM, nn.GRU or nn.RNN are swapped: a subclass may
     override forward, which the replacement would not keep. Hooks registered on a
-    replaced module are not carried over. Returns `model`, or its replacement when
+    replaced module (forward, pre-forward, backward, state_dict and load_state_dict hooks)
+    move with it: the replacement holds the same hook dictionaries, so the handles
+    registration returned still remove them. Returns `model`, or its replacement when
     `model` itself is an nn.LSTM / nn.GRU / nn.RNN.
 
     Raises:

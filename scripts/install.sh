@@ -5,12 +5,25 @@ set -euo pipefail
 PYTHON=${PYTHON:-python}
 pip_install() { "$PYTHON" -m pip install --quiet --disable-pip-version-check "$@"; }
 
+TORCH_CPU_INDEX=${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}
+reachable() {  # one quick request, no retries: an unreachable index costs seconds, not minutes
+  "$PYTHON" -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)" "$1" \
+    >/dev/null 2>&1
+}
 if ! "$PYTHON" -c "import torch" 2>/dev/null; then
-  # The CPU build, never an unpinned torch: from the machine's wheel store or registries
-  # where they carry it (CI), else from PyTorch's CPU index (plain PyPI has only the CUDA
-  # build for Linux x86_64).
-  pip_install "torch==2.13.0+cpu" --extra-index-url https://download.pytorch.org/whl/cpu \
-      --timeout 20 --retries 1 || pip_install "torch==2.13.0"
+  # The CPU build, never an unpinned torch. First the package registry pip is configured
+  # with (the machine's wheel store, CI's mirror), quietly; then PyTorch's CPU index, only
+  # if it answers; then the registry's plain torch==2.13.0 (on Linux x86_64 PyPI that is
+  # the CUDA build, several GB).
+  if pip_install "torch==2.13.0+cpu" >/dev/null 2>&1; then
+    :
+  elif reachable "$TORCH_CPU_INDEX/torch/"; then
+    pip_install "torch==2.13.0+cpu" --extra-index-url "$TORCH_CPU_INDEX" --timeout 20 --retries 0
+  else
+    echo "install: torch 2.13.0+cpu is not in the package registry and $TORCH_CPU_INDEX does" \
+         "not answer; installing torch==2.13.0 from the registry" >&2
+    pip_install "torch==2.13.0"
+  fi
 fi
 "$PYTHON" -c "import triton" 2>/dev/null || pip_install "triton==3.9.0"   # the version CI tests the kernels with
 for module_package in numpy:numpy pytest:pytest pytest_benchmark:pytest-benchmark \

@@ -136,7 +136,7 @@ def test_same_seed_gives_identical_parameters_and_repr(case):
     assert [n for n, _ in our_params] == [n for n, _ in their_params]
     for (name, a), (_, e) in zip(our_params, their_params):
         assert torch.equal(a, e), name
-    assert repr(ours) == repr(theirs)
+    assert repr(ours) == "fastrnn." + repr(theirs)  # the repr shows the swap (issue 21)
     assert ours._flat_weights_names == theirs._flat_weights_names
     assert [[n for n in names] for names in ours._all_weights] == theirs._all_weights
     assert all(a is b for a, b in zip(ours.all_weights[0], [getattr(ours, n) for n in ours._all_weights[0]]))
@@ -481,7 +481,7 @@ def test_replace_rnns_keeps_parameters_mode_and_outputs():
     assert fastrnn.replace_rnns(model) is model
     assert torch.equal(torch.get_rng_state(), rng_before)
     assert type(model.lstm) is fastrnn.LSTM and type(model.blocks[0]) is fastrnn.GRU
-    assert repr(model.lstm) == "LSTM(4, 6, proj_size=3, num_layers=2, dropout=0.25)"
+    assert repr(model.lstm) == "fastrnn.LSTM(4, 6, proj_size=3, num_layers=2, dropout=0.25)"
     params_after = dict(model.named_parameters())
     assert list(params_after) == list(params_before)
     assert all(params_after[n] is p for n, p in params_before.items())

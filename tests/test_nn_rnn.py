@@ -51,7 +51,7 @@ def test_same_seed_gives_identical_parameters_and_repr(options):
     theirs = nn.RNN(I, H, **options)
     torch.manual_seed(5)
     ours = fastrnn.RNN(I, H, **options)
-    assert repr(ours) == repr(theirs)
+    assert repr(ours) == "fastrnn." + repr(theirs)  # the repr shows the swap (issue 21)
     assert ours.nonlinearity == theirs.nonlinearity and ours.mode == theirs.mode
     assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
     for (_, a), (_, e) in zip(ours.named_parameters(), theirs.named_parameters()):
@@ -153,7 +153,7 @@ def test_replace_rnns_swaps_nn_rnn_keeping_parameters_and_nonlinearity():
     assert fastrnn.replace_rnns(model) is model
     assert type(model[0]) is fastrnn.RNN and type(model[1]) is fastrnn.GRU
     assert model[0].nonlinearity == "relu" and not model[0].training
-    assert repr(model[0]) == "RNN(4, 6, num_layers=2, dropout=0.25)"
+    assert repr(model[0]) == "fastrnn.RNN(4, 6, num_layers=2, dropout=0.25)"
     assert all(dict(model.named_parameters())[n] is p for n, p in params_before.items())
     torch.testing.assert_close(model[1](model[0](x)[0])[0], expected)
 

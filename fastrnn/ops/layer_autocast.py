@@ -8,6 +8,7 @@ torch.rnn_relu, what nn.LSTM / GRU / RNN call) once on a 1x1x1 input under the a
 autocast state and reads the dtype of its output. The answer is cached per mode, device
 type, autocast dtype, input dtype and weight dtype, so each combination costs one tiny call.
 """
+import contextlib
 import functools
 import warnings
 from typing import Optional
@@ -24,10 +25,20 @@ def autocast_dtype(mode: str, device: torch.device, input_dtype: torch.dtype,
                    weight_dtype: torch.dtype) -> Optional[torch.dtype]:
     """The dtype torch.nn's `mode` module ("LSTM", "GRU", "RNN_TANH", "RNN_RELU") computes and
     returns in for this input and weight dtype on `device` under the autocast state now
-    active there, or None when autocast is off for that device type."""
-    if not torch.is_autocast_enabled(device.type):
+    active there, or None when autocast is off for that device type or does not exist for
+    it (the meta device: torch asks is_autocast_enabled only of device types that have one)."""
+    if not (torch.amp.is_autocast_available(device.type)
+            and torch.is_autocast_enabled(device.type)):
         return None
     return _policy(mode, device, torch.get_autocast_dtype(device.type), input_dtype, weight_dtype)
+
+
+def disabled(device: torch.device):
+    """A context that turns autocast off on `device`'s type (nothing to turn off on a type
+    without autocast, such as meta, where torch.autocast itself would raise)."""
+    if not torch.amp.is_autocast_available(device.type):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, enabled=False)
 
 
 @torch.compiler.assume_constant_result

@@ -13,11 +13,45 @@ on any device the reference runs on (CPU and CUDA alike), in the workspace preci
 (float32 for 16-bit inputs, float64 for float64), and it is itself differentiable, so third
 and higher derivatives work too. It is slower than the kernels, and only runs when a
 gradient of a gradient is asked for.
+
+The same reference also runs the whole layer when a torch.func transform (grad, jacrev,
+jacfwd, jvp, vmap, hessian, ...) or forward-mode AD (torch.autograd.forward_ad) is active:
+the ops' autograd formulas, registered through torch.library, give torch.func no way in
+(torch raises "must override the setup_context staticmethod") and give forward-mode AD no
+tangent (torch.func.jvp would see zeros). Plain PyTorch composes with every transform, so
+run_composable computes the layer there, in the workspace precision, exactly as torch.nn.
 """
+import math
 from typing import Callable, Optional, Sequence
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 from torch import Tensor
+from torch.utils.flop_counter import register_flop_formula
+
+
+def transform_active(*tensors: Optional[Tensor]) -> bool:
+    """True when the fused ops cannot serve this call: a torch.func transform is active, or
+    one of `tensors` carries a forward-mode AD tangent (torch.autograd.forward_ad).
+
+    Dynamo evaluates it while tracing (torch.compile of a torch.func transform runs the
+    transform on fake tensors), so compiled transforms take the reference too, and
+    compiled plain calls keep the custom ops without a graph break."""
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        return True
+    return forward_ad._current_level >= 0 and any(
+        t is not None and forward_ad.unpack_dual(t).tangent is not None for t in tensors)
+
+
+def run_composable(reference_layer: Callable, tensors: Sequence[Optional[Tensor]], *rest,
+                   workspace_dtype: torch.dtype) -> tuple:
+    """reference_layer(*tensors, *rest) computed in `workspace_dtype` (the precision of the
+    kernels' state and gate math) through differentiable casts, outputs cast back to the
+    dtype of tensors[0]: the layer in plain PyTorch, for the calls transform_active flags."""
+    dtype = tensors[0].dtype
+    outputs = reference_layer(*(None if t is None else t.to(workspace_dtype) for t in tensors),
+                              *rest)
+    return tuple(o.to(dtype) for o in outputs)
 
 
 def register_double_backward(backward_op, differentiable_backward: Callable,
@@ -111,3 +145,28 @@ def variables(dtype: torch.dtype, *tensors: Optional[Tensor]) -> list:
     respect to it may still be differentiated with respect to the others."""
     return [None if t is None else
             (t if t.requires_grad else t.detach().requires_grad_()).to(dtype) for t in tensors]
+
+
+def register_flops(op_name: str, x_index: int, weight_indices: Sequence[int],
+                   passes: int) -> None:
+    """Tell torch.utils.flop_counter.FlopCounterMode (profilers, MFU reports) how many
+    floating-point operations the layer op `op_name` ("fastrnn::gru_layer", ...) performs.
+
+    Counted as FlopCounterMode counts torch.nn's layers: matrix products only, 2 FLOPs per
+    multiply-add. Every weight matrix W (w_ih, w_hh, w_hr) multiplies one vector per step
+    and batch row, so a forward pass costs 2 T B sum(W.numel()); a backward pass does two
+    products per forward one (the gradient of the input and of the weight): `passes` = 1
+    for a forward op, 2 for a backward op. Padded steps of a variable-length batch are
+    counted (the formula sees shapes, not lengths).
+
+    Args:
+        x_index: position of x (T, B, I) among the op's arguments.
+        weight_indices: positions of the weight matrices (None allowed: no projection).
+    """
+    namespace, name = op_name.split("::")
+
+    @register_flop_formula(getattr(getattr(torch.ops, namespace), name))
+    def flops(*shapes, out_shape=None, **kwargs) -> int:
+        steps, batch = shapes[x_index][0], shapes[x_index][1]
+        weights = sum(math.prod(shapes[i]) for i in weight_indices if shapes[i] is not None)
+        return passes * 2 * steps * batch * weights

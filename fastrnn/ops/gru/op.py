@@ -24,7 +24,8 @@ from torch import Tensor
 
 from fastrnn.ops.gru import reference
 from fastrnn import errors
-from fastrnn.ops.layer_autograd import first_derivatives, register_double_backward, variables
+from fastrnn.ops.layer_autograd import (first_derivatives, register_double_backward, register_flops,
+                                       run_composable, transform_active, variables)
 
 GATES = 3
 
@@ -69,6 +70,18 @@ def _(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, backend):
     T, B, H = x.shape[0], x.shape[1], w_hh.shape[1]
     return (x.new_empty(T, B, H), h0.new_empty(h0.shape),
             x.new_empty(T, B, 4 * H, dtype=workspace_dtype(x.dtype)))
+
+
+def gru_layer(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+              b_hh: Optional[Tensor], lengths: Optional[Tensor], backend: str
+              ) -> Tuple[Tensor, Tensor]:
+    """(y, h_T) of the layer: gru_layer_op on `backend`, or, under a torch.func transform or
+    forward-mode AD, the reference in the workspace precision (layer_autograd.transform_active)."""
+    if transform_active(x, h0, w_ih, w_hh, b_ih, b_hh):
+        return run_composable(reference.gru_layer, (x, h0, w_ih, w_hh, b_ih, b_hh), lengths,
+                              workspace_dtype=workspace_dtype(x.dtype))
+    y, h_t, _ = gru_layer_op(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, backend)
+    return y, h_t
 
 
 @torch.library.custom_op("fastrnn::gru_layer_backward", mutates_args=())
@@ -140,3 +153,6 @@ def differentiable_backward(grad_y, grad_hT, x, h0, w_ih, w_hh, b_ih, b_hh, y, w
 
 
 register_double_backward(gru_layer_backward_op, differentiable_backward, num_differentiable=8)
+# FLOPs for torch.utils.flop_counter: x and the weight matrices (w_ih, w_hh).
+register_flops("fastrnn::gru_layer", x_index=0, weight_indices=(2, 3), passes=1)
+register_flops("fastrnn::gru_layer_backward", x_index=2, weight_indices=(4, 5), passes=2)

@@ -25,7 +25,8 @@ import torch
 from torch import Tensor
 
 from fastrnn import errors
-from fastrnn.ops.layer_autograd import first_derivatives, register_double_backward, variables
+from fastrnn.ops.layer_autograd import (first_derivatives, register_double_backward, register_flops,
+                                       run_composable, transform_active, variables)
 from fastrnn.ops.lstm import reference
 
 GATES = 4
@@ -75,6 +76,20 @@ def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, backend):
     P = h0.shape[-1]
     return (x.new_empty(T, B, P), h0.new_empty(h0.shape), c0.new_empty(c0.shape),
             x.new_empty(T, B, 5 * H, dtype=workspace_dtype(x.dtype)))
+
+
+def lstm_layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
+               b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hr: Optional[Tensor],
+               lengths: Optional[Tensor], backend: str) -> Tuple[Tensor, Tensor, Tensor]:
+    """(y, h_T, c_T) of the layer: lstm_layer_op on `backend`, or, under a torch.func
+    transform or forward-mode AD, the reference in the workspace precision
+    (layer_autograd.transform_active)."""
+    tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+    if transform_active(*tensors):
+        return run_composable(reference.lstm_layer, tensors, lengths,
+                              workspace_dtype=workspace_dtype(x.dtype))
+    y, h_t, c_t, _ = lstm_layer_op(*tensors, lengths, backend)
+    return y, h_t, c_t
 
 
 @torch.library.custom_op("fastrnn::lstm_layer_backward", mutates_args=())
@@ -153,3 +168,6 @@ def differentiable_backward(grad_y, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_i
 
 
 register_double_backward(lstm_layer_backward_op, differentiable_backward, num_differentiable=11)
+# FLOPs for torch.utils.flop_counter: x and the weight matrices (w_ih, w_hh, w_hr).
+register_flops("fastrnn::lstm_layer", x_index=0, weight_indices=(3, 4, 7), passes=1)
+register_flops("fastrnn::lstm_layer_backward", x_index=3, weight_indices=(6, 7, 10), passes=2)
