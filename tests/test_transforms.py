@@ -276,3 +276,13 @@ def test_meta_initialisation_then_to_empty():
     for a, b in zip(shapes(ours(x)), shapes(reference(x))):
         assert a == b
     testing.assert_close_fp32(ours(x)[0], reference.double()(x.double())[0], "after to_empty")
+
+
+def test_compiled_plain_calls_keep_the_fused_op():
+    """Outside any transform, a compiled call traces fastrnn's custom op (the fused kernels),
+    not the reference: Dynamo once reported a functorch interpreter for every call."""
+    x = torch.randn(3, 2, 4)
+    module = fastrnn.LSTM(4, 8)
+    explanation = torch._dynamo.explain(lambda z: module(z)[0])(x)
+    assert explanation.graph_break_count == 0
+    assert "fastrnn.lstm_layer" in explanation.graphs[0].code

@@ -35,9 +35,11 @@ def transform_active(*tensors: Optional[Tensor]) -> bool:
     one of `tensors` carries a forward-mode AD tangent (torch.autograd.forward_ad).
 
     Dynamo evaluates it while tracing (torch.compile of a torch.func transform runs the
-    transform on fake tensors), so compiled transforms take the reference too, and
-    compiled plain calls keep the custom ops without a graph break."""
-    if torch._C._functorch.peek_interpreter_stack() is not None:
+    transform on wrapped fake tensors), so compiled transforms take the reference too, and
+    compiled plain calls keep the custom ops without a graph break (a test checks both)."""
+    # Dynamo traces this query (unlike peek_interpreter_stack, which it reports as not None
+    # even for a plain compiled call).
+    if torch._C._are_functorch_transforms_active():
         return True
     return forward_ad._current_level >= 0 and any(
         t is not None and forward_ad.unpack_dual(t).tangent is not None for t in tensors)
