@@ -384,3 +384,23 @@ def test_verify_calls_a_table_from_other_sources_stale(tmp_path):
     assert not gpu_static.verify(_table([_row()]), tmp_path / "none")[0]
     (tmp_path / "gpu_static_sm90.json").write_text(json.dumps([_row()]))
     assert not gpu_static.verify(_table([_row()]), tmp_path)[0]
+
+
+def test_ci_run_writes_to_scratch_prints_a_summary_and_fails_on_stale_tables(tmp_path, monkeypatch, capsys):
+    """`--ci` as make gpu-static runs it, with the compiles replaced by one row: the
+    tables go to the scratch folder, the committed ones are only read; a few lines are
+    printed; a committed table from other sources fails and names make gpu-static-full."""
+    committed, scratch = tmp_path / "committed", tmp_path / "scratch"
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(gpu_static, "RESULTS", committed)
+    monkeypatch.setattr(gpu_static, "run", lambda arch, jobs, selection: [_row(compile_s=0.1)])
+    gpu_static.write_table(committed, dict(_table([_row()], gpu_static.sources_hash())))
+    before = (committed / "gpu_static_sm90.json").read_text()
+    assert gpu_static.main(["--ci", "--arch", "90", "--out", str(scratch)]) == 0
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) <= 4 and "1 of 1 rows equal the committed rows" in out
+    assert json.loads((scratch / "gpu_static_sm90.json").read_text())["rows"] == [_row(compile_s=0.1)]
+    assert (committed / "gpu_static_sm90.json").read_text() == before
+    gpu_static.write_table(committed, _table([_row()], "f" * 64))
+    assert gpu_static.main(["--ci", "--arch", "90", "--out", str(scratch)]) == 1
+    assert "make gpu-static-full" in capsys.readouterr().err
