@@ -1,11 +1,14 @@
 """The step (decode) path and start-up: `import fastrnn` stays free of torch._dynamo, and the
 short-call fast paths keep parity with torch.nn."""
+import functools
 import subprocess
 import sys
 
+import pytest
 import torch
 
-from fastrnn import backends
+from fastrnn import backends, functional
+from tests.ops.layer_cases import GRU, LSTM, RNN_RELU, RNN_TANH, check_parity
 
 
 def test_import_does_not_load_dynamo():
@@ -26,3 +29,57 @@ def test_assume_constant_result_matches_torch():
     torch.compiler.assume_constant_result(theirs)
     backends.assume_constant_result(ours)
     assert {k: v for k, v in vars(theirs).items() if k not in before} == vars(ours)
+
+
+# ---- the extension's single-step path (T == 1, no lengths) ------------------------------
+
+ext = pytest.mark.ext
+STEP_CELLS = [LSTM, GRU, RNN_TANH, RNN_RELU]
+
+
+def _rand(*shape):
+    return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+
+
+def _step_fn(cell, **kwargs):
+    if cell is LSTM:
+        return functools.partial(functional.lstm_layer, backend="ext", **kwargs)
+    if cell is GRU:
+        return functools.partial(functional.gru_layer, backend="ext", **kwargs)
+    return functools.partial(functional.rnn_layer, backend="ext",
+                             nonlinearity=cell.name.split("_")[1], **kwargs)
+
+
+@ext
+@pytest.mark.parametrize("cell", STEP_CELLS, ids=lambda c: c.name)
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("B", [1, 3])
+def test_single_step_gradcheck(cell, bias, B):
+    I, H = 4, 5
+    gates = {"lstm": 4, "gru": 3}.get(cell.name, 1)
+    states = [_rand(B, H)] * (2 if cell.has_cell_state else 1)
+    args = [_rand(1, B, I), *[s.detach().clone().requires_grad_() for s in states],
+            _rand(gates * H, I), _rand(gates * H, H)]
+    args += [_rand(gates * H), _rand(gates * H)] if bias else [None, None]
+    assert torch.autograd.gradcheck(_step_fn(cell), args)
+
+
+@ext
+def test_single_step_projection_gradcheck():
+    B, I, H, P = 2, 4, 6, 3
+    args = [_rand(1, B, I), _rand(B, P), _rand(B, H), _rand(4 * H, I), _rand(4 * H, P),
+            _rand(4 * H), _rand(4 * H), _rand(P, H)]
+    assert torch.autograd.gradcheck(_step_fn(LSTM), args)
+
+
+@ext
+@pytest.mark.parametrize("cell", STEP_CELLS, ids=lambda c: c.name)
+@pytest.mark.parametrize("B, I, H", [(1, 64, 256), (5, 7, 13), (32, 16, 48)])
+def test_single_step_matches_nn_fp32(cell, B, I, H):
+    check_parity(cell, 1, B, I, H, "cpu", backend="ext")
+
+
+@ext
+@pytest.mark.parametrize("cell", [LSTM, GRU, RNN_TANH], ids=lambda c: c.name)
+def test_single_step_matches_nn_bf16(cell):
+    check_parity(cell, 1, 3, 8, 16, "cpu", dtype=torch.bfloat16, backend="ext")
