@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+import fastrnn
 from fastrnn import backends, functional
 from tests.ops.layer_cases import GRU, LSTM, RNN_RELU, RNN_TANH, check_parity
 
@@ -83,3 +84,54 @@ def test_single_step_matches_nn_fp32(cell, B, I, H):
 @pytest.mark.parametrize("cell", [LSTM, GRU, RNN_TANH], ids=lambda c: c.name)
 def test_single_step_matches_nn_bf16(cell):
     check_parity(cell, 1, 3, 8, 16, "cpu", dtype=torch.bfloat16, backend="ext")
+
+
+# ---- the modules' short forward ---------------------------------------------------------
+
+@ext
+@pytest.mark.parametrize("kind, options", [
+    ("LSTM", dict(num_layers=2)), ("LSTM", dict(proj_size=3, batch_first=True)),
+    ("GRU", dict(num_layers=2, batch_first=True)), ("RNN", dict(nonlinearity="relu", bias=False))])
+@pytest.mark.parametrize("T", [1, 4])
+def test_short_forward_matches_nn_and_is_taken(monkeypatch, kind, options, T):
+    """Plain calls skip fastrnn.functional (the general path) and still match torch.nn in
+    fp64, outputs, final states and gradients."""
+    reference = getattr(torch.nn, kind)(5, 6, dtype=torch.float64, **options)
+    module = getattr(fastrnn, kind)(5, 6, dtype=torch.float64, **options)
+    module.load_state_dict(reference.state_dict())
+    monkeypatch.setattr(functional, f"{kind.lower()}_layer", None)  # the general path would fail
+    x = torch.randn(3, T, 5, dtype=torch.float64) if module.batch_first else \
+        torch.randn(T, 3, 5, dtype=torch.float64)
+    hx = None
+    for _ in range(2):  # the second call carries the state
+        x_ref, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
+        expected, ref_state = reference(x_ref, hx)
+        got, state = module(x_ours, hx)
+        flat = lambda s: list(s) if isinstance(s, tuple) else [s]  # noqa: E731
+        for e, g in zip([expected] + flat(ref_state), [got] + flat(state)):
+            torch.testing.assert_close(g, e)
+        (expected.sum() + sum(s.sum() for s in flat(ref_state))).backward()
+        (got.sum() + sum(s.sum() for s in flat(state))).backward()
+        torch.testing.assert_close(x_ours.grad, x_ref.grad)
+        for (name, p), q in zip(module.named_parameters(), reference.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, msg=name)
+        module.zero_grad(), reference.zero_grad()
+        hx = tuple(s.detach() for s in flat(ref_state))
+        hx = hx if kind == "LSTM" else hx[0]
+
+
+@ext
+def test_short_forward_leaves_other_calls_to_the_general_path(monkeypatch):
+    """Unbatched input, autocast and a wrong hx shape take the general path (which raises
+    torch.nn's error for the last)."""
+    module = fastrnn.LSTM(4, 6)
+    calls = []
+    general = functional.lstm_layer
+    monkeypatch.setattr(functional, "lstm_layer", lambda *a, **k: calls.append(1) or general(*a, **k))
+    module(torch.randn(3, 4))
+    assert len(calls) == 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        module(torch.randn(2, 3, 4))
+    assert len(calls) == 2
+    with pytest.raises(RuntimeError, match="Expected hidden"):
+        module(torch.randn(2, 3, 4), (torch.zeros(1, 2, 6), torch.zeros(1, 2, 6)))
