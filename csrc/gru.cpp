@@ -14,11 +14,39 @@ namespace {
 constexpr const char* kForward = "fastrnn::ext_gru_forward";
 constexpr const char* kBackward = "fastrnn::ext_gru_backward";
 
+// One step (single_step): x W_ih^T + b_ih and h0 W_hh^T + b_hh on BLAS, then the gate math
+// per row.
+std::tuple<Tensor, Tensor, Tensor> gru_step_cpu(const Dims& d, const Tensor& x, const Tensor& h0,
+                                                const Tensor& w_ih, const Tensor& w_hh,
+                                                const OptTensor& b_ih, const OptTensor& b_hh) {
+  const auto type = acc_type(x);
+  const Tensor h0_a = acc(h0, type);
+  const Tensor gates_x = linear_all_steps(acc(x, type).view({d.B, x.size(2)}), acc(w_ih, type),
+                                          acc(b_ih, type));
+  const Tensor gates_h = linear_all_steps(h0_a, acc(w_hh, type), acc(b_hh, type));
+  Tensor h_n = h0_a.clone(at::MemoryFormat::Contiguous);
+  Tensor y = at::empty({1, d.B, d.H}, gates_x.options());
+  Tensor workspace = at::empty({1, d.B, 4 * d.H}, gates_x.options());
+  AT_DISPATCH_FLOATING_TYPES(type, "ext_gru_step", [&] {
+    const scalar_t* xg = gates_x.data_ptr<scalar_t>();
+    const scalar_t* hg = gates_h.data_ptr<scalar_t>();
+    scalar_t* h = h_n.data_ptr<scalar_t>();
+    scalar_t* ws = workspace.data_ptr<scalar_t>();
+    scalar_t* out = y.data_ptr<scalar_t>();
+    for_each_row_piece(AtenFor(), d.B, d.H, [&](int64_t b, int64_t j0, int64_t j1) {
+      gru_forward_row(xg + b * 3 * d.H, hg + b * 3 * d.H, h + b * d.H, ws + b * 4 * d.H,
+                      out + b * d.H, j0, j1, d.H);
+    });
+  });
+  return {y.to(x.scalar_type()), h_n.to(x.scalar_type()), workspace};
+}
+
 std::tuple<Tensor, Tensor, Tensor> gru_forward_cpu(const Tensor& x, const Tensor& h0,
                                                    const Tensor& w_ih, const Tensor& w_hh,
                                                    const OptTensor& b_ih, const OptTensor& b_hh,
                                                    const OptTensor& lengths) {
   const Dims d = check_gru(kForward, x, h0, w_ih, w_hh, b_ih, b_hh, lengths);
+  if (single_step(d, lengths)) return gru_step_cpu(d, x, h0, w_ih, w_hh, b_ih, b_hh);
   const auto type = acc_type(x);
   const auto opts = x.options().dtype(type);
   const Tensor gates_x = input_gates_all_steps(acc(x, type).view({d.T * d.B, x.size(2)}),

@@ -14,11 +14,42 @@ namespace {
 constexpr const char* kForward = "fastrnn::ext_lstm_forward";
 constexpr const char* kBackward = "fastrnn::ext_lstm_backward";
 
+// One step (single_step): gates = x W_ih^T + b + h0 W_hh^T on BLAS, then the gate math per
+// row, and with a projection y = (o * tanh(c)) W_hr^T.
+std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_step_cpu(
+    const Dims& d, const Tensor& x, const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
+    const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr) {
+  const auto type = acc_type(x);
+  const auto opts = x.options().dtype(type);
+  Tensor gates = linear_all_steps(acc(x, type).view({d.B, x.size(2)}), acc(w_ih, type),
+                                  lstm_gate_bias(b_ih, b_hh, type));
+  gates.addmm_(acc(h0, type), acc(w_hh, type).t());
+  Tensor c_n = acc(c0, type).clone(at::MemoryFormat::Contiguous);
+  Tensor workspace = at::empty({1, d.B, 5 * d.H}, opts);
+  Tensor hidden = at::empty({d.B, d.H}, opts);
+  AT_DISPATCH_FLOATING_TYPES(type, "ext_lstm_step", [&] {
+    const scalar_t* pre = gates.data_ptr<scalar_t>();
+    scalar_t* c = c_n.data_ptr<scalar_t>();
+    scalar_t* ws = workspace.data_ptr<scalar_t>();
+    scalar_t* out = hidden.data_ptr<scalar_t>();
+    for_each_row_piece(AtenFor(), d.B, d.H, [&](int64_t b, int64_t j0, int64_t j1) {
+      lstm_forward_row(pre + b * 4 * d.H, c + b * d.H, ws + b * 5 * d.H, out + b * d.H, j0, j1,
+                       d.H);
+    });
+  });
+  Tensor h_n = w_hr.has_value() ? at::mm(hidden, acc(*w_hr, type).t()) : hidden;
+  const auto dtype = x.scalar_type();
+  // y and h_n are distinct tensors (a custom op's outputs may not alias).
+  return {h_n.to(dtype).unsqueeze(0), h_n.to(dtype, /*non_blocking=*/false, /*copy=*/true),
+          c_n.to(dtype), workspace};
+}
+
 std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward_cpu(
     const Tensor& x, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
     const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
     const OptTensor& lengths) {
   const Dims d = check_lstm(kForward, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths);
+  if (single_step(d, lengths)) return lstm_step_cpu(d, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr);
   const auto type = acc_type(x);
   const auto opts = x.options().dtype(type);
   // The CPU's own projection (packed kernel for large products), not lstm_input_gates.

@@ -24,6 +24,46 @@ void with_nonlinearity(bool relu, const F& fn) {
   }
 }
 
+// h = act(x W_ih^T + h0 W_hh^T + bias) of units [j0, j1) of one row, into the workspace
+// (the state), y and h_n alike.
+template <bool kRelu, typename T>
+FASTRNN_CPU_CLONES void rnn_step_row(const T* pre, T* ws, T* y, T* h_n, int64_t j0, int64_t j1) {
+  FASTRNN_SIMD
+  for (int64_t j = j0; j < j1; ++j) {
+    const T h = rnn_activation<kRelu>(pre[j]);
+    ws[j] = h;
+    y[j] = h;
+    h_n[j] = h;
+  }
+}
+
+// One step (single_step): the pre-activation on BLAS, then the activation.
+std::tuple<Tensor, Tensor, Tensor> rnn_step_cpu(const Dims& d, bool relu, const Tensor& x,
+                                                const Tensor& h0, const Tensor& w_ih,
+                                                const Tensor& w_hh, const OptTensor& b_ih,
+                                                const OptTensor& b_hh) {
+  const auto type = acc_type(x);
+  Tensor pre = linear_all_steps(acc(x, type).view({d.B, x.size(2)}), acc(w_ih, type),
+                                rnn_bias(b_ih, b_hh, type));
+  pre.addmm_(acc(h0, type), acc(w_hh, type).t());
+  Tensor workspace = at::empty({1, d.B, d.H}, pre.options());
+  Tensor y = at::empty({1, d.B, d.H}, pre.options()), h_n = at::empty({d.B, d.H}, pre.options());
+  AT_DISPATCH_FLOATING_TYPES(type, "ext_rnn_step", [&] {
+    with_nonlinearity(relu, [&](auto is_relu) {
+      constexpr bool kRelu = decltype(is_relu)::value;
+      const scalar_t* p = pre.data_ptr<scalar_t>();
+      scalar_t* ws = workspace.data_ptr<scalar_t>();
+      scalar_t* out = y.data_ptr<scalar_t>();
+      scalar_t* h = h_n.data_ptr<scalar_t>();
+      for_each_row_piece(AtenFor(), d.B, d.H, [&](int64_t b, int64_t j0, int64_t j1) {
+        const int64_t row = b * d.H;
+        rnn_step_row<kRelu>(p + row, ws + row, out + row, h + row, j0, j1);
+      });
+    });
+  });
+  return {y.to(x.scalar_type()), h_n.to(x.scalar_type()), workspace};
+}
+
 std::tuple<Tensor, Tensor, Tensor> rnn_forward_cpu(const Tensor& x, const Tensor& h0,
                                                    const Tensor& w_ih, const Tensor& w_hh,
                                                    const OptTensor& b_ih, const OptTensor& b_hh,
@@ -31,6 +71,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward_cpu(const Tensor& x, const Tensor
                                                    c10::string_view nonlinearity) {
   const Dims d = check_rnn(kForward, x, h0, w_ih, w_hh, b_ih, b_hh, lengths);
   const bool relu = rnn_is_relu(kForward, nonlinearity);
+  if (single_step(d, lengths)) return rnn_step_cpu(d, relu, x, h0, w_ih, w_hh, b_ih, b_hh);
   const auto type = acc_type(x);
   const auto opts = x.options().dtype(type);
   // x W_ih^T of every step, written straight into the workspace, which the recurrence then

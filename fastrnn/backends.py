@@ -39,6 +39,17 @@ FEATURES = {
 }
 
 
+def assume_constant_result(fn):
+    """torch.compiler.assume_constant_result without importing torch._dynamo.
+
+    torch's decorator imports torch._dynamo (about 2 s) only to set the marker below, which
+    Dynamo reads when it traces a call to `fn`; setting it ourselves keeps `import fastrnn`
+    free of Dynamo. tests/test_backends.py checks that torch's decorator sets nothing else.
+    """
+    fn._dynamo_marked_constant = True
+    return fn
+
+
 def interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -114,7 +125,7 @@ def requested_backend(backend: Optional[str]) -> Optional[str]:
     return backend
 
 
-@torch.compiler.assume_constant_result
+@assume_constant_result
 def choose(device_type: str, op: str, needs: tuple = (), backend: Optional[str] = None) -> str:
     """Pick the backend for `op` ("lstm", "gru", ...) on `device_type` ("cpu", "cuda")."""
     forced = requested_backend(backend)

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from fastrnn import errors
-from fastrnn.ops.sampling.op import report_status, row_seeds, sample
+from fastrnn.ops.sampling.op import prepared_sampler, report_status, row_seeds, uniforms_from_seeds
 from fastrnn.ops.sampling.reference import status as logits_status
 from fastrnn.ops.softmax.op import log_softmax
 
@@ -248,10 +248,11 @@ def generate(model, input_ids: Union[Tensor, Sequence[Tensor]], max_new_tokens: 
         return _beam_search(model, prompts, logits, state, num_beams, length_penalty,
                             early_stopping, **common)
     if do_sample:
-        draw = _sampler(len(prompts), logits.device, temperature, top_k, top_p, min_p, generator,
-                        seed, backend)
+        draw = _sampler(logits, temperature, top_k, top_p, min_p, generator, seed, backend)
     else:
-        draw = lambda step, scores: sample(scores, temperature=0.0, backend=backend)  # noqa: E731
+        greedy = prepared_sampler(logits, 0.0, backend=backend)
+        no_uniform = logits.new_zeros(len(prompts), dtype=torch.float64)  # greedy draws none
+        draw = lambda step, scores: greedy(scores, no_uniform)  # noqa: E731
     return _greedy_or_sample(model, prompts, logits, state, draw, **common)
 
 
@@ -273,8 +274,10 @@ def _check_arguments(max_new_tokens, min_new_tokens, repetition_penalty, num_bea
         _fail(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
 
 
-def _sampler(B, device, temperature, top_k, top_p, min_p, generator, seed, backend):
-    """step, scores -> tokens, with the per-step randomness settled here."""
+def _sampler(logits, temperature, top_k, top_p, min_p, generator, seed, backend):
+    """step, scores -> tokens, with the per-step randomness settled here; the parameters are
+    checked and converted once (prepared_sampler), not at every step."""
+    B, device = logits.shape[0], logits.device
     if seed is not None and generator is not None:
         _fail("give a generator or a seed, not both")
     if isinstance(seed, int) and not isinstance(seed, bool):
@@ -286,10 +289,16 @@ def _sampler(B, device, temperature, top_k, top_p, min_p, generator, seed, backe
             _fail(f"seed must be an int or have shape ({B},), got {tuple(seed.shape)}")
         seed = seed.to(device=device, dtype=torch.int64).expand(B)
 
+    if generator is not None and generator.device.type != device.type:
+        _fail(f"generator is on {generator.device} but logits are on {device}")
+    run = prepared_sampler(logits, temperature, top_k, top_p, min_p, backend=backend)
+
     def draw(step, scores):
-        step_seed = None if seed is None else seed + _as_int64(step * _STEP_SEED_STRIDE)
-        return sample(scores, temperature, top_k, top_p, min_p, generator=generator,
-                      seed=step_seed, backend=backend)
+        if seed is None:
+            uniform = torch.rand(B, dtype=torch.float64, device=device, generator=generator)
+        else:
+            uniform = uniforms_from_seeds(seed + _as_int64(step * _STEP_SEED_STRIDE))
+        return run(scores, uniform)
     return draw
 
 
@@ -305,23 +314,34 @@ def _greedy_or_sample(model, prompts, logits, state, draw, *, max_new_tokens, mi
     device = logits.device
     seen = _seen_tokens(prompts, logits.shape[-1])
     rows = torch.arange(B, device=device)
-    new = torch.full((B, 0), pad, dtype=torch.long, device=device)
+    new = torch.full((B, max_new_tokens), pad, dtype=torch.long, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     eos_ids = torch.tensor(eos, dtype=torch.long, device=device)
+    # The per-token work is kept to what the options need: without EOS no row finishes (no
+    # masking, no stopping test, so no host sync per token on CUDA), and the seen-token
+    # table only serves the repetition penalty.
+    penalised = repetition_penalty != 1.0
+    steps = max_new_tokens
     for step in range(max_new_tokens):
         scores = _processed_scores(logits, seen, step, repetition_penalty, min_new_tokens, eos)
-        # Finished rows emit pad whatever their logits say: no error from them either.
-        token = draw(step, torch.where(finished[:, None], 0.0, scores))
-        token = torch.where(finished, pad, token)
-        new = torch.cat([new, token[:, None]], dim=1)
-        seen[rows, token.clamp(0, seen.shape[1] - 1)] |= ~finished
-        finished |= torch.isin(token, eos_ids)
-        stop = step + 1 == max_new_tokens or bool(finished.all())  # synchronises on CUDA
+        if eos:
+            # Finished rows emit pad whatever their logits say: no error from them either.
+            token = torch.where(finished, pad, draw(step, torch.where(finished[:, None], 0.0, scores)))
+        else:
+            token = draw(step, scores)
+        new[:, step] = token
+        if penalised:
+            seen[rows, token.clamp(0, seen.shape[1] - 1)] |= ~finished
+        stop = step + 1 == max_new_tokens
+        if eos:
+            finished |= torch.isin(token, eos_ids)
+            stop = stop or bool(finished.all())  # synchronises on CUDA
         errors.check_errors()  # so no token drawn from bad logits goes any further
         if stop:
+            steps = step + 1
             break
         logits, state = _last_logits(model, token[:, None], state)
-    return _pad_rows([torch.cat([p, n]) for p, n in zip(prompts, new)], pad)
+    return _pad_rows([torch.cat([p, n]) for p, n in zip(prompts, new[:, :steps])], pad)
 
 
 # Hugging Face's beam search marks impossible candidates with this finite score (not -inf,

@@ -15,6 +15,8 @@ from typing import Optional
 
 import torch
 
+from fastrnn.backends import assume_constant_result
+
 # The function torch.nn.RNNBase subclasses call for each mode (nn.RNNBase.mode).
 _TORCH_OPS = {"LSTM": torch.lstm, "GRU": torch.gru, "RNN_TANH": torch.rnn_tanh,
               "RNN_RELU": torch.rnn_relu}
@@ -41,7 +43,7 @@ def disabled(device: torch.device):
     return torch.autocast(device.type, enabled=False)
 
 
-@torch.compiler.assume_constant_result
+@assume_constant_result
 def _policy(mode: str, device: torch.device, cast_to: torch.dtype, input_dtype: torch.dtype,
             weight_dtype: torch.dtype) -> torch.dtype:
     """_probe's answer; torch.compile takes it as a constant of the traced graph (the probe

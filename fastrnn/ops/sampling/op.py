@@ -250,6 +250,28 @@ def sample(logits: Tensor, temperature: Param = 1.0, top_k: Param = None, top_p:
     return tokens.reshape(()) if logits.dim() == 1 else tokens
 
 
+def prepared_sampler(logits: Tensor, temperature: Param = 1.0, top_k: Param = None,
+                     top_p: Param = None, min_p: Param = None, *,
+                     backend: Optional[str] = None) -> Callable[[Tensor, Tensor], Tensor]:
+    """fastrnn.sample with its parameters checked and converted once, for a loop that draws
+    from logits of one shape, dtype and device at every step (fastrnn.generate): returns
+    draw(logits (B, V), uniform (B,) float64 in [0, 1)) -> (B,) int64 tokens.
+
+    Same semantics and errors as fastrnn.sample (parameter errors here, logits errors at
+    each draw); `logits` only gives the shape, dtype and device.
+    """
+    fn = "sample"
+    rows = _check_logits(fn, logits)
+    params = _parameters(fn, rows, temperature, top_k, top_p, min_p)
+    run = backend_module(_backend(rows, backend)).sample
+
+    def draw(step_logits: Tensor, uniform: Tensor) -> Tensor:
+        tokens, status = run(step_logits, *params, uniform)
+        report_status(fn, status)
+        return tokens
+    return draw
+
+
 def sampling_mask(logits: Tensor, temperature: Param = 1.0, top_k: Param = None,
                   top_p: Param = None, min_p: Param = None, *,
                   backend: Optional[str] = None) -> Tensor:
