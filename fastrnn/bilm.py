@@ -7,7 +7,7 @@ embedding and the softmax, and nothing else (section 3.1). A downstream task rea
 their layers through a learned scalar mix (section 3.2, equation 1).
 """
 import math
-from typing import Dict, Iterator, Optional, Sequence, Union
+from typing import Dict, Iterator, Sequence, Union
 
 import torch
 import torch.nn.functional as F
