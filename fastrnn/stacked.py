@@ -51,6 +51,9 @@ class _Stacked(nn.Module):
         self.forward_layers = stack() if direction in ("forward", "both") else None
         self.backward_layers = stack() if direction in ("backward", "both") else None
 
+    def extra_repr(self) -> str:
+        return f"num_layers={self.num_layers}, direction={self.direction!r}, residual={self.residual}"
+
     @property
     def num_directions(self) -> int:
         return 2 if self.direction == "both" else 1
