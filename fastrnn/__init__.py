@@ -9,8 +9,11 @@ from fastrnn.nn import GRU, LSTM, RNN, replace_rnns
 from fastrnn.ops.sampling.op import filtered_probs, sample, sampling_mask
 from fastrnn.ops.softmax.op import log_softmax, softmax
 from fastrnn.generate import generate
+from fastrnn.stacked import StackedGRU, StackedLSTM
+from fastrnn.bilm import BiLM, ScalarMix
 
 __version__ = "0.1.0"
 
 __all__ = ["functional", "LSTM", "GRU", "RNN", "replace_rnns", "softmax", "log_softmax", "sample", "sampling_mask",
-           "filtered_probs", "generate", "check_errors", "__version__"]
+           "filtered_probs", "generate", "StackedLSTM", "StackedGRU", "BiLM", "ScalarMix",
+           "check_errors", "__version__"]
