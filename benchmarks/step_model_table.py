@@ -16,7 +16,9 @@ import json
 import sys
 from pathlib import Path
 
-from fastrnn.ops.recurrent import step_model as m
+import torch
+
+from fastrnn.ops.recurrent import backward, step_model as m
 
 RESULTS = Path(__file__).parent / "results"
 STATIC_JSON = RESULTS / "gpu_static_sm90.json"
@@ -131,6 +133,12 @@ class _Plan:
         self.cooperative = self.persistent and r["programs"] > -(-r["B"] // r["block_b"])
 
 
+def _exchange_size(dtype: str) -> int:
+    """Bytes per gate gradient fastrnn's BPTT exchanges (backward.exchange_dtype)."""
+    return backward.exchange_dtype({"fp16": torch.float16, "bf16": torch.bfloat16,
+                                    "fp32": torch.float32}[dtype]).itemsize
+
+
 def _cudnn(cell, dtype, B, H, direction):
     """cuDNN's algorithm as PyTorch picks it (aten/src/ATen/native/cudnn/RNN.cpp): the
     persistent kernel for fp16 LSTM with H % 128 == 0, H <= 1024, B % 8 == 0, B <= 128;
@@ -171,7 +179,7 @@ def table_markdown(rows) -> str:
                             plan = f"{r['mode']} {r['programs']}x({r['block_b']},{r['block_h']})"
                             kind = m.operand_kind(dtype, r.get("precision", "ieee"))
                             d = m.plan_design(_Plan(r), CELLS[cell], direction, 4 if dtype == "fp32" else 2,
-                                              kind, H)
+                                              kind, H, exchange_size=_exchange_size(dtype))
                             ours = f"{m.step_time(d).us:.2f}"
                         algo, theirs = _cudnn(cell, dtype, B, H, direction)
                         pub = PUBLISHED_CUDNN.get((cell, dtype, B, H, direction))

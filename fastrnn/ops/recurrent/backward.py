@@ -380,7 +380,8 @@ def mock_args(dtype: torch.dtype, T: int, B: int, H: int) -> list:
 def product(cell: int, dtype: torch.dtype) -> common.Product:
     """BPTT's recurrent product: the gates in the reduction, the units along N."""
     return common.Product(common.GATES[cell], stacked=False,
-                          fma=common.dot_precision(dtype) == "ieee" and dtype == torch.float32)
+                          fma=common.dot_precision(dtype) == "ieee" and dtype == torch.float32,
+                          exchange_size=exchange_dtype(dtype).itemsize)
 
 
 def _plan(cell, w_hh, B, H, force_per_step, force_streamed) -> common.LaunchPlan:
