@@ -27,6 +27,7 @@ TABLE_MD = RESULTS / "step_model_sm90.md"
 BATCHES = (1, 8, 16, 64, 256)
 HIDDENS = (256, 512, 768, 1024, 2048)
 CELLS = {"lstm": "lstm", "gru": "gru", "rnn_tanh": "rnn"}
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 # Published cuDNN step times (H100 SXM, T = 1024, fp16 nn.LSTM, FlashRNN's benchmark).
 PUBLISHED_CUDNN = {("lstm", "fp16", 16, 768, "forward"): 2.01e3 / 1024,
                    ("lstm", "fp16", 16, 768, "backward"): (5.19 - 2.01) * 1e3 / 1024}
@@ -133,12 +134,6 @@ class _Plan:
         self.cooperative = self.persistent and r["programs"] > -(-r["B"] // r["block_b"])
 
 
-def _exchange_size(dtype: str) -> int:
-    """Bytes per gate gradient fastrnn's BPTT exchanges (backward.exchange_dtype)."""
-    return backward.exchange_dtype({"fp16": torch.float16, "bf16": torch.bfloat16,
-                                    "fp32": torch.float32}[dtype]).itemsize
-
-
 def _cudnn(cell, dtype, B, H, direction):
     """cuDNN's algorithm as PyTorch picks it (aten/src/ATen/native/cudnn/RNN.cpp): the
     persistent kernel for fp16 LSTM with H % 128 == 0, H <= 1024, B % 8 == 0, B <= 128;
@@ -179,7 +174,8 @@ def table_markdown(rows) -> str:
                             plan = f"{r['mode']} {r['programs']}x({r['block_b']},{r['block_h']})"
                             kind = m.operand_kind(dtype, r.get("precision", "ieee"))
                             d = m.plan_design(_Plan(r), CELLS[cell], direction, 4 if dtype == "fp32" else 2,
-                                              kind, H, exchange_size=_exchange_size(dtype))
+                                              kind, H, exchange_size=backward.exchange_dtype(DTYPES[dtype]).itemsize,
+                                              exchange_scaled=backward.exchange_scaled(DTYPES[dtype]))
                             ours = f"{m.step_time(d).us:.2f}"
                         algo, theirs = _cudnn(cell, dtype, B, H, direction)
                         pub = PUBLISHED_CUDNN.get((cell, dtype, B, H, direction))

@@ -77,7 +77,8 @@ def test_gpu_static_reports_the_model_of_its_plan():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 def test_bptt_model_counts_the_exchanged_dtype(dtype):
     """BPTT's modelled exchange is B x gates*H elements of backward.exchange_dtype per
-    program, in the planner (Product) and the static check alike."""
+    program (fp16 also one fp32 scale per row and program), in the planner (Product) and
+    the static check alike."""
     gpu_static = pytest.importorskip("benchmarks.gpu_static")
     product = backward.product(common.LSTM, dtype)
     plan = common.candidate_plans(16, 768, product, H100.sms, dtype.itemsize)[0]
@@ -87,7 +88,9 @@ def test_bptt_model_counts_the_exchanged_dtype(dtype):
     # tf32: what backward.product assumes for fp32 under torch's default allow_tf32.
     row = gpu_static.step_estimate(plan, common.LSTM, name, "tf32", 768, "backward")
     streamed = 0 if plan.resident else 4 * plan.block_h * 768 * dtype.itemsize
-    assert row["l2_bytes_per_step"] == (plan.block_b * 4 * 768 * size + streamed) * plan.programs
+    scales = plan.block_b * plan.programs_h * 4 if backward.exchange_scaled(dtype) else 0
+    assert product.exchange_scaled == backward.exchange_scaled(dtype)
+    assert row["l2_bytes_per_step"] == (plan.block_b * 4 * 768 * size + scales + streamed) * plan.programs
     assert row["est_step_us"] == round(common.modelled_step_us(plan, product, dtype.itemsize, 768), 2)
     wider = m.plan_step_us(plan, "lstm", "backward", dtype.itemsize, "fp16", 768, exchange_size=4)
     assert m.plan_step_us(plan, "lstm", "backward", dtype.itemsize, "fp16", 768, exchange_size=2) < wider

@@ -373,11 +373,14 @@ class Product:
     N = the units (at least MIN_DOT, padded), K = gates x H, one tile per gate.
     fma: exact fp32, which tl.dot computes on the FMA units (no MMA instructions).
     exchange_size: BPTT's bytes per gate gradient the programs read from each other
-    (backward.exchange_dtype); the forward exchanges h in the input type and ignores it."""
+    (backward.exchange_dtype), and exchange_scaled: whether each program adds one fp32
+    power of two per row (backward.exchange_scaled); the forward exchanges h in the input
+    type and ignores both."""
     gates: int
     stacked: bool
     fma: bool = False
     exchange_size: int = 4
+    exchange_scaled: bool = False
 
     @property
     def min_units(self) -> int:
@@ -632,7 +635,8 @@ def modelled_step_us(plan: LaunchPlan, product: Product, element_size: int, hidd
         kind = "tf32" if element_size == 4 else "fp16"   # fp16 and bf16 MMAs run at one rate
     cell = {4: "lstm", 3: "gru", 1: "rnn"}[product.gates]
     return step_model.plan_step_us(plan, cell, "forward" if product.stacked else "backward",
-                                   element_size, kind, hidden, exchange_size=product.exchange_size)
+                                   element_size, kind, hidden, exchange_size=product.exchange_size,
+                                   exchange_scaled=product.exchange_scaled)
 
 
 def _describe(plan: LaunchPlan) -> str:

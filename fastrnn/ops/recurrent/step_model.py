@@ -248,7 +248,8 @@ def _pow2(n: int) -> int:
 
 
 def plan_design(plan, cell: str, direction: str, element_size: int, kind: str, H: int,
-                name: str = "fastrnn", exchange_size: Optional[int] = None) -> Design:
+                name: str = "fastrnn", exchange_size: Optional[int] = None,
+                exchange_scaled: bool = False) -> Design:
     """The Design of one of fastrnn's launch plans (common.LaunchPlan, read by attribute).
 
     cell: "lstm" | "gru" | "rnn"; direction: "forward" | "backward"; element_size: bytes
@@ -256,7 +257,9 @@ def plan_design(plan, cell: str, direction: str, element_size: int, kind: str, H
     or "fma" for exact fp32); H: hidden size. The forward multiplies h_{t-1} (block_b x H)
     by the W_hh rows of every gate of its units (N = plan.tile_n, K = H); BPTT multiplies
     the gate gradients (block_b x gates*H, exchanged in exchange_size bytes each: required
-    for BPTT, from backward.exchange_dtype; the forward exchanges h in element_size) by W_hh[:, units]
+    for BPTT, from backward.exchange_dtype, plus with exchange_scaled one fp32 power of two
+    per row from each program, backward.exchange_scaled; the forward exchanges h in
+    element_size) by W_hh[:, units]
     (N = plan.tile_n, K = gates*H), its warps either each on a column block or, with
     plan.split > 1, each on a slice of every K chunk (then summed through shared memory).
     A streamed plan reads its W_hh slice from L2 every step in a K loop of two pipeline
@@ -286,7 +289,8 @@ def plan_design(plan, cell: str, direction: str, element_size: int, kind: str, H
         macs=plan.block_b * plan.tile_n * k_padded,
         weights=REGISTERS if plan.resident else L2,
         weight_bytes=G * plan.block_h * H * element_size,
-        exchange_bytes=plan.block_b * k * exchange_size,
+        exchange_bytes=plan.block_b * k * exchange_size
+        + (plan.block_b * math.ceil(H / plan.block_h) * 4 if exchange_scaled and not forward else 0),
         exchange_dtype={2: "16-bit", 4: "fp32"}[exchange_size],
         sync=BARRIER if plan.cooperative else CTA,
         reductions=1 if split > 1 else 0,
@@ -295,10 +299,10 @@ def plan_design(plan, cell: str, direction: str, element_size: int, kind: str, H
 
 
 def plan_step_us(plan, cell: str, direction: str, element_size: int, kind: str, H: int,
-                 exchange_size: Optional[int] = None) -> float:
+                 exchange_size: Optional[int] = None, exchange_scaled: bool = False) -> float:
     """Modelled microseconds per step of one of fastrnn's plans (see plan_design)."""
-    return step_time(plan_design(plan, cell, direction, element_size, kind, H,
-                                 exchange_size=exchange_size)).us
+    return step_time(plan_design(plan, cell, direction, element_size, kind, H, exchange_size=exchange_size,
+                                 exchange_scaled=exchange_scaled)).us
 
 
 # ------------------------------------------------------------------ published designs
