@@ -144,3 +144,19 @@ def test_planner_keeps_the_rejected_reasons():
 
     chosen = common.choose_plan(plans, compiled, H100, step_us)
     assert dataclasses.replace(chosen, reason="") != fastest and "64 B of register spills per thread" in chosen.reason
+
+
+@pytest.mark.parametrize("B,H", [(64, 768), (64, 1024)])
+def test_bptt_planner_splits_the_batch_where_the_model_says_it_is_faster(B, H):
+    """At B = 64 the BPTT candidates include batch blocks of 32 and 16 (each program then
+    reads the gate gradients of fewer rows per step); with every candidate fitting, the
+    planner takes one of them because the model puts it below every unsplit plan."""
+    product = backward.product(common.LSTM, torch.float16)
+    plans = common.candidate_plans(B, H, product, H100.sms)
+
+    def step_us(plan):
+        return common.modelled_step_us(plan, product, 2, H)
+
+    chosen = common.choose_plan(plans, lambda p: resources(warps=p.num_warps), H100, step_us)
+    unsplit = min(step_us(p) for p in plans if p.programs_b == 1)
+    assert chosen.programs_b > 1 and step_us(chosen) < unsplit - m.RESOLUTION_US
