@@ -36,10 +36,10 @@ reads per step; the fp32 ones feed the weight-gradient GEMMs). fp16 tops out at 
 and gradients scaled for mixed precision (GradScaler's 2^16) pass that where the fp32
 values are finite, so for fp16 (RANGE_SCALE) each producer scales its row of gate
 gradients (its units, all gates) by a power of two before the cast and stores the power
-beside them (exchange_scale); the consumer multiplies it back in fp32 and, as the product
-needs fp16 again, scales each row of its K chunk by another power of two before the cast
-and the product back after. Powers of two scale exactly, so a value that fp16 holds at
-either scale passes unchanged.
+beside them (_exchange_scale); the consumer brings each row of its K chunk to the largest
+of its producers' powers (a factor <= 1, _rescale), multiplies in fp16 and scales the
+product back. Powers of two scale exactly, so a value that fp16 holds at both scales
+passes unchanged.
 """
 import torch
 import triton
@@ -75,37 +75,28 @@ def _own_units(product, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, TILE_N: tl
 
 
 @triton.jit
-def _range_shift(row_peak):
-    """log2 of the power of two that brings a row whose largest gradient is row_peak near
-    2^13 (<= 2^15 even if log2 is off by one), so the fp16 cast cannot overflow; powers of
-    two scale exactly. Rows below 1e-30 (zero ones included) scale by 2^100 at most, which
-    keeps 2^-shift finite."""
-    return tl.maximum(tl.floor(tl.log2(tl.maximum(row_peak, 1e-30))) - 13.0, -100.0)
-
-
-@triton.jit
-def _load_exchanged(dg_ptrs, scale_row, ks, mask, BLOCK_H: tl.constexpr, UNSCALE: tl.constexpr):
-    """Exchanged gate gradients at dg_ptrs (unit ks of some gate), with UNSCALE (fp16)
-    multiplied in fp32 by the power of two their producer, the program owning unit ks,
-    stored per row at scale_row[ks // BLOCK_H]. .cg: read through L2, where the other
-    programs' stores are visible."""
-    dg = tl.load(dg_ptrs, mask=mask, other=0.0, cache_modifier=".cg")
-    if UNSCALE:
-        dg = dg.to(tl.float32) * tl.load(scale_row + ks // BLOCK_H, mask=mask, other=1.0,
-                                         cache_modifier=".cg")
-    return dg
+def _rescale(dg, scale, top):
+    """The exchanged values dg (each scaled by its producer's power of two `scale`) on the
+    common scale `top` of their row of the chunk, the largest of those powers (at least
+    2^-100, range_shift's least, so rows with no valid entry stay finite). scale / top is a
+    power of two <= 1: values stay <= 2^15 and pass exactly unless they fall below fp16's
+    normal range at that scale."""
+    return dg.to(tl.float32) * (scale * (1.0 / tl.maximum(top, 7.888609052210118e-31)))   # 2^-100
 
 
 @triton.jit
 def _gate_product(dg_row, scale_row, gate, H, offs_k, mask_k, w, DOT_PRECISION: tl.constexpr,
                   RANGE_SCALE: tl.constexpr, BLOCK_H: tl.constexpr):
-    """One gate's share of the recurrent product: dgates[t, rows, gate*H + k] @ tile."""
-    dg = _load_exchanged(dg_row + gate * H + offs_k[None, :], scale_row, offs_k[None, :], mask_k,
-                         BLOCK_H, RANGE_SCALE)
+    """One gate's share of the recurrent product: dgates[t, rows, gate*H + k] @ tile. With
+    RANGE_SCALE (fp16) each value carries its producer's power of two, per row at
+    scale_row[k // BLOCK_H]: the product runs on their common scale and is scaled back."""
+    # .cg: read through L2, where the other programs' stores are visible.
+    dg = tl.load(dg_row + gate * H + offs_k[None, :], mask=mask_k, other=0.0, cache_modifier=".cg")
     if RANGE_SCALE:
-        shift = _range_shift(tl.max(tl.abs(dg), axis=1))
-        scaled = (dg * tl.exp2(-shift)[:, None]).to(w.dtype)
-        return tl.dot(scaled, w, input_precision=DOT_PRECISION) * tl.exp2(shift)[:, None]
+        scale = tl.load(scale_row + offs_k[None, :] // BLOCK_H, mask=mask_k, other=0.0, cache_modifier=".cg")
+        top = tl.max(scale, axis=1)[:, None]
+        scaled = _rescale(dg, scale, top).to(w.dtype)
+        return tl.dot(scaled, w, input_precision=DOT_PRECISION) * top
     else:
         return tl.dot(dg.to(w.dtype), w, input_precision=DOT_PRECISION)
 
@@ -120,14 +111,15 @@ def _split_gate_product(dg_row, scale_row, w_hh_ptr, gate, H, k0, mask_b, offs_n
     slices = k0 + tl.arange(0, SPLIT)[:, None, None] * KS
     ks_a = slices + tl.arange(0, KS)[None, None, :]        # (SPLIT, 1, KS)
     ks_b = slices + tl.arange(0, KS)[None, :, None]        # (SPLIT, KS, 1)
-    dg = _load_exchanged(dg_row[None, :, :] + gate * H + ks_a, scale_row[None, :, :], ks_a,
-                         mask_b[None, :, None] & (ks_a < H), BLOCK_H, RANGE_SCALE)
+    mask = mask_b[None, :, None] & (ks_a < H)
+    dg = tl.load(dg_row[None, :, :] + gate * H + ks_a, mask=mask, other=0.0, cache_modifier=".cg")
     w = tl.load(w_hh_ptr + (gate * H + ks_b).to(tl.int64) * H + offs_n[None, None, :],
                 mask=(ks_b < H) & col_ok[None, None, :], other=0.0)
     if RANGE_SCALE:
-        shift = _range_shift(tl.max(tl.max(tl.abs(dg), axis=2), axis=0))[None, :, None]
-        scaled = (dg * tl.exp2(-shift)).to(w.dtype)
-        return tl.dot(scaled, w, input_precision=DOT_PRECISION) * tl.exp2(shift)
+        scale = tl.load(scale_row[None, :, :] + ks_a // BLOCK_H, mask=mask, other=0.0, cache_modifier=".cg")
+        top = tl.max(tl.max(scale, axis=2), axis=0)[None, :, None]
+        scaled = _rescale(dg, scale, top).to(w.dtype)
+        return tl.dot(scaled, w, input_precision=DOT_PRECISION) * top
     else:
         return tl.dot(dg.to(w.dtype), w, input_precision=DOT_PRECISION)
 
