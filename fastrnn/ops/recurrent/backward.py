@@ -155,9 +155,9 @@ def _streamed_recurrent_product(dg_next, scale_next, w_hh_ptr, H, offs_n, col_ok
 
 
 @triton.jit
-def _row_peak(value, mask):
-    """Per row, the largest magnitude of a (BLOCK_B, BLOCK_H) block's valid entries."""
-    return tl.max(tl.where(mask, tl.abs(value), 0.0), axis=1)
+def _row_peak(magnitudes, mask):
+    """Per row, the largest of a (BLOCK_B, BLOCK_H) block of magnitudes at valid entries."""
+    return tl.max(tl.where(mask, magnitudes, 0.0), axis=1)
 
 
 @triton.jit
@@ -206,9 +206,9 @@ def _lstm_step_backward(dh, dc_state, ws_row, prev_ws_row, c0_ptr, state_offs, h
     df = tl.where(keep, dc * c_prev * f * (1.0 - f), 0.0)
     dg = tl.where(keep, dc * i * (1.0 - g * g), 0.0)
     do = tl.where(keep, dh * tanh_c * o * (1.0 - o), 0.0)
-    inv_scale = _exchange_scale(scale_row, tl.maximum(tl.maximum(_row_peak(di, mask), _row_peak(df, mask)),
-                                                      tl.maximum(_row_peak(dg, mask), _row_peak(do, mask))),
-                                mask_b, RANGE_SCALE)
+    # One reduction over the gates' elementwise largest magnitudes.
+    peak = _row_peak(tl.maximum(tl.maximum(tl.abs(di), tl.abs(df)), tl.maximum(tl.abs(dg), tl.abs(do))), mask)
+    inv_scale = _exchange_scale(scale_row, peak, mask_b, RANGE_SCALE)
     _store_gate(dg_ptrs_row, xch_row, 0 * H + offs_h[None, :], di, mask, inv_scale, EXCHANGE16)
     _store_gate(dg_ptrs_row, xch_row, 1 * H + offs_h[None, :], df, mask, inv_scale, EXCHANGE16)
     _store_gate(dg_ptrs_row, xch_row, 2 * H + offs_h[None, :], dg, mask, inv_scale, EXCHANGE16)
@@ -241,8 +241,8 @@ def _gru_step_backward(dh, ws_row, h_prev_row, h0_ptr, state_offs, has_prev, mas
     tl.store(dg_input_row + 1 * H + offs_h[None, :], dz, mask=mask)
     tl.store(dg_input_row + 2 * H + offs_h[None, :], dn, mask=mask)
     dnr = dn * r
-    inv_scale = _exchange_scale(scale_row, tl.maximum(tl.maximum(_row_peak(dr, mask), _row_peak(dz, mask)),
-                                                      _row_peak(dnr, mask)), mask_b, RANGE_SCALE)
+    peak = _row_peak(tl.maximum(tl.maximum(tl.abs(dr), tl.abs(dz)), tl.abs(dnr)), mask)
+    inv_scale = _exchange_scale(scale_row, peak, mask_b, RANGE_SCALE)
     _store_gate(dg_hidden_row, xch_row, 0 * H + offs_h[None, :], dr, mask, inv_scale, EXCHANGE16)
     _store_gate(dg_hidden_row, xch_row, 1 * H + offs_h[None, :], dz, mask, inv_scale, EXCHANGE16)
     _store_gate(dg_hidden_row, xch_row, 2 * H + offs_h[None, :], dnr, mask, inv_scale, EXCHANGE16)
@@ -261,7 +261,7 @@ def _rnn_step_backward(dh, ws_row, mask, mask_b, offs_h, dg_row, xch_row, scale_
     else:
         dpre = dh * (1.0 - h * h)
     dpre = tl.where(active[:, None], dpre, 0.0)
-    inv_scale = _exchange_scale(scale_row, _row_peak(dpre, mask), mask_b, RANGE_SCALE)
+    inv_scale = _exchange_scale(scale_row, _row_peak(tl.abs(dpre), mask), mask_b, RANGE_SCALE)
     _store_gate(dg_row, xch_row, offs_h[None, :], dpre, mask, inv_scale, EXCHANGE16)
 
 
