@@ -662,7 +662,9 @@ def step_estimate(plan: common.LaunchPlan, cell: int, dtype: str, precision: str
     """Work and L2 traffic per step, and the modelled step time (us) of
     fastrnn/ops/recurrent/step_model.py (the planner's model)."""
     design = step_model.plan_design(plan, step_model.cell_name(cell), direction,
-                                    DTYPES[dtype].itemsize, step_model.operand_kind(dtype, precision), H)
+                                    DTYPES[dtype].itemsize, step_model.operand_kind(dtype, precision), H,
+                                    exchange_size=backward.exchange_dtype(DTYPES[dtype]).itemsize,
+                                    exchange_scaled=backward.exchange_scaled(DTYPES[dtype]))
     streamed = design.weight_bytes if design.weights == step_model.L2 else 0
     return {"macs_per_step_program": design.macs,
             "l2_bytes_per_step": (design.exchange_bytes + streamed) * plan.programs,

@@ -16,7 +16,9 @@ import json
 import sys
 from pathlib import Path
 
-from fastrnn.ops.recurrent import step_model as m
+import torch
+
+from fastrnn.ops.recurrent import backward, step_model as m
 
 RESULTS = Path(__file__).parent / "results"
 STATIC_JSON = RESULTS / "gpu_static_sm90.json"
@@ -25,6 +27,7 @@ TABLE_MD = RESULTS / "step_model_sm90.md"
 BATCHES = (1, 8, 16, 64, 256)
 HIDDENS = (256, 512, 768, 1024, 2048)
 CELLS = {"lstm": "lstm", "gru": "gru", "rnn_tanh": "rnn"}
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 # Published cuDNN step times (H100 SXM, T = 1024, fp16 nn.LSTM, FlashRNN's benchmark).
 PUBLISHED_CUDNN = {("lstm", "fp16", 16, 768, "forward"): 2.01e3 / 1024,
                    ("lstm", "fp16", 16, 768, "backward"): (5.19 - 2.01) * 1e3 / 1024}
@@ -171,7 +174,8 @@ def table_markdown(rows) -> str:
                             plan = f"{r['mode']} {r['programs']}x({r['block_b']},{r['block_h']})"
                             kind = m.operand_kind(dtype, r.get("precision", "ieee"))
                             d = m.plan_design(_Plan(r), CELLS[cell], direction, 4 if dtype == "fp32" else 2,
-                                              kind, H)
+                                              kind, H, exchange_size=backward.exchange_dtype(DTYPES[dtype]).itemsize,
+                                              exchange_scaled=backward.exchange_scaled(DTYPES[dtype]))
                             ours = f"{m.step_time(d).us:.2f}"
                         algo, theirs = _cudnn(cell, dtype, B, H, direction)
                         pub = PUBLISHED_CUDNN.get((cell, dtype, B, H, direction))

@@ -70,7 +70,30 @@ def test_gpu_static_reports_the_model_of_its_plan():
     plan = common.candidate_plans(16, 768, forward.product(common.LSTM, torch.float16), H100.sms)[0]
     row = gpu_static.step_estimate(plan, common.LSTM, "fp16", "ieee", 768, "forward")
     assert row["est_step_us"] == round(m.plan_step_us(plan, "lstm", "forward", 2, "fp16", 768), 2)
-    assert row["l2_bytes_per_step"] == (16 * 768 * 2 + 4 * 8 * 768 * 2) * plan.programs
+    streamed = 0 if plan.resident else 4 * plan.block_h * 768 * 2
+    assert row["l2_bytes_per_step"] == (16 * 768 * 2 + streamed) * plan.programs
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_bptt_model_counts_the_exchanged_dtype(dtype):
+    """BPTT's modelled exchange is B x gates*H elements of backward.exchange_dtype per
+    program (fp16 also one fp32 scale per row and program), in the planner (Product) and
+    the static check alike."""
+    gpu_static = pytest.importorskip("benchmarks.gpu_static")
+    product = backward.product(common.LSTM, dtype)
+    plan = common.candidate_plans(16, 768, product, H100.sms, dtype.itemsize)[0]
+    size = backward.exchange_dtype(dtype).itemsize
+    assert product.exchange_size == size
+    name = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
+    # tf32: what backward.product assumes for fp32 under torch's default allow_tf32.
+    row = gpu_static.step_estimate(plan, common.LSTM, name, "tf32", 768, "backward")
+    streamed = 0 if plan.resident else 4 * plan.block_h * 768 * dtype.itemsize
+    scales = plan.block_b * plan.programs_h * 4 if backward.exchange_scaled(dtype) else 0
+    assert product.exchange_scaled == backward.exchange_scaled(dtype)
+    assert row["l2_bytes_per_step"] == (plan.block_b * 4 * 768 * size + scales + streamed) * plan.programs
+    assert row["est_step_us"] == round(common.modelled_step_us(plan, product, dtype.itemsize, 768), 2)
+    wider = m.plan_step_us(plan, "lstm", "backward", dtype.itemsize, "fp16", 768, exchange_size=4)
+    assert m.plan_step_us(plan, "lstm", "backward", dtype.itemsize, "fp16", 768, exchange_size=2) < wider
 
 
 # ------------------------------------------------------------------ the planner
@@ -121,3 +144,19 @@ def test_planner_keeps_the_rejected_reasons():
 
     chosen = common.choose_plan(plans, compiled, H100, step_us)
     assert dataclasses.replace(chosen, reason="") != fastest and "64 B of register spills per thread" in chosen.reason
+
+
+@pytest.mark.parametrize("B,H", [(64, 768), (64, 1024)])
+def test_bptt_planner_splits_the_batch_where_the_model_says_it_is_faster(B, H):
+    """At B = 64 the BPTT candidates include batch blocks of 32 and 16 (each program then
+    reads the gate gradients of fewer rows per step); with every candidate fitting, the
+    planner takes one of them because the model puts it below every unsplit plan."""
+    product = backward.product(common.LSTM, torch.float16)
+    plans = common.candidate_plans(B, H, product, H100.sms)
+
+    def step_us(plan):
+        return common.modelled_step_us(plan, product, 2, H)
+
+    chosen = common.choose_plan(plans, lambda p: resources(warps=p.num_warps), H100, step_us)
+    unsplit = min(step_us(p) for p in plans if p.programs_b == 1)
+    assert chosen.programs_b > 1 and step_us(chosen) < unsplit - m.RESOLUTION_US

@@ -250,6 +250,27 @@ def test_exchange_copy_is_what_the_programs_read(cell, case, monkeypatch):
 
 
 @pytest.mark.interpreter
+@pytest.mark.parametrize("two_programs", [False, True], ids=["one-program", "two-programs-along-h"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_scaled_exchange_is_exact(cell, two_programs, monkeypatch):
+    """fp16's exchange (each producer scales its rows of the copy by a power of two and
+    stores it, the consumer multiplies it back, then range-scales its chunk) run on fp32
+    data with an fp32 copy: powers of two scale exactly, so the gradients must be the exact
+    ones; the copy and the scales, poisoned with NaN before the kernel, must be written
+    wherever read. With two programs along H (8 units each, one launch per step, K split
+    over 4 warps) every consumer reads both producers' scales."""
+    monkeypatch.setattr(backward, "exchanges_16_bit", lambda dtype: True)
+    monkeypatch.setattr(backward, "exchange_scaled", lambda dtype: True)
+    plain_meta = backward.kernel_meta
+    monkeypatch.setattr(backward, "kernel_meta", lambda *args: dict(plain_meta(*args), RANGE_SCALE=True))
+    case = Case(T=5, B=3, I=5, H=16 if two_programs else 37, lengths=(5, 1, 3))
+    if two_programs:
+        plan = common.LaunchPlan(16, 8, 64, 1, 2, False, False, 4, 16, 4)
+        monkeypatch.setattr(backward, "_plan", lambda *args: plan)
+    check_fp32(cell, case, torch.device("cpu"))
+
+
+@pytest.mark.interpreter
 @pytest.mark.parametrize("cell", CELLS)
 def test_empty_batch(cell):
     """No rows: no launch (a grid must not be empty), empty gradients of the right shapes,

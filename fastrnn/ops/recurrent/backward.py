@@ -30,10 +30,16 @@ dh_local = dh * z for the GRU) is loaded from global buffers at launch start and
 back at launch end.
 
 Precision of the recurrent product: fp32 inputs follow torch.backends.cudnn.allow_tf32
-(common.dot_precision); 16-bit inputs multiply the fp32 gate gradients in the weights'
-type. fp16 tops out at 65504, and gradients scaled for mixed precision (GradScaler's
-2^16) pass that where the fp32 values are finite, so for fp16 each row of gate gradients
-is scaled by a power of two before the cast and the product scaled back (exact).
+(common.dot_precision); 16-bit inputs multiply the gate gradients in the weights' type.
+The programs exchange the gate gradients as a 16-bit copy (half the bytes each program
+reads per step; the fp32 ones feed the weight-gradient GEMMs). fp16 tops out at 65504,
+and gradients scaled for mixed precision (GradScaler's 2^16) pass that where the fp32
+values are finite, so for fp16 (RANGE_SCALE) each producer scales its row of gate
+gradients (its units, all gates) by a power of two before the cast and stores the power
+beside them (_exchange_scale); the consumer brings each row of its K chunk to the largest
+of its producers' powers (a factor <= 1, _rescale), multiplies in fp16 and scales the
+product back. Powers of two scale exactly, so a value that fp16 holds at both scales
+passes unchanged.
 """
 import torch
 import triton
@@ -69,54 +75,60 @@ def _own_units(product, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, TILE_N: tl
 
 
 @triton.jit
-def _range_shift(row_peak):
-    """log2 of the power of two that brings a row whose largest gradient is row_peak near
-    2^13 (<= 2^15 even if log2 is off by one), so the fp16 cast cannot overflow; powers of
-    two scale exactly. Rows below 1e-30 (zero ones included) scale by 2^100 at most, which
-    keeps 2^-shift finite."""
-    return tl.maximum(tl.floor(tl.log2(tl.maximum(row_peak, 1e-30))) - 13.0, -100.0)
+def _rescale(dg, scale, top):
+    """The exchanged values dg (each scaled by its producer's power of two `scale`) on the
+    common scale `top` of their row of the chunk, the largest of those powers (at least
+    2^-100, range_shift's least, so rows with no valid entry stay finite). scale / top is a
+    power of two <= 1: values stay <= 2^15 and pass exactly unless they fall below fp16's
+    normal range at that scale."""
+    return dg.to(tl.float32) * (scale * (1.0 / tl.maximum(top, 7.888609052210118e-31)))   # 2^-100
 
 
 @triton.jit
-def _gate_product(dg_row, gate, H, offs_k, mask_k, w, DOT_PRECISION: tl.constexpr,
-                  RANGE_SCALE: tl.constexpr):
-    """One gate's share of the recurrent product: dgates[t, rows, gate*H + k] @ tile."""
+def _gate_product(dg_row, scale_row, gate, H, offs_k, mask_k, w, DOT_PRECISION: tl.constexpr,
+                  RANGE_SCALE: tl.constexpr, BLOCK_H: tl.constexpr):
+    """One gate's share of the recurrent product: dgates[t, rows, gate*H + k] @ tile. With
+    RANGE_SCALE (fp16) each value carries its producer's power of two, per row at
+    scale_row[k // BLOCK_H]: the product runs on their common scale and is scaled back."""
     # .cg: read through L2, where the other programs' stores are visible.
     dg = tl.load(dg_row + gate * H + offs_k[None, :], mask=mask_k, other=0.0, cache_modifier=".cg")
     if RANGE_SCALE:
-        shift = _range_shift(tl.max(tl.abs(dg), axis=1))
-        scaled = (dg * tl.exp2(-shift)[:, None]).to(w.dtype)
-        return tl.dot(scaled, w, input_precision=DOT_PRECISION) * tl.exp2(shift)[:, None]
+        scale = tl.load(scale_row + offs_k[None, :] // BLOCK_H, mask=mask_k, other=0.0, cache_modifier=".cg")
+        top = tl.max(scale, axis=1)[:, None]
+        scaled = _rescale(dg, scale, top).to(w.dtype)
+        return tl.dot(scaled, w, input_precision=DOT_PRECISION) * top
     else:
         return tl.dot(dg.to(w.dtype), w, input_precision=DOT_PRECISION)
 
 
 @triton.jit
-def _split_gate_product(dg_row, w_hh_ptr, gate, H, k0, mask_b, offs_n, col_ok,
+def _split_gate_product(dg_row, scale_row, w_hh_ptr, gate, H, k0, mask_b, offs_n, col_ok,
                         DOT_PRECISION: tl.constexpr, RANGE_SCALE: tl.constexpr,
-                        SPLIT: tl.constexpr, BLOCK_K: tl.constexpr):
+                        SPLIT: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr):
     """One gate's share of the product over the K chunk [k0, k0 + BLOCK_K), as SPLIT
     slices of BLOCK_K / SPLIT, one per warp: (SPLIT, BLOCK_B, TILE_N) partial products."""
     KS: tl.constexpr = BLOCK_K // SPLIT
     slices = k0 + tl.arange(0, SPLIT)[:, None, None] * KS
     ks_a = slices + tl.arange(0, KS)[None, None, :]        # (SPLIT, 1, KS)
     ks_b = slices + tl.arange(0, KS)[None, :, None]        # (SPLIT, KS, 1)
-    dg = tl.load(dg_row[None, :, :] + gate * H + ks_a, mask=mask_b[None, :, None] & (ks_a < H),
-                 other=0.0, cache_modifier=".cg")
+    mask = mask_b[None, :, None] & (ks_a < H)
+    dg = tl.load(dg_row[None, :, :] + gate * H + ks_a, mask=mask, other=0.0, cache_modifier=".cg")
     w = tl.load(w_hh_ptr + (gate * H + ks_b).to(tl.int64) * H + offs_n[None, None, :],
                 mask=(ks_b < H) & col_ok[None, None, :], other=0.0)
     if RANGE_SCALE:
-        shift = _range_shift(tl.max(tl.max(tl.abs(dg), axis=2), axis=0))[None, :, None]
-        scaled = (dg * tl.exp2(-shift)).to(w.dtype)
-        return tl.dot(scaled, w, input_precision=DOT_PRECISION) * tl.exp2(shift)
+        scale = tl.load(scale_row[None, :, :] + ks_a // BLOCK_H, mask=mask, other=0.0, cache_modifier=".cg")
+        top = tl.max(tl.max(scale, axis=2), axis=0)[None, :, None]
+        scaled = _rescale(dg, scale, top).to(w.dtype)
+        return tl.dot(scaled, w, input_precision=DOT_PRECISION) * top
     else:
         return tl.dot(dg.to(w.dtype), w, input_precision=DOT_PRECISION)
 
 
 @triton.jit
-def _streamed_recurrent_product(dg_next, w_hh_ptr, H, offs_n, col_ok, mask_b, G: tl.constexpr,
-                                DOT_PRECISION: tl.constexpr, RANGE_SCALE: tl.constexpr,
-                                BLOCK_B: tl.constexpr, TILE_N: tl.constexpr, BLOCK_K: tl.constexpr,
+def _streamed_recurrent_product(dg_next, scale_next, w_hh_ptr, H, offs_n, col_ok, mask_b,
+                                G: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                                RANGE_SCALE: tl.constexpr, BLOCK_B: tl.constexpr,
+                                BLOCK_H: tl.constexpr, TILE_N: tl.constexpr, BLOCK_K: tl.constexpr,
                                 SPLIT: tl.constexpr):
     """dgates[t+1, rows, :] @ W_hh[:, slice] with W_hh read from L2 in K chunks, for hidden
     sizes whose slices do not fit on chip. Runs after the step's barrier, so the chunk
@@ -127,9 +139,9 @@ def _streamed_recurrent_product(dg_next, w_hh_ptr, H, offs_n, col_ok, mask_b, G:
             offs_k = k0 + tl.arange(0, BLOCK_K)
             mask_k = mask_b[:, None] & (offs_k < H)[None, :]
             for gate in tl.static_range(G):
-                acc += _gate_product(dg_next, gate, H, offs_k, mask_k,
+                acc += _gate_product(dg_next, scale_next, gate, H, offs_k, mask_k,
                                      _load_gate_tile(w_hh_ptr, gate, H, offs_k, offs_n, col_ok),
-                                     DOT_PRECISION, RANGE_SCALE)
+                                     DOT_PRECISION, RANGE_SCALE, BLOCK_H)
         return acc
     else:
         # Gates outside the chunk loop: one gate's tiles in flight at a time keeps the
@@ -137,24 +149,45 @@ def _streamed_recurrent_product(dg_next, w_hh_ptr, H, offs_n, col_ok, mask_b, G:
         partial = tl.zeros([SPLIT, BLOCK_B, TILE_N], dtype=tl.float32)
         for gate in tl.static_range(G):
             for k0 in tl.range(0, H, BLOCK_K, num_stages=2):
-                partial += _split_gate_product(dg_next, w_hh_ptr, gate, H, k0, mask_b, offs_n, col_ok,
-                                               DOT_PRECISION, RANGE_SCALE, SPLIT, BLOCK_K)
+                partial += _split_gate_product(dg_next, scale_next, w_hh_ptr, gate, H, k0, mask_b, offs_n,
+                                               col_ok, DOT_PRECISION, RANGE_SCALE, SPLIT, BLOCK_K, BLOCK_H)
         return tl.sum(partial, axis=0)
 
 
 @triton.jit
-def _store_gate(dg_row, xch_row, offset, value, mask, EXCHANGE16: tl.constexpr):
+def _row_peak(magnitudes, mask):
+    """Per row, the largest of a (BLOCK_B, BLOCK_H) block of magnitudes at valid entries."""
+    return tl.max(tl.where(mask, magnitudes, 0.0), axis=1)
+
+
+@triton.jit
+def _exchange_scale(scale_row, peak, mask_b, RANGE_SCALE: tl.constexpr):
+    """With RANGE_SCALE (fp16), stores per row the power of two that brings this program's
+    largest gate gradient of the row (peak, over all its gates) near 2^13
+    (common.range_shift) and returns its inverse, (BLOCK_B, 1), by which _store_gate
+    multiplies the 16-bit copy; else 1."""
+    if RANGE_SCALE:
+        shift = common.range_shift(peak)
+        tl.store(scale_row, tl.exp2(shift), mask=mask_b)
+        return tl.exp2(-shift)[:, None]
+    else:
+        return tl.full(peak.shape, 1.0, tl.float32)[:, None]
+
+
+@triton.jit
+def _store_gate(dg_row, xch_row, offset, value, mask, inv_scale, EXCHANGE16: tl.constexpr):
     """Stores one gate's gradients (fp32) for the weight-gradient GEMMs and, with
-    EXCHANGE16, a 16-bit copy for the other programs' recurrent products (half the bytes
-    every program reads per step)."""
+    EXCHANGE16, a 16-bit copy (times inv_scale, see _exchange_scale) for the other
+    programs' recurrent products (half the bytes every program reads per step)."""
     tl.store(dg_row + offset, value, mask=mask)
     if EXCHANGE16:
-        tl.store(xch_row + offset, value.to(xch_row.dtype.element_ty), mask=mask)
+        tl.store(xch_row + offset, (value * inv_scale).to(xch_row.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _lstm_step_backward(dh, dc_state, ws_row, prev_ws_row, c0_ptr, state_offs, has_prev, mask,
-                        offs_h, H, dg_ptrs_row, xch_row, active, EXCHANGE16: tl.constexpr):
+                        mask_b, offs_h, H, dg_ptrs_row, xch_row, scale_row, active,
+                        EXCHANGE16: tl.constexpr, RANGE_SCALE: tl.constexpr):
     """Pointwise LSTM backward of one step; stores d(i, f, g, o) pre-activations and returns
     the carried dc_state."""
     i = tl.load(ws_row + 0 * H + offs_h[None, :], mask=mask, other=0.0)
@@ -169,20 +202,24 @@ def _lstm_step_backward(dh, dc_state, ws_row, prev_ws_row, c0_ptr, state_offs, h
     tanh_c = _tanh(c)
     dc = dc_state + dh * o * (1.0 - tanh_c * tanh_c)
     keep = active[:, None]
-    _store_gate(dg_ptrs_row, xch_row, 0 * H + offs_h[None, :], tl.where(keep, dc * g * i * (1.0 - i), 0.0), mask,
-                EXCHANGE16)
-    _store_gate(dg_ptrs_row, xch_row, 1 * H + offs_h[None, :], tl.where(keep, dc * c_prev * f * (1.0 - f), 0.0), mask,
-                EXCHANGE16)
-    _store_gate(dg_ptrs_row, xch_row, 2 * H + offs_h[None, :], tl.where(keep, dc * i * (1.0 - g * g), 0.0), mask,
-                EXCHANGE16)
-    _store_gate(dg_ptrs_row, xch_row, 3 * H + offs_h[None, :], tl.where(keep, dh * tanh_c * o * (1.0 - o), 0.0), mask,
-                EXCHANGE16)
+    di = tl.where(keep, dc * g * i * (1.0 - i), 0.0)
+    df = tl.where(keep, dc * c_prev * f * (1.0 - f), 0.0)
+    dg = tl.where(keep, dc * i * (1.0 - g * g), 0.0)
+    do = tl.where(keep, dh * tanh_c * o * (1.0 - o), 0.0)
+    # One reduction over the gates' elementwise largest magnitudes.
+    peak = _row_peak(tl.maximum(tl.maximum(tl.abs(di), tl.abs(df)), tl.maximum(tl.abs(dg), tl.abs(do))), mask)
+    inv_scale = _exchange_scale(scale_row, peak, mask_b, RANGE_SCALE)
+    _store_gate(dg_ptrs_row, xch_row, 0 * H + offs_h[None, :], di, mask, inv_scale, EXCHANGE16)
+    _store_gate(dg_ptrs_row, xch_row, 1 * H + offs_h[None, :], df, mask, inv_scale, EXCHANGE16)
+    _store_gate(dg_ptrs_row, xch_row, 2 * H + offs_h[None, :], dg, mask, inv_scale, EXCHANGE16)
+    _store_gate(dg_ptrs_row, xch_row, 3 * H + offs_h[None, :], do, mask, inv_scale, EXCHANGE16)
     return tl.where(keep, dc * f, dc_state)
 
 
 @triton.jit
-def _gru_step_backward(dh, ws_row, h_prev_row, h0_ptr, state_offs, has_prev, mask, offs_h, H,
-                       dg_hidden_row, dg_input_row, xch_row, active, EXCHANGE16: tl.constexpr):
+def _gru_step_backward(dh, ws_row, h_prev_row, h0_ptr, state_offs, has_prev, mask, mask_b, offs_h, H,
+                       dg_hidden_row, dg_input_row, xch_row, scale_row, active,
+                       EXCHANGE16: tl.constexpr, RANGE_SCALE: tl.constexpr):
     """Pointwise GRU backward of one step; stores the input-side gate gradients [dr, dz, dn]
     and the hidden-side ones [dr, dz, dn * r], and returns dh_local = dh * z."""
     r = tl.load(ws_row + 0 * H + offs_h[None, :], mask=mask, other=0.0)
@@ -203,15 +240,18 @@ def _gru_step_backward(dh, ws_row, h_prev_row, h0_ptr, state_offs, has_prev, mas
     tl.store(dg_input_row + 0 * H + offs_h[None, :], dr, mask=mask)
     tl.store(dg_input_row + 1 * H + offs_h[None, :], dz, mask=mask)
     tl.store(dg_input_row + 2 * H + offs_h[None, :], dn, mask=mask)
-    _store_gate(dg_hidden_row, xch_row, 0 * H + offs_h[None, :], dr, mask, EXCHANGE16)
-    _store_gate(dg_hidden_row, xch_row, 1 * H + offs_h[None, :], dz, mask, EXCHANGE16)
-    _store_gate(dg_hidden_row, xch_row, 2 * H + offs_h[None, :], dn * r, mask, EXCHANGE16)
+    dnr = dn * r
+    peak = _row_peak(tl.maximum(tl.maximum(tl.abs(dr), tl.abs(dz)), tl.abs(dnr)), mask)
+    inv_scale = _exchange_scale(scale_row, peak, mask_b, RANGE_SCALE)
+    _store_gate(dg_hidden_row, xch_row, 0 * H + offs_h[None, :], dr, mask, inv_scale, EXCHANGE16)
+    _store_gate(dg_hidden_row, xch_row, 1 * H + offs_h[None, :], dz, mask, inv_scale, EXCHANGE16)
+    _store_gate(dg_hidden_row, xch_row, 2 * H + offs_h[None, :], dnr, mask, inv_scale, EXCHANGE16)
     return dh * z
 
 
 @triton.jit
-def _rnn_step_backward(dh, ws_row, mask, offs_h, dg_row, xch_row, active, RELU: tl.constexpr,
-                       EXCHANGE16: tl.constexpr):
+def _rnn_step_backward(dh, ws_row, mask, mask_b, offs_h, dg_row, xch_row, scale_row, active,
+                       RELU: tl.constexpr, EXCHANGE16: tl.constexpr, RANGE_SCALE: tl.constexpr):
     """Pointwise Elman RNN backward of one step from the saved h_t: stores the
     pre-activation gradient (relu: where h_t > 0, as torch's threshold_backward; tanh:
     times 1 - h_t^2)."""
@@ -220,14 +260,16 @@ def _rnn_step_backward(dh, ws_row, mask, offs_h, dg_row, xch_row, active, RELU: 
         dpre = tl.where(h > 0.0, dh, 0.0)
     else:
         dpre = dh * (1.0 - h * h)
-    _store_gate(dg_row, xch_row, offs_h[None, :], tl.where(active[:, None], dpre, 0.0), mask, EXCHANGE16)
+    dpre = tl.where(active[:, None], dpre, 0.0)
+    inv_scale = _exchange_scale(scale_row, _row_peak(tl.abs(dpre), mask), mask_b, RANGE_SCALE)
+    _store_gate(dg_row, xch_row, offs_h[None, :], dpre, mask, inv_scale, EXCHANGE16)
 
 
 # T, B and the iteration range change from call to call: specialising on them (== 1,
 # multiples of 16) would compile a new variant for each.
 @triton.jit(do_not_specialize=["t_hi", "t_lo", "T", "B"])
 def _bptt_kernel(grad_y_ptr, workspace_ptr, y_ptr, h0_ptr, c0_ptr, w_hh_ptr, lengths_ptr,
-                 dg_hidden_ptr, dg_input_ptr, dg_exchange_ptr, dh_state_ptr, carry_ptr,
+                 dg_hidden_ptr, dg_input_ptr, dg_exchange_ptr, xch_scale_ptr, dh_state_ptr, carry_ptr,
                  barrier_ptr, error_ptr, t_hi, t_lo, T, B, H,
                  CELL: tl.constexpr, GRID_BARRIER: tl.constexpr, DOT_PRECISION: tl.constexpr,
                  RANGE_SCALE: tl.constexpr, EXCHANGE16: tl.constexpr, RESIDENT: tl.constexpr,
@@ -238,9 +280,13 @@ def _bptt_kernel(grad_y_ptr, workspace_ptr, y_ptr, h0_ptr, c0_ptr, w_hh_ptr, len
     All tensors are contiguous: grad_y, y (T, B, H); workspace (T, B, WS_WIDTH*H) fp32;
     h0, c0 and the state buffers (B, H); w_hh (GATES*H, H); gate gradients (T, B, GATES*H)
     fp32; dg_exchange the hidden-side gate gradients the programs exchange: a 16-bit copy
-    (T, B, GATES*H) with EXCHANGE16, else dg_hidden itself; lengths (B,). carry holds the cell's second carried state: dc_state (LSTM) or
-    dh_local (GRU); the RNN has none (zeros).
+    (T, B, GATES*H) with EXCHANGE16, else dg_hidden itself; xch_scale (T, B, programs
+    along H) fp32, with RANGE_SCALE the power of two each producer scaled its row of the
+    copy by (else unused); lengths (B,). carry holds the cell's second carried state:
+    dc_state (LSTM) or dh_local (GRU); the RNN has none (zeros).
     """
+    # RANGE_SCALE (fp16) scales the 16-bit exchange copy: there is no fp32 exchange to scale.
+    tl.static_assert(EXCHANGE16 or not RANGE_SCALE)
     G: tl.constexpr = 4 if CELL == 0 else (3 if CELL == 1 else 1)
     WS_WIDTH: tl.constexpr = 5 if CELL == 0 else (4 if CELL == 1 else 1)
     TILE_N: tl.constexpr = 16 if BLOCK_H < 16 else BLOCK_H
@@ -294,18 +340,24 @@ def _bptt_kernel(grad_y_ptr, workspace_ptr, y_ptr, h0_ptr, c0_ptr, w_hh_ptr, len
         if ok:
             if t + 1 < block_end:
                 # Finish step t+1. int64 row offsets: t * B * G * H can pass 2^31.
-                dg_next = dg_exchange_ptr + ((offs_b + (t + 1) * B).to(tl.int64) * GH)[:, None]
+                rows_next = (offs_b + (t + 1) * B).to(tl.int64)
+                dg_next = dg_exchange_ptr + (rows_next * GH)[:, None]
+                scale_next = xch_scale_ptr + (rows_next * tl.num_programs(1))[:, None]
                 if RESIDENT:
-                    rec = _gate_product(dg_next, 0, H, offs_k, mask_k, w0, DOT_PRECISION, RANGE_SCALE)
+                    rec = _gate_product(dg_next, scale_next, 0, H, offs_k, mask_k, w0, DOT_PRECISION,
+                                        RANGE_SCALE, BLOCK_H)
                     if G > 1:
-                        rec += _gate_product(dg_next, 1, H, offs_k, mask_k, w1, DOT_PRECISION, RANGE_SCALE)
-                        rec += _gate_product(dg_next, 2, H, offs_k, mask_k, w2, DOT_PRECISION, RANGE_SCALE)
+                        rec += _gate_product(dg_next, scale_next, 1, H, offs_k, mask_k, w1, DOT_PRECISION,
+                                             RANGE_SCALE, BLOCK_H)
+                        rec += _gate_product(dg_next, scale_next, 2, H, offs_k, mask_k, w2, DOT_PRECISION,
+                                             RANGE_SCALE, BLOCK_H)
                     if G > 3:
-                        rec += _gate_product(dg_next, 3, H, offs_k, mask_k, w3, DOT_PRECISION, RANGE_SCALE)
+                        rec += _gate_product(dg_next, scale_next, 3, H, offs_k, mask_k, w3, DOT_PRECISION,
+                                             RANGE_SCALE, BLOCK_H)
                 else:
-                    rec = _streamed_recurrent_product(dg_next, w_hh_ptr, H, offs_n, col_ok, mask_b,
-                                                      G, DOT_PRECISION, RANGE_SCALE, BLOCK_B, TILE_N,
-                                                      BLOCK_K, SPLIT)
+                    rec = _streamed_recurrent_product(dg_next, scale_next, w_hh_ptr, H, offs_n, col_ok,
+                                                      mask_b, G, DOT_PRECISION, RANGE_SCALE, BLOCK_B,
+                                                      BLOCK_H, TILE_N, BLOCK_K, SPLIT)
                 rec = _own_units(rec, BLOCK_B, BLOCK_H, TILE_N)
                 dh_state = tl.where(((t + 1) < length)[:, None], rec + dh_local, dh_state)
             if t >= 0:
@@ -318,21 +370,22 @@ def _bptt_kernel(grad_y_ptr, workspace_ptr, y_ptr, h0_ptr, c0_ptr, w_hh_ptr, len
                 ws_row = workspace_ptr + rows[:, None] * (WS_WIDTH * H)
                 dg_row = dg_hidden_ptr + rows[:, None] * GH
                 xch_row = dg_exchange_ptr + rows[:, None] * GH
+                scale_row = xch_scale_ptr + rows * tl.num_programs(1) + pid_h
                 if CELL == 0:
                     prev_ws_row = workspace_ptr + (rows - B)[:, None] * (WS_WIDTH * H)
                     carry = _lstm_step_backward(dh, carry, ws_row, prev_ws_row, c0_ptr, state_offs,
-                                                has_prev, mask, offs_h, H, dg_row, xch_row, active,
-                                                EXCHANGE16)
+                                                has_prev, mask, mask_b, offs_h, H, dg_row, xch_row,
+                                                scale_row, active, EXCHANGE16, RANGE_SCALE)
                 elif CELL == 1:
                     h_prev_row = y_ptr + (rows - B)[:, None] * H
                     dh_local = _gru_step_backward(dh, ws_row, h_prev_row, h0_ptr, state_offs,
-                                                  has_prev, mask, offs_h, H, dg_row,
-                                                  dg_input_ptr + rows[:, None] * GH, xch_row, active,
-                                                  EXCHANGE16)
+                                                  has_prev, mask, mask_b, offs_h, H, dg_row,
+                                                  dg_input_ptr + rows[:, None] * GH, xch_row, scale_row,
+                                                  active, EXCHANGE16, RANGE_SCALE)
                     carry = dh_local
                 else:
-                    _rnn_step_backward(dh, ws_row, mask, offs_h, dg_row, xch_row, active, CELL == 3,
-                                       EXCHANGE16)
+                    _rnn_step_backward(dh, ws_row, mask, mask_b, offs_h, dg_row, xch_row, scale_row,
+                                       active, CELL == 3, EXCHANGE16, RANGE_SCALE)
         t -= 1
         ok = ok & (t >= t_lo)
 
@@ -356,11 +409,17 @@ def kernel_meta(cell: int, plan: common.LaunchPlan, dtype: torch.dtype) -> dict:
 
 
 def exchanges_16_bit(dtype: torch.dtype) -> bool:
-    """Whether the programs exchange the gate gradients in `dtype` rather than fp32: for
-    bf16, whose range is fp32's, so the product is the same as casting at the consumer
-    (each program reads half the bytes per step). fp16 keeps fp32 rows, which the
-    consumer scales by a power of two per row before its cast (RANGE_SCALE)."""
-    return dtype == torch.bfloat16
+    """Whether the programs exchange the gate gradients in `dtype` rather than fp32 (half
+    the bytes each program reads per step): bf16, whose range is fp32's, so the product is
+    the same as casting at the consumer; fp16 with a power of two per (row, producer)
+    beside it (exchange_scaled)."""
+    return dtype in (torch.float16, torch.bfloat16)
+
+
+def exchange_scaled(dtype: torch.dtype) -> bool:
+    """Whether each program also exchanges one fp32 power of two per batch row (fp16: see
+    the module docstring)."""
+    return dtype == torch.float16
 
 
 def exchange_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -373,14 +432,15 @@ def mock_args(dtype: torch.dtype, T: int, B: int, H: int) -> list:
     launches it: tensors by dtype, 16-byte aligned (common.aligned), integers by value."""
     f32, i32 = torch.float32, torch.int32
     pointer_dtypes = [dtype, f32, dtype, dtype, dtype, dtype, torch.int64, f32, f32,
-                      exchange_dtype(dtype), f32, f32, i32, i32]
+                      exchange_dtype(dtype), f32, f32, f32, i32, i32]
     return [MockTensor(d) for d in pointer_dtypes] + [T - 1, -1, T, B, H]
 
 
 def product(cell: int, dtype: torch.dtype) -> common.Product:
     """BPTT's recurrent product: the gates in the reduction, the units along N."""
     return common.Product(common.GATES[cell], stacked=False,
-                          fma=common.dot_precision(dtype) == "ieee" and dtype == torch.float32)
+                          fma=common.dot_precision(dtype) == "ieee" and dtype == torch.float32,
+                          exchange_size=exchange_dtype(dtype).itemsize, exchange_scaled=exchange_scaled(dtype))
 
 
 def _plan(cell, w_hh, B, H, force_per_step, force_streamed) -> common.LaunchPlan:
@@ -446,12 +506,15 @@ def _run_recurrence(cell, grad_y, grad_hT, grad_cT, h0, c0, w_hh, y, workspace, 
         lengths = lengths.clamp(max=T)
     plan = _plan(cell, w_hh, B, H, force_per_step, force_streamed)
     meta = kernel_meta(cell, plan, w_hh.dtype)
+    # One power of two per (step, row, program along H) for the fp16 copy; else unused.
+    xch_scale = (torch.empty(T, B, plan.programs_h, device=device, dtype=torch.float32)
+                 if exchange_scaled(w_hh.dtype) else dh_state)
     error = torch.zeros(1, dtype=torch.int32, device=device)
     # Inputs contiguous and aligned as the planner assumed (mock_args); cells without c0
     # pass h0 in the unused pointer.
     args = tuple(common.aligned(t) for t in (grad_y, workspace, y, h0, c0 if is_lstm else h0,
                                              w_hh, lengths)) + (dg_hidden, dg_input, dg_exchange,
-                                                                dh_state, carry)
+                                                                xch_scale, dh_state, carry)
     # Each launch runs iterations t_hi .. t_lo; t = -1 only finishes step 0.
     for t_hi, t_lo, counter in _launch_ranges(T, plan, device):
         _bptt_kernel[plan.grid](*args, counter, error, t_hi, t_lo, T, B, H, **meta)

@@ -438,10 +438,16 @@ class Product:
     Elman cells' one gate takes two when a program owns 8 units).
     Not stacked (BPTT): the gate gradients (BLOCK_B x gates*H) times W_hh[:, units]:
     N = the units (at least MIN_DOT, padded), K = gates x H, one tile per gate.
-    fma: exact fp32, which tl.dot computes on the FMA units (no MMA instructions)."""
+    fma: exact fp32, which tl.dot computes on the FMA units (no MMA instructions).
+    exchange_size: BPTT's bytes per gate gradient the programs read from each other
+    (backward.exchange_dtype), and exchange_scaled: whether each program adds one fp32
+    power of two per row (backward.exchange_scaled); the forward exchanges h in the input
+    type and ignores both."""
     gates: int
     stacked: bool
     fma: bool = False
+    exchange_size: int = 4
+    exchange_scaled: bool = False
 
     @property
     def min_units(self) -> int:
@@ -711,7 +717,8 @@ def modelled_step_us(plan: LaunchPlan, product: Product, element_size: int, hidd
         kind = "tf32" if element_size == 4 else "fp16"   # fp16 and bf16 MMAs run at one rate
     cell = {4: "lstm", 3: "gru", 1: "rnn"}[product.gates]
     return step_model.plan_step_us(plan, cell, "forward" if product.stacked else "backward",
-                                   element_size, kind, hidden)
+                                   element_size, kind, hidden, exchange_size=product.exchange_size,
+                                   exchange_scaled=product.exchange_scaled)
 
 
 def _describe(plan: LaunchPlan) -> str:

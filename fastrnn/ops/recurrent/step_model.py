@@ -248,14 +248,18 @@ def _pow2(n: int) -> int:
 
 
 def plan_design(plan, cell: str, direction: str, element_size: int, kind: str, H: int,
-                name: str = "fastrnn") -> Design:
+                name: str = "fastrnn", exchange_size: Optional[int] = None,
+                exchange_scaled: bool = False) -> Design:
     """The Design of one of fastrnn's launch plans (common.LaunchPlan, read by attribute).
 
     cell: "lstm" | "gru" | "rnn"; direction: "forward" | "backward"; element_size: bytes
     of the input dtype (2 or 4); kind: the product's operand type ("fp16", "bf16", "tf32",
     or "fma" for exact fp32); H: hidden size. The forward multiplies h_{t-1} (block_b x H)
     by the W_hh rows of every gate of its units (N = plan.tile_n, K = H); BPTT multiplies
-    the gate gradients (block_b x gates*H, exchanged in fp32) by W_hh[:, units]
+    the gate gradients (block_b x gates*H, exchanged in exchange_size bytes each: required
+    for BPTT, from backward.exchange_dtype, plus with exchange_scaled one fp32 power of two
+    per row from each program, backward.exchange_scaled; the forward exchanges h in
+    element_size) by W_hh[:, units]
     (N = plan.tile_n, K = gates*H), its warps either each on a column block or, with
     plan.split > 1, each on a slice of every K chunk (then summed through shared memory).
     A streamed plan reads its W_hh slice from L2 every step in a K loop of two pipeline
@@ -274,7 +278,10 @@ def plan_design(plan, cell: str, direction: str, element_size: int, kind: str, H
         tiles_per_warp, chain = tiles, k_padded // split // mma_k
     else:
         tiles_per_warp, chain = max(1, tiles // plan.num_warps), k_padded // mma_k
-    exchange_size = element_size if forward else 4          # BPTT exchanges fp32 gate gradients
+    if forward:
+        exchange_size = element_size
+    elif exchange_size is None:
+        raise ValueError("plan_design: BPTT needs exchange_size (bytes per exchanged gate gradient)")
     return Design(
         name=name, cell=cell, direction=direction, programs=plan.programs, warps=plan.num_warps,
         block_b=plan.block_b, units=plan.block_h, mma_kind=kind,
@@ -282,17 +289,20 @@ def plan_design(plan, cell: str, direction: str, element_size: int, kind: str, H
         macs=plan.block_b * plan.tile_n * k_padded,
         weights=REGISTERS if plan.resident else L2,
         weight_bytes=G * plan.block_h * H * element_size,
-        exchange_bytes=plan.block_b * k * exchange_size,
-        exchange_dtype=("fp16" if element_size == 2 else "fp32") if forward else "fp32",
+        exchange_bytes=plan.block_b * k * exchange_size
+        + (plan.block_b * math.ceil(H / plan.block_h) * 4 if exchange_scaled and not forward else 0),
+        exchange_dtype={2: "16-bit", 4: "fp32"}[exchange_size],
         sync=BARRIER if plan.cooperative else CTA,
         reductions=1 if split > 1 else 0,
         pipelined=not plan.resident,
         launches=0 if plan.persistent else 1)
 
 
-def plan_step_us(plan, cell: str, direction: str, element_size: int, kind: str, H: int) -> float:
+def plan_step_us(plan, cell: str, direction: str, element_size: int, kind: str, H: int,
+                 exchange_size: Optional[int] = None, exchange_scaled: bool = False) -> float:
     """Modelled microseconds per step of one of fastrnn's plans (see plan_design)."""
-    return step_time(plan_design(plan, cell, direction, element_size, kind, H)).us
+    return step_time(plan_design(plan, cell, direction, element_size, kind, H, exchange_size=exchange_size,
+                                 exchange_scaled=exchange_scaled)).us
 
 
 # ------------------------------------------------------------------ published designs
