@@ -22,18 +22,13 @@ bool try_forward_persistent(const Dims& d, const Tensor& gates_x, const Tensor& 
   const auto plan = cuda::plan_persistent<T>(3, /*backward=*/false, d, y.get_device());
   if (plan.blocks == 0) return false;
   Tensor h_buf = at::empty({2, d.B, d.H}, y.options());
-  Tensor barrier = at::zeros({1}, y.options().dtype(at::kInt));
-  const cudaError_t err = cuda::gru_forward_persistent<T>(
+  const Tensor barrier = new_barrier(y);
+  return launched(cuda::gru_forward_persistent<T>(
       plan, d, gates_x.data_ptr<T>(), h0.data_ptr<T>(), w_hh.data_ptr<T>(),
       ptr_or_null<T>(b_hh), ptr_or_null<int64_t>(lens), y.data_ptr<T>(), h_n.data_ptr<T>(),
       ws.data_ptr<T>(), h_buf.data_ptr<T>(),
-      reinterpret_cast<unsigned int*>(barrier.data_ptr<int>()),
-      c10::cuda::getCurrentCUDAStream());
-  if (err != cudaSuccess) {
-    cudaGetLastError();  // the grid did not fit after all: clear it and run per step
-    return false;
-  }
-  return true;
+      barrier_ptr(barrier), c10::cuda::getCurrentCUDAStream()),
+      barrier, kForward);
 }
 
 template <typename T>
@@ -64,18 +59,13 @@ bool try_backward_persistent(const Dims& d, const Tensor& grad_y, const Tensor& 
   if (!persistent_enabled()) return false;
   const auto plan = cuda::plan_persistent<T>(3, /*backward=*/true, d, ws.get_device());
   if (plan.blocks == 0) return false;
-  Tensor barrier = at::zeros({1}, ws.options().dtype(at::kInt));
-  const cudaError_t err = cuda::gru_backward_persistent<T>(
+  const Tensor barrier = new_barrier(ws);
+  return launched(cuda::gru_backward_persistent<T>(
       plan, d, grad_y.data_ptr<T>(), h0.data_ptr<T>(), y.data_ptr<T>(), w_hh.data_ptr<T>(),
       ptr_or_null<int64_t>(lens), ws.data_ptr<T>(), d_input.data_ptr<T>(),
       d_hidden.data_ptr<T>(), dh_state.data_ptr<T>(),
-      reinterpret_cast<unsigned int*>(barrier.data_ptr<int>()),
-      c10::cuda::getCurrentCUDAStream());
-  if (err != cudaSuccess) {
-    cudaGetLastError();  // the grid did not fit after all: clear it and run per step
-    return false;
-  }
-  return true;
+      barrier_ptr(barrier), c10::cuda::getCurrentCUDAStream()),
+      barrier, kBackward);
 }
 
 std::tuple<Tensor, Tensor, Tensor> gru_forward_cuda(const Tensor& x, const Tensor& h0,
@@ -84,6 +74,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward_cuda(const Tensor& x, const Tenso
                                                     const OptTensor& lengths) {
   const Dims d = check_gru(kForward, x, h0, w_ih, w_hh, b_ih, b_hh, lengths);
   const c10::cuda::CUDAGuard guard(x.device());
+  raise_barrier_timeouts();
   const auto type = acc_type(x);
   const auto opts = x.options().dtype(type);
   const Tensor gates_x = gru_input_gates(d, x, w_ih, b_ih, type).view({d.T, d.B, 3 * d.H});
@@ -107,6 +98,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward_cuda(
   const Dims d = check_gru_backward(kBackward, grad_y, grad_hT, x, h0, w_ih, w_hh, b_ih, b_hh, y,
                                     workspace, lengths);
   const c10::cuda::CUDAGuard guard(x.device());
+  raise_barrier_timeouts();
   const auto type = acc_type(x);
   const auto opts = x.options().dtype(type);
   const auto stream = c10::cuda::getCurrentCUDAStream();

@@ -22,18 +22,13 @@ bool try_forward_persistent(const Dims& d, const Tensor& gates, const Tensor& h0
   const auto plan = cuda::plan_persistent<T>(4, /*backward=*/false, d, y.get_device());
   if (plan.blocks == 0) return false;
   Tensor h_buf = at::empty({2, d.B, d.H}, y.options());
-  Tensor barrier = at::zeros({1}, y.options().dtype(at::kInt));
-  const cudaError_t err = cuda::lstm_forward_persistent<T>(
+  const Tensor barrier = new_barrier(y);
+  return launched(cuda::lstm_forward_persistent<T>(
       plan, d, gates.data_ptr<T>(), h0.data_ptr<T>(), c0.data_ptr<T>(), w_hh.data_ptr<T>(),
       ptr_or_null<int64_t>(lens), y.data_ptr<T>(), h_n.data_ptr<T>(), c_n.data_ptr<T>(),
       ws.data_ptr<T>(), h_buf.data_ptr<T>(),
-      reinterpret_cast<unsigned int*>(barrier.data_ptr<int>()),
-      c10::cuda::getCurrentCUDAStream());
-  if (err != cudaSuccess) {
-    cudaGetLastError();  // the grid did not fit after all: clear it and run per step
-    return false;
-  }
-  return true;
+      barrier_ptr(barrier), c10::cuda::getCurrentCUDAStream()),
+      barrier, kForward);
 }
 
 template <typename T>
@@ -69,17 +64,12 @@ bool try_backward_persistent(const Dims& d, const Tensor& grad_y, const Tensor& 
   if (!persistent_enabled()) return false;
   const auto plan = cuda::plan_persistent<T>(4, /*backward=*/true, d, ws.get_device());
   if (plan.blocks == 0) return false;
-  Tensor barrier = at::zeros({1}, ws.options().dtype(at::kInt));
-  const cudaError_t err = cuda::lstm_backward_persistent<T>(
+  const Tensor barrier = new_barrier(ws);
+  return launched(cuda::lstm_backward_persistent<T>(
       plan, d, grad_y.data_ptr<T>(), c0.data_ptr<T>(), w_hh.data_ptr<T>(),
       ptr_or_null<int64_t>(lens), ws.data_ptr<T>(), dgates.data_ptr<T>(), dh_state.data_ptr<T>(),
-      dc_state.data_ptr<T>(), reinterpret_cast<unsigned int*>(barrier.data_ptr<int>()),
-      c10::cuda::getCurrentCUDAStream());
-  if (err != cudaSuccess) {
-    cudaGetLastError();  // the grid did not fit after all: clear it and run per step
-    return false;
-  }
-  return true;
+      dc_state.data_ptr<T>(), barrier_ptr(barrier), c10::cuda::getCurrentCUDAStream()),
+      barrier, kBackward);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward_cuda(
@@ -88,6 +78,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward_cuda(
     const OptTensor& lengths) {
   const Dims d = check_lstm(kForward, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths);
   const c10::cuda::CUDAGuard guard(x.device());
+  raise_barrier_timeouts();
   const auto type = acc_type(x);
   const auto opts = x.options().dtype(type);
   Tensor gates = lstm_input_gates(d, x, w_ih, b_ih, b_hh, type);
@@ -114,6 +105,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   const Dims d = check_lstm_backward(kBackward, grad_y, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh,
                                      b_ih, b_hh, w_hr, y, workspace, lengths);
   const c10::cuda::CUDAGuard guard(x.device());
+  raise_barrier_timeouts();
   const auto type = acc_type(x);
   const auto opts = x.options().dtype(type);
   const auto stream = c10::cuda::getCurrentCUDAStream();

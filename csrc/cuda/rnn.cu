@@ -14,14 +14,6 @@ namespace {
 constexpr const char* kForward = "fastrnn::ext_rnn_forward";
 constexpr const char* kBackward = "fastrnn::ext_rnn_backward";
 
-// A cooperative launch that did not fit after all leaves an error to clear; the caller then
-// runs the per-step path.
-bool launched(cudaError_t err) {
-  if (err == cudaSuccess) return true;
-  cudaGetLastError();
-  return false;
-}
-
 template <typename T>
 bool try_forward_persistent(const Dims& d, bool relu, const Tensor& h0, const Tensor& w_hh,
                             const OptTensor& lens, Tensor& y, Tensor& h_n, Tensor& ws) {
@@ -29,12 +21,12 @@ bool try_forward_persistent(const Dims& d, bool relu, const Tensor& h0, const Te
   const auto plan = cuda::plan_persistent<T>(1, /*backward=*/false, d, y.get_device());
   if (plan.blocks == 0) return false;
   Tensor h_buf = at::empty({2, d.B, d.H}, y.options());
-  Tensor barrier = at::zeros({1}, y.options().dtype(at::kInt));
+  const Tensor barrier = new_barrier(y);
   return launched(cuda::rnn_forward_persistent<T>(
       plan, d, relu, h0.data_ptr<T>(), w_hh.data_ptr<T>(), ptr_or_null<int64_t>(lens),
       y.data_ptr<T>(), h_n.data_ptr<T>(), ws.data_ptr<T>(), h_buf.data_ptr<T>(),
-      reinterpret_cast<unsigned int*>(barrier.data_ptr<int>()),
-      c10::cuda::getCurrentCUDAStream()));
+      barrier_ptr(barrier), c10::cuda::getCurrentCUDAStream()),
+      barrier, kForward);
 }
 
 template <typename T>
@@ -58,12 +50,12 @@ bool try_backward_persistent(const Dims& d, bool relu, const Tensor& grad_y, con
   if (!persistent_enabled()) return false;
   const auto plan = cuda::plan_persistent<T>(1, /*backward=*/true, d, ws.get_device());
   if (plan.blocks == 0) return false;
-  Tensor barrier = at::zeros({1}, ws.options().dtype(at::kInt));
+  const Tensor barrier = new_barrier(ws);
   return launched(cuda::rnn_backward_persistent<T>(
       plan, d, relu, grad_y.data_ptr<T>(), w_hh.data_ptr<T>(), ptr_or_null<int64_t>(lens),
       ws.data_ptr<T>(), d_pre.data_ptr<T>(), dh_state.data_ptr<T>(),
-      reinterpret_cast<unsigned int*>(barrier.data_ptr<int>()),
-      c10::cuda::getCurrentCUDAStream()));
+      barrier_ptr(barrier), c10::cuda::getCurrentCUDAStream()),
+      barrier, kBackward);
 }
 
 template <typename T>
@@ -90,6 +82,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward_cuda(const Tensor& x, const Tenso
   const Dims d = check_rnn(kForward, x, h0, w_ih, w_hh, b_ih, b_hh, lengths);
   const bool relu = rnn_is_relu(kForward, nonlinearity);
   const c10::cuda::CUDAGuard guard(x.device());
+  raise_barrier_timeouts();
   const auto type = acc_type(x);
   const auto opts = x.options().dtype(type);
   // x W_ih^T + b_ih + b_hh of every step, which the recurrence overwrites with h_t.
@@ -116,6 +109,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cuda(
                                     workspace, lengths);
   const bool relu = rnn_is_relu(kBackward, nonlinearity);
   const c10::cuda::CUDAGuard guard(x.device());
+  raise_barrier_timeouts();
   const auto type = acc_type(x);
   const Tensor grad_y_a = acc(grad_y, type), w_hh_a = acc(w_hh, type);
   const Tensor ws = workspace.contiguous();

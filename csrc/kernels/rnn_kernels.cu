@@ -77,8 +77,12 @@ PersistentPlan plan_persistent(int gates, bool backward, const Dims& d, int devi
       per_sm < 1) {
     return plan;
   }
+  const int64_t blocks = (d.H + units - 1) / units;
+  // A barrier per step (and one before the forward's first): the arrivals must stay below
+  // the abort value (grid_barrier.cuh); longer sequences run per step.
+  if (static_cast<unsigned long long>(d.T + 1) * blocks > kBarrierMaxArrivals) return plan;
   plan.units = static_cast<int>(units);
-  plan.blocks = static_cast<int>((d.H + units - 1) / units);
+  plan.blocks = static_cast<int>(blocks);
   plan.smem = smem;
   return plan;
 }

@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 
 #include "fastrnn/cuda_launch.h"
+#include "fastrnn/grid_barrier.cuh"
 #include "fastrnn/gru_cpu.h"
 #include "fastrnn/lstm_cpu.h"
 #include "fastrnn/rnn_cpu.h"
@@ -96,8 +97,8 @@ void test_lstm_persistent(int64_t T, int64_t B, int64_t H, bool with_lengths) {
   CUDA_OK(cudaMalloc(&g_cn, sizeof(float) * c_n.size()));
   CUDA_OK(cudaMalloc(&g_ws, sizeof(float) * ws.size()));
   CUDA_OK(cudaMalloc(&g_hbuf, sizeof(float) * 2 * B * H));
-  CUDA_OK(cudaMalloc(&barrier, sizeof(unsigned int)));
-  CUDA_OK(cudaMemset(barrier, 0, sizeof(unsigned int)));
+  CUDA_OK(cudaMalloc(&barrier, 2 * sizeof(unsigned int)));
+  CUDA_OK(cudaMemset(barrier, 0, 2 * sizeof(unsigned int)));
   float *g_gates = to_device(gates), *g_h0 = to_device(h0), *g_c0 = to_device(c0),
         *g_w = to_device(w_hh);
   int64_t* g_len = lengths.empty() ? nullptr : to_device(lengths);
@@ -121,7 +122,7 @@ void test_lstm_persistent(int64_t T, int64_t B, int64_t H, bool with_lengths) {
   fastrnn::lstm_backward(back, fastrnn::HeaderGemm<>(), fastrnn::SerialFor());
   float *g_gy = to_device(gy), *g_dh = to_device(ghT), *g_dc = to_device(gcT), *g_dg;
   CUDA_OK(cudaMalloc(&g_dg, sizeof(float) * dgates.size()));
-  CUDA_OK(cudaMemset(barrier, 0, sizeof(unsigned int)));
+  CUDA_OK(cudaMemset(barrier, 0, 2 * sizeof(unsigned int)));
   CUDA_OK(fastrnn::cuda::lstm_backward_persistent<float>(bplan, d, g_gy, g_c0, g_w, g_len, g_ws,
                                                          g_dg, g_dh, g_dc, barrier, 0));
   CUDA_OK(cudaDeviceSynchronize());
@@ -162,8 +163,8 @@ void test_gru_persistent(int64_t T, int64_t B, int64_t H, bool with_lengths) {
   CUDA_OK(cudaMalloc(&g_hn, sizeof(float) * h_n.size()));
   CUDA_OK(cudaMalloc(&g_ws, sizeof(float) * ws.size()));
   CUDA_OK(cudaMalloc(&g_hbuf, sizeof(float) * 2 * B * H));
-  CUDA_OK(cudaMalloc(&barrier, sizeof(unsigned int)));
-  CUDA_OK(cudaMemset(barrier, 0, sizeof(unsigned int)));
+  CUDA_OK(cudaMalloc(&barrier, 2 * sizeof(unsigned int)));
+  CUDA_OK(cudaMemset(barrier, 0, 2 * sizeof(unsigned int)));
   float *g_xg = to_device(xg), *g_h0 = to_device(h0), *g_w = to_device(w_hh),
         *g_b = to_device(b_hh);
   int64_t* g_len = lengths.empty() ? nullptr : to_device(lengths);
@@ -185,7 +186,7 @@ void test_gru_persistent(int64_t T, int64_t B, int64_t H, bool with_lengths) {
   float *g_gy = to_device(gy), *g_dh = to_device(ghT), *g_di, *g_dhid;
   CUDA_OK(cudaMalloc(&g_di, sizeof(float) * d_input.size()));
   CUDA_OK(cudaMalloc(&g_dhid, sizeof(float) * d_hidden.size()));
-  CUDA_OK(cudaMemset(barrier, 0, sizeof(unsigned int)));
+  CUDA_OK(cudaMemset(barrier, 0, 2 * sizeof(unsigned int)));
   CUDA_OK(fastrnn::cuda::gru_backward_persistent<float>(bplan, d, g_gy, g_h0, g_y, g_w, g_len,
                                                         g_ws, g_di, g_dhid, g_dh, barrier, 0));
   CUDA_OK(cudaDeviceSynchronize());
@@ -230,8 +231,8 @@ void test_rnn_persistent(int64_t T, int64_t B, int64_t H, bool relu, bool with_l
   CUDA_OK(cudaMalloc(&g_y, sizeof(float) * y.size()));
   CUDA_OK(cudaMalloc(&g_hn, sizeof(float) * h_n.size()));
   CUDA_OK(cudaMalloc(&g_hbuf, sizeof(float) * 2 * B * H));
-  CUDA_OK(cudaMalloc(&barrier, sizeof(unsigned int)));
-  CUDA_OK(cudaMemset(barrier, 0, sizeof(unsigned int)));
+  CUDA_OK(cudaMalloc(&barrier, 2 * sizeof(unsigned int)));
+  CUDA_OK(cudaMemset(barrier, 0, 2 * sizeof(unsigned int)));
   int64_t* g_len = lengths.empty() ? nullptr : to_device(lengths);
   CUDA_OK(fastrnn::cuda::rnn_forward_persistent<float>(plan, d, relu, g_h0, g_w, g_len, g_y, g_hn,
                                                        g_ws, g_hbuf, barrier, 0));
@@ -251,7 +252,7 @@ void test_rnn_persistent(int64_t T, int64_t B, int64_t H, bool relu, bool with_l
   }
   float *g_gy = to_device(gy), *g_dh = to_device(ghT), *g_dpre;
   CUDA_OK(cudaMalloc(&g_dpre, sizeof(float) * d_pre.size()));
-  CUDA_OK(cudaMemset(barrier, 0, sizeof(unsigned int)));
+  CUDA_OK(cudaMemset(barrier, 0, 2 * sizeof(unsigned int)));
   CUDA_OK(fastrnn::cuda::rnn_backward_persistent<float>(bplan, d, relu, g_gy, g_w, g_len, g_ws,
                                                         g_dpre, g_dh, barrier, 0));
   CUDA_OK(cudaDeviceSynchronize());
@@ -261,6 +262,41 @@ void test_rnn_persistent(int64_t T, int64_t B, int64_t H, bool relu, bool with_l
                   (void*)barrier, (void*)g_len, (void*)g_gy, (void*)g_dh, (void*)g_dpre}) {
     if (p) cudaFree(p);
   }
+}
+
+// Block `absent` never arrives at the barrier; the others time out. `left[b]` records that
+// block b left its kernel, and what its barrier returned (2 + ok).
+__global__ void one_block_never_arrives(unsigned int* barrier, int absent, int* left) {
+  bool ok = true;
+  if (static_cast<int>(blockIdx.x) != absent) ok = fastrnn::cuda::grid_barrier(barrier, 0);
+  if (threadIdx.x == 0) left[blockIdx.x] = 2 + (ok ? 1 : 0);
+}
+
+// A barrier that never completes: every block leaves (no hang, no __trap that would end the
+// CUDA context), each waiting block's barrier returns false, the error flag is set and the
+// counter holds the abort value plus the arrivals after it.
+void test_barrier_timeout() {
+  const int blocks = 4;
+  unsigned int* barrier;
+  int* left;
+  CUDA_OK(cudaMalloc(&barrier, 2 * sizeof(unsigned int)));
+  CUDA_OK(cudaMemset(barrier, 0, 2 * sizeof(unsigned int)));
+  CUDA_OK(cudaMalloc(&left, blocks * sizeof(int)));
+  CUDA_OK(cudaMemset(left, 0, blocks * sizeof(int)));
+  one_block_never_arrives<<<blocks, 64>>>(barrier, /*absent=*/1, left);
+  CUDA_OK(cudaGetLastError());
+  CUDA_OK(cudaDeviceSynchronize());
+  const auto words = to_host(barrier, 2);
+  const auto status = to_host(left, blocks);
+  const std::vector<int> expected = {2, 3, 2, 2};
+  if (status != expected || words[1] != 1u || words[0] < fastrnn::cuda::kBarrierAbort ||
+      words[0] > fastrnn::cuda::kBarrierAbort + blocks) {
+    std::printf("FAIL barrier timeout: counter %u, flag %u, blocks %d %d %d %d\n", words[0],
+                words[1], status[0], status[1], status[2], status[3]);
+    ++failures;
+  }
+  cudaFree(barrier);
+  cudaFree(left);
 }
 
 }  // namespace
@@ -280,6 +316,7 @@ int main() {
     test_rnn_persistent(5, 3, 37, relu, false);
     test_rnn_persistent(7, 4, 301, relu, true);
   }
+  test_barrier_timeout();
   if (failures) {
     std::printf("%d check(s) failed\n", failures);
     return 1;

@@ -9,9 +9,14 @@
 4. CUDA's occupancy rules, against figures of the CUDA toolkit's occupancy calculator;
 5. spills in bytes and the OutOfResources reason read from the exception;
 6. lengths > T rejected under torch.compile (and BPTT never reads past the last step).
-Risk 7 (the CUDA extension's barrier) and 8 (C++17) are compile-time checks: `make cpp-test`.
+7. the CUDA extension's barrier never calls __trap() (its timeout path, error flag and
+   every block leaving, is tests/cpp/test_cuda_kernels.cu's test_barrier_timeout, compiled
+   by `make cpp-test` here and run where a GPU is present);
+8. C++17: `make cpp-test` compiles every csrc/*.cpp as C++17 (CMakeLists.txt, extension_cxx17).
 """
 import contextlib
+import pathlib
+import re
 import types
 
 import pytest
@@ -342,3 +347,16 @@ def test_bptt_treats_lengths_past_t_as_t():
     got = backward.lstm_backward(*grads, x, h0, c0, w_ih, w_hh, y, ws, torch.tensor([T + 1, T]))
     for a, e in zip(got, expected):
         torch.testing.assert_close(a, e, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------ 7. the CUDA barrier
+
+
+def test_cuda_extension_never_traps():
+    """A barrier timeout in the extension's kernels sets an error flag and every block
+    leaves (grid_barrier.cuh); __trap() would end the process's CUDA context instead."""
+    root = pathlib.Path(__file__).resolve().parents[2] / "csrc"
+    sources = [p for p in root.rglob("*") if p.suffix in (".cu", ".cuh", ".h", ".cpp")]
+    assert any(p.name == "grid_barrier.cuh" for p in sources)
+    trapping = [str(p) for p in sources if re.search(r"\b__trap\s*\(", p.read_text())]
+    assert not trapping

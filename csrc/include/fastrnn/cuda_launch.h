@@ -24,8 +24,10 @@ struct PersistentPlan {
 template <typename T>
 PersistentPlan plan_persistent(int gates, bool backward, const Dims& d, int device);
 
-// Launches every step of the forward in one cooperative kernel; `barrier` must point at a
-// zeroed unsigned int, `h_buf` at 2 * B * H elements of scratch.
+// Launches every step of the forward in one cooperative kernel; `barrier` must point at two
+// zeroed unsigned ints, the grid barrier's counter and its error flag (grid_barrier.cuh: 1
+// after the launch when a barrier timed out and every block left), `h_buf` at 2 * B * H
+// elements of scratch. The same `barrier` for every persistent launcher below.
 template <typename T>
 cudaError_t lstm_forward_persistent(const PersistentPlan& plan, const Dims& d, const T* gates_x,
                                     const T* h0, const T* c0, const T* w_hh,

@@ -65,7 +65,7 @@ __global__ void rnn_forward_persistent_kernel(Dims d, int units, bool relu, cons
     h_buf[b * H + j] = h0[b * H + j];
   }
   unsigned int round = 0;
-  grid_barrier(barrier, round++);
+  if (!grid_barrier(barrier, round++)) return;  // aborted: every block leaves
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
   for (int64_t t = 0; t < d.T; ++t) {
     const T* h_prev = h_buf + (t & 1) * B * H;
@@ -85,7 +85,7 @@ __global__ void rnn_forward_persistent_kernel(Dims d, int units, bool relu, cons
         y[at] = active ? h : T(0);
       }
     }
-    grid_barrier(barrier, round++);
+    if (!grid_barrier(barrier, round++)) return;  // aborted: every block leaves
   }
   const T* h_last = h_buf + (d.T & 1) * B * H;
   for (int64_t idx = threadIdx.x; idx < B * mine; idx += blockDim.x) {
@@ -124,7 +124,7 @@ __global__ void rnn_backward_persistent_kernel(Dims d, int units, bool relu, con
                       ? (dh_state[b * H + j] + grad_y[at]) * rnn_activation_grad(ws[at], relu)
                       : T(0);
     }
-    grid_barrier(barrier, round++);
+    if (!grid_barrier(barrier, round++)) return;  // aborted: every block leaves
     for (int64_t pair = warp; pair < B * mine; pair += warps) {
       const int64_t b = pair / mine, u = pair % mine;
       if (!active_at(lengths, b, t)) continue;  // the whole warp skips: dh stays
