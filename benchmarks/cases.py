@@ -11,8 +11,10 @@ Kernels and providers:
               Elman RNN with tanh (nn.RNN's default).
   softmax     fastrnn-triton, torch (torch.softmax; the baseline)
   sampling    fastrnn-triton, fastrnn-ext (the C++ sampler, fastrnn.sample's CPU path),
-              fastrnn-vectorized (the sort-free PyTorch path, its fallback), torch-sort
-              (the sort-based reference, filtering as Hugging Face does; the baseline).
+              fastrnn-vectorized (the sort-free PyTorch path, its fallback), hf-warpers
+              (Hugging Face's temperature and top-p warpers then torch.multinomial, what a
+              PyTorch user runs: the baseline; benchmarks/sampling_baseline.py), torch-sort
+              (fastrnn's exact sort-based reference, the tests' oracle).
               All draw top-p 0.9 at temperature 0.8.
 
 Modes: "forward" (a training forward, autograd recording), "backward" (backward only,
@@ -32,10 +34,12 @@ from fastrnn.ops.lstm import reference as lstm_reference
 from fastrnn.ops.rnn import reference as rnn_reference
 from fastrnn.ops.sampling import reference as sampling_reference
 
+from benchmarks.sampling_baseline import hf_top_p_sample
+
 RNN_MODES = ("forward", "backward", "forward+backward")
 SAMPLING_MODES = ("forward",)
 RECURRENT = ("lstm", "gru", "rnn")
-BASELINE = {"lstm": "nn", "gru": "nn", "rnn": "nn", "softmax": "torch", "sampling": "torch-sort"}
+BASELINE = {"lstm": "nn", "gru": "nn", "rnn": "nn", "softmax": "torch", "sampling": "hf-warpers"}
 TOP_P = 0.9
 TEMPERATURE = 0.8
 
@@ -284,6 +288,8 @@ def vocab_callable(case: Case, provider: str, mode: str, device) -> Callable:
     generator = torch.Generator(device=device).manual_seed(0)
     if provider == "torch":
         return lambda: torch.softmax(logits / TEMPERATURE, dim=-1)
+    if provider == "hf-warpers":
+        return lambda: hf_top_p_sample(logits, TEMPERATURE, TOP_P, generator=generator)
     if provider == "torch-sort":
         params = _row_params(logits)
         return lambda: sampling_reference.sample(logits, *params, generator=generator)
@@ -300,6 +306,7 @@ VOCAB_PROVIDERS = {
     "sampling": {"fastrnn-triton": _vocab_unavailable("triton"),
                  "fastrnn-ext": _vocab_unavailable("ext"),
                  "fastrnn-vectorized": _vocab_unavailable("reference"),
+                 "hf-warpers": lambda c, d: None,
                  "torch-sort": lambda c, d: None},
 }
 

@@ -63,7 +63,7 @@ def markdown(rows: List[dict], sweeps: Dict[str, str], skipped: Dict[str, List[s
            "(per device, the latest run of each kernel). Time is the median of one call in ms, "
            "with the 20th-80th percentile spread; speedup = baseline time / provider time, both measured in the "
            "same run (baseline: `nn` = torch.nn.LSTM/GRU, `torch` = torch.softmax, "
-           "`torch-sort` = sort-based top-p). Library defaults throughout: on GPU, fp32 "
+           "`hf-warpers` = Hugging Face's top-p warpers and torch.multinomial). Library defaults throughout: on GPU, fp32 "
            "cuDNN and Triton matmuls may use TF32, as PyTorch and Triton allow by default.", ""]
     for device, dev_rows in latest_run_per_device(rows).items():
         out += [f"## {device}", ""]
