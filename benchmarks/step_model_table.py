@@ -186,7 +186,7 @@ def table_markdown(rows) -> str:
 
 
 def main(argv=None) -> int:
-    rows = json.loads(STATIC_JSON.read_text())
+    rows = json.loads(STATIC_JSON.read_text())["rows"]
     CALIBRATION_MD.write_text(calibration_markdown())
     TABLE_MD.write_text(table_markdown(rows))
     print(f"wrote {CALIBRATION_MD} and {TABLE_MD}")
