@@ -34,6 +34,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch.autograd import forward_ad
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
@@ -226,7 +227,11 @@ class _FusedRNNBase(nn.RNNBase):
         """
         if (type(input) is not Tensor or input.dim() != 3 or self.bidirectional or not input.is_cpu
                 or torch._C._is_any_autocast_enabled() or torch.compiler.is_compiling()
-                or (self.training and self.dropout != 0 and self.num_layers > 1)):
+                or (self.training and self.dropout != 0 and self.num_layers > 1)
+                # torch.func transforms and forward-mode AD take the reference through the
+                # layer ops, and dispatch modes (FlopCounterMode) must see the layer ops.
+                or torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0
+                or torch._C._len_torch_dispatch_stack() > 0):
             return None
         params = self._parameters
         weights = [params.get(name) for name in self._flat_weights_names]

@@ -354,7 +354,13 @@ def assert_autocast_matches_torch(mode, device, dtype):
     ours = getattr(fastrnn, mode)(8, 16, num_layers=2).to(device)
     ours.load_state_dict(theirs.state_dict())
     x = torch.randn(10, 4, 8, device=device)
-    expected = autocast_outputs(theirs, x, device.type, dtype)
+    try:
+        expected = autocast_outputs(theirs, x, device.type, dtype)
+    except RuntimeError as error:
+        # The oracle itself: oneDNN has no fp16 LSTM primitive on CPUs without fp16
+        # arithmetic (seen on an AMD EPYC), so there is nothing to compare with here.
+        pytest.skip(f"torch.nn's own {mode} cannot run under {dtype} autocast on this {device.type}: "
+                    f"{str(error)[:120]}")
     actual = autocast_outputs(ours, x, device.type, dtype)
     reference = flat_outputs(copy.deepcopy(theirs).double()(x.double()))
     for name, a, e, r in zip(["output", "h_n", "c_n"], actual, expected, reference):
