@@ -545,12 +545,17 @@ def l1_invalidated_after_acquires(p: Ptx, sass: str) -> bool:
 def cache_hazards(ptx, cooperative: bool = True, sass=None) -> list:
     """Exchange loads that may read stale data (see the rules above); also a hazard when
     the kernel's PTX (text or Ptx) has no exchange load at all (the recurrent kernels always
-    have one: the rule would be blind). `sass`: the kernel's SASS, or a function giving it
+    have one: the rule would be blind), fatal for cooperative plans. `sass`: the kernel's SASS, or a function giving it
     (called only when a weak exchange load needs its evidence)."""
     p = ptx if isinstance(ptx, Ptx) else Ptx(ptx)
     loads = p.exchange_loads()
     if not loads:
-        return ["cache: no exchange load found in the PTX (a time loop loading a buffer it writes)"]
+        # Fatal where programs exchange data inside the launch (a grid barrier). Without one
+        # (per-step launches, one program along H) other programs' data arrives across a
+        # launch boundary and a program's own through its CTA barrier: the rule could not
+        # look, which is recorded, not fatal.
+        kind = "cache" if cooperative else "cache-unchecked"
+        return [f"{kind}: no exchange load found in the PTX (a time loop loading a buffer it writes)"]
     found = {}
     for op in loads:
         kind = cache_kind(op)

@@ -205,7 +205,11 @@ def test_cache_rule_fails_when_it_finds_no_exchange_load():
     no_loop = PTX.replace("@%p5 bra 	$L__BB0_3;", "").replace("@!%p1 bra 	$L__BB0_5;", "bra.uni $L__BB0_5;")
     no_loop = no_loop.replace("@!%p4 bra 	$L__BB0_1;", "bra.uni $L__BB0_5;")
     assert gpu_static.Ptx(no_loop).loops == []
-    assert any("no exchange load" in h for h in gpu_static.cache_hazards(no_loop))
+    assert any(h.startswith("cache: no exchange load") for h in gpu_static.cache_hazards(no_loop))
+    # Without a grid barrier (per-step launches) it is recorded, not fatal.
+    unchecked = gpu_static.cache_hazards(no_loop, cooperative=False)
+    assert unchecked and all(h.startswith("cache-unchecked:") for h in unchecked)
+    assert "cache-unchecked" not in gpu_static.FATAL
 
 
 def test_barrier_rule_passes_the_kernels_pattern():

@@ -81,11 +81,21 @@ def interpreter_cost(row) -> int:
     return row["programs"] * triton.cdiv(gates * row["H"], row["block_k"]) * T
 
 
+def partner_key(row):
+    direction = "backward" if row["direction"] == "forward" else "forward"
+    return (row["cell"], direction, row["dtype"], row["precision"], row["B"], row["H"],
+            direction == "backward" or row["lengths"])
+
+
 def partner(row):
     """The plan of the other direction that the planner chooses at the same shape."""
-    direction = "backward" if row["direction"] == "forward" else "forward"
-    return find_row(row["cell"], direction, row["dtype"], row["precision"], row["B"], row["H"],
-                    direction == "backward" or row["lengths"])
+    return find_row(*partner_key(row))
+
+
+def has_partner(row) -> bool:
+    key = partner_key(row)
+    return any((r["cell"], r["direction"], r["dtype"], r["precision"], r["B"], r["H"], r["lengths"]) == key
+               for r in planned_rows())
 
 
 def cheapest_split_row(cell, direction, mode, lengths):
@@ -96,8 +106,10 @@ def cheapest_split_row(cell, direction, mode, lengths):
     def split(rows):
         return [r for r in rows if r["cell"] == cell and r["direction"] == direction
                 and r["mode"] == mode and triton.cdiv(r["H"], r["block_h"]) > 1]
-    rows = [r for r in split(planned_rows()) if direction == "backward" or r["lengths"] == lengths]
-    rows = rows or split(r for r in table_rows() if r["forced_mode"])
+    # The table may hold one direction of a shape only: runs need both.
+    rows = [r for r in split(planned_rows()) if (direction == "backward" or r["lengths"] == lengths)
+            and has_partner(r)]
+    rows = rows or [r for r in split(r for r in table_rows() if r["forced_mode"]) if has_partner(r)]
     if not rows:
         pytest.skip(f"the sm_90 table has no split {mode} {direction} plan of {cell}, "
                     "chosen or forced")
