@@ -1,6 +1,5 @@
 """fastrnn.BiLM, fastrnn.ScalarMix, truncated BPTT in both directions, and the ELMo example
 (examples/elmo.py) at tiny settings."""
-import importlib.util
 import math
 import os
 
@@ -11,7 +10,8 @@ import torch.nn.functional as F
 import fastrnn
 from fastrnn.bilm import tbptt_chunks
 
-EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "elmo.py")
+from .example_modules import load_example
+
 V, HIDDEN, PROJ = 11, 7, 5
 
 
@@ -205,10 +205,7 @@ def test_scalar_mix_errors():
 
 @pytest.fixture(scope="module")
 def elmo():
-    spec = importlib.util.spec_from_file_location("elmo_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("elmo")
 
 
 def test_example_context_labels(elmo):

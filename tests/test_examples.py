@@ -3,22 +3,18 @@
 fastrnn's model and torch.nn's start from one initialisation and see the same batches;
 both must learn (loss well below the uniform ln 256) and agree step by step.
 """
-import importlib.util
 import math
-import os
 
 import pytest
 import torch
 
-EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "char_lm.py")
+from .example_modules import load_example
+
 
 
 @pytest.fixture(scope="module")
 def char_lm():
-    spec = importlib.util.spec_from_file_location("char_lm", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("char_lm")
 
 
 @pytest.fixture(autouse=True)
