@@ -11,7 +11,6 @@ import torch
 from .example_modules import load_example
 
 
-
 @pytest.fixture(scope="module")
 def char_lm():
     return load_example("char_lm")
