@@ -273,6 +273,45 @@ def test_smallest_unit_blocks_match_torch(cell, monkeypatch):
             torch.testing.assert_close(got, want, **close)
 
 
+@pytest.mark.parametrize("module", [forward, backward], ids=["forward", "bptt"])
+@pytest.mark.parametrize("cell", [common.LSTM, common.GRU, common.RNN_TANH], ids=["lstm", "gru", "rnn_tanh"])
+def test_interpreter_plan_tiles_stay_within_triton_largest_tensor(module, cell):
+    """One program over H holds its whole weight slice; past Triton's largest tensor (2^20
+    elements) the interpreter could not run it, so the plan takes K chunks or streams."""
+    product = module.product(cell, torch.float32)
+    for H in (64, 512, 768, 1024, 2048, 4096):
+        plan = common.interpreter_plan(16, H, product, False, False)
+        assert plan.block_k * plan.tile_n <= 2 ** 20, (H, plan)
+        assert not plan.resident or plan.block_k * plan.k_chunks >= H, (H, plan)
+        assert plan.resident or H > 1024, (H, plan)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("H", [768, 2048])
+def test_interpreter_default_plan_at_large_hidden_sizes_matches_torch(H):
+    """The interpreter's own plan (no forced mode) where a single resident tile of the
+    LSTM's four gates (4 x 1024 columns by K = 1024 at H = 768) would pass Triton's largest
+    tensor: the forward's weights in K chunks, and BPTT's per-gate tiles resident at 768
+    and streamed at 2048. Oracle: torch.nn's LSTM and its autograd in fp64."""
+    T, B, I = 2, 2, 8
+    layer = _layer(common.LSTM, I, H)
+    w_ih, w_hh, b_ih, b_hh = (p.detach() for p in layer.parameters())
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(T, B, I, generator=g, dtype=torch.float64, requires_grad=True)
+    grad_y = torch.randn(T, B, H, generator=g, dtype=torch.float64)
+    y_ref, _ = layer(x)
+    y_ref.backward(grad_y)
+    zeros = torch.zeros(B, H, dtype=torch.float64)
+    close = dict(rtol=1e-5, atol=1e-6)   # the kernels carry their states in fp32
+    y, _, _, workspace = forward.run_forward(common.LSTM, x.detach(), zeros, zeros, w_ih, w_hh, b_ih, b_hh,
+                                             None)
+    torch.testing.assert_close(y, y_ref.detach(), **close)
+    dx, _, _, _, dw_hh, *_ = backward.lstm_backward(grad_y, zeros, zeros, x.detach(), zeros, zeros, w_ih,
+                                                    w_hh, y, workspace, None)
+    torch.testing.assert_close(dx, x.grad, **close)
+    torch.testing.assert_close(dw_hh, layer.weight_hh_l0.grad, **close)
+
+
 # ------------------------------------------------------------------ the barrier abort
 
 

@@ -793,11 +793,20 @@ def barrier_counters(launches: int, plan: LaunchPlan, device) -> List[torch.Tens
 def interpreter_plan(batch: int, hidden: int, product: Product, force_per_step: bool,
                      force_streamed: bool) -> LaunchPlan:
     """Under the interpreter (and for tests that force a mode): one program along the
-    hidden dimension, so no grid barrier is ever needed."""
+    hidden dimension, so no grid barrier is ever needed. A resident slice must stay within
+    Triton's largest tensor (TRITON_MAX_TENSOR_NUMEL elements, 2^20): the forward then
+    holds it as up to MAX_K_CHUNKS chunks (LSTM H = 768: 4 x 256 of 4096 columns), and a
+    slice too large even so (BPTT, whose tiles are one per gate, past H = 1024) streams."""
     block_b = min(_pow2_at_least_16(batch), 64)
     full_k = _pow2_at_least_16(hidden)
-    return LaunchPlan(block_b, full_k, 16 if force_streamed else full_k, triton.cdiv(batch, block_b), 1,
-                      not force_streamed, not force_per_step, 4, product.tile_n(full_k),
+    tile_n = product.tile_n(full_k)
+    chunks = 1
+    while product.stacked and full_k // chunks * tile_n > tl.TRITON_MAX_TENSOR_NUMEL \
+            and chunks < MAX_K_CHUNKS:
+        chunks *= 2
+    resident = not force_streamed and full_k // chunks * tile_n <= tl.TRITON_MAX_TENSOR_NUMEL
+    return LaunchPlan(block_b, full_k, full_k // chunks if resident else 16, triton.cdiv(batch, block_b),
+                      1, resident, not force_per_step, 4, tile_n, k_chunks=chunks if resident else 1,
                       reason="interpreter")
 
 
