@@ -158,7 +158,7 @@ def table_markdown(rows) -> str:
         "GEMM + pointwise (step_model.per_step_library), as PyTorch chooses. Both modelled columns are "
         "the recurrence alone; `published` (cuDNN, H100 SXM, FlashRNN's benchmark) includes the input "
         "GEMM (forward) or the weight-gradient and dx GEMMs (backward), about 0.1 / 0.3 us per step. "
-        "`-`: no row in the JSON (gpu_static's grid has no B = 8).", ""]
+        "`-`: no row in the JSON.", ""]
     for direction in ("forward", "backward"):
         lines += [f"## {direction}", "",
                   "| cell | dtype | B | H | fastrnn plan | fastrnn us | cuDNN algo | cuDNN us (model) | published |",
