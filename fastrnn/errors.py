@@ -13,12 +13,15 @@ synchronise) and would forbid CUDA-graph capture. So:
   anyway, e.g. once per generated token batch or per training step). fastrnn's modules
   and `generate` call it at such points.
 - While a CUDA graph is being captured or torch.compile traces, nothing is recorded (the
-  graph replays the kernels; check the codes of a replay with your own read if needed).
+  graph replays the kernels; check the codes of a replay with your own read if needed),
+  except inside `recorded_reports()`, which hands the captured reports to the caller to
+  re-issue after each replay (fastrnn.generate's CUDA-graph loop does).
 
 An error is raised once: after it is raised it is forgotten.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import struct
 import threading
@@ -39,6 +42,32 @@ class _Pending:
 
 _pending: List[_Pending] = []
 _lock = threading.Lock()
+# Reports made while a CUDA graph is captured inside recorded_reports(), per thread.
+_recording = threading.local()
+
+
+@dataclasses.dataclass
+class Recorded:
+    codes: torch.Tensor         # the captured kernel's codes: rewritten by every replay
+    message: Message
+    exc_type: type
+
+    def report(self) -> None:
+        """Check the codes of the replay just enqueued (deferred, as report does)."""
+        report(self.codes, self.message, self.exc_type)
+
+
+@contextlib.contextmanager
+def recorded_reports():
+    """Around a CUDA-graph capture: yields a list that collects the reports the captured
+    kernels make (normally dropped while capturing). Call each one's `report()` after every
+    `graph.replay()` so that the replay's device-side errors are raised as eager calls'."""
+    previous = getattr(_recording, "log", None)
+    _recording.log = []
+    try:
+        yield _recording.log
+    finally:
+        _recording.log = previous
 
 
 def _raise_if_bad(codes: List[int], message: Message, exc_type: type) -> None:
@@ -65,6 +94,9 @@ def report(codes: torch.Tensor, message: Message, exc_type: type = RuntimeError)
         _raise_if_bad(codes.tolist(), message, exc_type)
         return
     if _capturing():
+        log = getattr(_recording, "log", None)
+        if log is not None and not torch.compiler.is_compiling():
+            log.append(Recorded(codes, message, exc_type))
         return
     host = torch.empty(codes.shape, dtype=codes.dtype, pin_memory=True)
     host.copy_(codes, non_blocking=True)

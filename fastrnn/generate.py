@@ -166,7 +166,7 @@ def generate(model, input_ids: Union[Tensor, Sequence[Tensor]], max_new_tokens: 
              length_penalty: float = 1.0, early_stopping: Union[bool, str] = False,
              eos_token_id: Union[int, Sequence[int], None] = None, pad_token_id: Optional[int] = None,
              generator: Optional[torch.Generator] = None, seed=None, state_batch_dim: int = 1,
-             backend: Optional[str] = None) -> Tensor:
+             backend: Optional[str] = None, cuda_graph: bool = False) -> Tensor:
     """Continue each prompt with up to max_new_tokens tokens from a recurrent LM.
 
     A prompt's output does not depend on the other prompts in the batch, whatever the
@@ -211,12 +211,21 @@ def generate(model, input_ids: Union[Tensor, Sequence[Tensor]], max_new_tokens: 
             t, row i draws with seed_i + t * _STEP_SEED_STRIDE; the first step draws
             exactly what fastrnn.sample(scores, seed=seed) would.
         state_batch_dim: the batch dimension of every state tensor.
+        cuda_graph: greedy and sampling on CUDA only: from the third new token on, each
+            step (the model on the last token, the score processing, the draw and the
+            bookkeeping) replays one CUDA graph, recorded after the second step ran
+            eagerly as warm-up. The model must then be capturable (no host
+            synchronisation, no data-dependent control flow or shapes in its forward:
+            fastrnn's modules qualify) and its state must keep its structure and shapes.
+            The tokens are the eager loop's. Without eos_token_id no step synchronises;
+            with it, each step reads one flag to stop.
 
     Returns:
         (B, L) int64: each prompt followed by its new tokens, padded on the right.
 
     Raises:
-        ValueError: bad arguments (the message names them); logits with a NaN, a +inf or
+        ValueError: bad arguments (the message names them; cuda_graph=True off CUDA or
+            with num_beams > 1 among them); logits with a NaN, a +inf or
             no finite value at a step where a token is chosen (never a token drawn from
             them). On CUDA the device-side checks are collected with
             fastrnn.check_errors() once per step, where the loop already synchronises
@@ -230,7 +239,9 @@ def generate(model, input_ids: Union[Tensor, Sequence[Tensor]], max_new_tokens: 
     eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
     pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
     _check_arguments(max_new_tokens, min_new_tokens, repetition_penalty, num_beams, do_sample,
-                     early_stopping)
+                     early_stopping, cuda_graph)
+    if cuda_graph and prompts[0].device.type != "cuda":
+        _fail(f"cuda_graph=True needs CUDA prompts and model, got {prompts[0].device}")
     if max_new_tokens == 0:
         return _pad_rows(prompts, pad)
     try:
@@ -248,16 +259,20 @@ def generate(model, input_ids: Union[Tensor, Sequence[Tensor]], max_new_tokens: 
         return _beam_search(model, prompts, logits, state, num_beams, length_penalty,
                             early_stopping, **common)
     if do_sample:
-        draw = _sampler(logits, temperature, top_k, top_p, min_p, generator, seed, backend)
+        draw = _sampler(logits, temperature, top_k, top_p, min_p, generator, seed, max_new_tokens,
+                        backend)
     else:
         greedy = prepared_sampler(logits, 0.0, backend=backend)
         no_uniform = logits.new_zeros(len(prompts), dtype=torch.float64)  # greedy draws none
         draw = lambda step, scores: greedy(scores, no_uniform)  # noqa: E731
-    return _greedy_or_sample(model, prompts, logits, state, draw, **common)
+    loop = _DecodeLoop(model, prompts, logits, draw, **common)
+    if cuda_graph:
+        return loop.run_graphed(state, generator)
+    return loop.run(state)
 
 
 def _check_arguments(max_new_tokens, min_new_tokens, repetition_penalty, num_beams, do_sample,
-                     early_stopping):
+                     early_stopping, cuda_graph):
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         _fail(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     if isinstance(min_new_tokens, bool) or not isinstance(min_new_tokens, int) \
@@ -272,11 +287,17 @@ def _check_arguments(max_new_tokens, min_new_tokens, repetition_penalty, num_bea
     if not any(early_stopping is v or (isinstance(v, str) and early_stopping == v)
                for v in EARLY_STOPPING):
         _fail(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
+    if not isinstance(cuda_graph, bool):
+        _fail(f"cuda_graph must be True or False, got {cuda_graph!r}", TypeError)
+    if cuda_graph and num_beams > 1:
+        _fail("cuda_graph=True runs greedy decoding and sampling; beam search (num_beams > 1) "
+              "reads candidates on the host every step")
 
 
-def _sampler(logits, temperature, top_k, top_p, min_p, generator, seed, backend):
-    """step, scores -> tokens, with the per-step randomness settled here; the parameters are
-    checked and converted once (prepared_sampler), not at every step."""
+def _sampler(logits, temperature, top_k, top_p, min_p, generator, seed, max_new_tokens, backend):
+    """step, scores -> tokens, step a 0-d int64 tensor on the logits' device (so a CUDA
+    graph can replay the draw), with the per-step randomness settled here; the parameters
+    are checked and converted once (prepared_sampler), not at every step."""
     B, device = logits.shape[0], logits.device
     if seed is not None and generator is not None:
         _fail("give a generator or a seed, not both")
@@ -292,12 +313,16 @@ def _sampler(logits, temperature, top_k, top_p, min_p, generator, seed, backend)
     if generator is not None and generator.device.type != device.type:
         _fail(f"generator is on {generator.device} but logits are on {device}")
     run = prepared_sampler(logits, temperature, top_k, top_p, min_p, backend=backend)
+    # Each step's seed offset, computed exactly on the host (int64 wrap-around as Python
+    # ints), read on the device by index_select (indexing with a 0-d tensor would sync).
+    offsets = torch.tensor([_as_int64(step * _STEP_SEED_STRIDE) for step in range(max_new_tokens)],
+                           dtype=torch.int64, device=device)
 
     def draw(step, scores):
         if seed is None:
             uniform = torch.rand(B, dtype=torch.float64, device=device, generator=generator)
         else:
-            uniform = uniforms_from_seeds(seed + _as_int64(step * _STEP_SEED_STRIDE))
+            uniform = uniforms_from_seeds(seed + offsets.index_select(0, step.reshape(1)))
         return run(scores, uniform)
     return draw
 
@@ -308,40 +333,133 @@ def _as_int64(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
-def _greedy_or_sample(model, prompts, logits, state, draw, *, max_new_tokens, min_new_tokens,
-                      repetition_penalty, eos, pad, state_batch_dim, backend):
-    B = len(prompts)
-    device = logits.device
-    seen = _seen_tokens(prompts, logits.shape[-1])
-    rows = torch.arange(B, device=device)
-    new = torch.full((B, max_new_tokens), pad, dtype=torch.long, device=device)
-    finished = torch.zeros(B, dtype=torch.bool, device=device)
-    eos_ids = torch.tensor(eos, dtype=torch.long, device=device)
-    # The per-token work is kept to what the options need: without EOS no row finishes (no
-    # masking, no stopping test, so no host sync per token on CUDA), and the seen-token
-    # table only serves the repetition penalty.
-    penalised = repetition_penalty != 1.0
-    steps = max_new_tokens
-    for step in range(max_new_tokens):
-        scores = _processed_scores(logits, seen, step, repetition_penalty, min_new_tokens, eos)
-        if eos:
+class _DecodeLoop:
+    """Greedy decoding and sampling, one token per step, as a program on fixed tensors: the
+    step counter lives on the device, and every step writes its token, the finished flags
+    and the seen-token table in place. The eager loop (run) and the CUDA-graph loop
+    (run_graphed) run the same steps, so the graph replays exactly what eager runs.
+
+    The per-token work is kept to what the options need: without EOS no row finishes (no
+    masking, no stopping test, so no host sync per token on CUDA), and the seen-token table
+    only serves the repetition penalty."""
+
+    def __init__(self, model, prompts, logits, draw, *, max_new_tokens, min_new_tokens,
+                 repetition_penalty, eos, pad, state_batch_dim, backend):
+        B, V = len(prompts), logits.shape[-1]
+        device = logits.device
+        self.model, self.prompts, self.first_logits, self.draw = model, prompts, logits, draw
+        self.max_new_tokens, self.eos, self.pad = max_new_tokens, eos, pad
+        self.penalty = repetition_penalty
+        self.seen = _seen_tokens(prompts, V) if repetition_penalty != 1.0 else None
+        self.rows = torch.arange(B, device=device)
+        self.new = torch.full((B, max_new_tokens), pad, dtype=torch.long, device=device)
+        self.finished = torch.zeros(B, dtype=torch.bool, device=device)
+        self.eos_ids = torch.tensor(eos, dtype=torch.long, device=device)
+        self.step = torch.zeros((), dtype=torch.long, device=device)   # the next token's index
+        self.token = torch.zeros(B, 1, dtype=torch.long, device=device)  # the model's next input
+        # EOS is barred while step < min_new_tokens.
+        self.barred = None
+        if eos and min_new_tokens > 0:
+            self.barred = torch.zeros(V, dtype=torch.bool, device=device)
+            self.barred[self.eos_ids] = True
+            self.min_new_tokens = min_new_tokens
+
+    def decide(self, logits: Tensor) -> None:
+        """Choose the token of step `self.step` from its logits (B, V) float32, record it,
+        and advance the step: device work only, no host read."""
+        scores = logits
+        if self.seen is not None:
+            scores = _apply_repetition_penalty(scores, self.seen, self.penalty)
+        if self.barred is not None:
+            scores = torch.where(self.barred & (self.step < self.min_new_tokens), float("-inf"), scores)
+        if self.eos:
             # Finished rows emit pad whatever their logits say: no error from them either.
-            token = torch.where(finished, pad, draw(step, torch.where(finished[:, None], 0.0, scores)))
+            finished = self.finished
+            token = torch.where(finished, self.pad,
+                                self.draw(self.step, torch.where(finished[:, None], 0.0, scores)))
         else:
-            token = draw(step, scores)
-        new[:, step] = token
-        if penalised:
-            seen[rows, token.clamp(0, seen.shape[1] - 1)] |= ~finished
-        stop = step + 1 == max_new_tokens
-        if eos:
-            finished |= torch.isin(token, eos_ids)
-            stop = stop or bool(finished.all())  # synchronises on CUDA
-        errors.check_errors()  # so no token drawn from bad logits goes any further
-        if stop:
-            steps = step + 1
-            break
-        logits, state = _last_logits(model, token[:, None], state)
-    return _pad_rows([torch.cat([p, n]) for p, n in zip(prompts, new[:, :steps])], pad)
+            token = self.draw(self.step, scores)
+        self.new.scatter_(1, self.step.expand(token.shape[0], 1), token[:, None])
+        if self.seen is not None:
+            self.seen[self.rows, token.clamp(0, self.seen.shape[1] - 1)] |= ~self.finished
+        if self.eos:
+            self.finished |= torch.isin(token, self.eos_ids)
+        self.token.copy_(token[:, None])
+        self.step += 1
+
+    def advance(self, state):
+        """One step after the first: the model on the last token, then decide."""
+        logits, state = _last_logits(self.model, self.token, state)
+        self.decide(logits)
+        return state
+
+    def done_after(self, step: int) -> bool:
+        """Whether the loop stops after step `step` (0-based)."""
+        if step + 1 == self.max_new_tokens:
+            return True
+        return bool(self.eos) and bool(self.finished.all())  # synchronises on CUDA
+
+    def result(self, steps: int) -> Tensor:
+        return _pad_rows([torch.cat([p, n]) for p, n in zip(self.prompts, self.new[:, :steps])],
+                         self.pad)
+
+    def run(self, state) -> Tensor:
+        for step in range(self.max_new_tokens):
+            if step == 0:
+                self.decide(self.first_logits)
+            else:
+                state = self.advance(state)
+            errors.check_errors()  # so no token drawn from bad logits goes any further
+            if self.done_after(step):
+                return self.result(step + 1)
+        raise AssertionError("unreachable: the last step always stops")
+
+    def run_graphed(self, state, generator) -> Tensor:
+        """Steps 0 and 1 eagerly (step 1 on a side stream, as the warm-up torch's CUDA-graph
+        capture needs: plans, compiles and allocations happen there), then one graph of
+        `advance` replayed per step, its inputs and outputs the loop's fixed tensors."""
+        self.decide(self.first_logits)
+        errors.check_errors()
+        if self.done_after(0):
+            return self.result(1)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            state = self.advance(state)
+        torch.cuda.current_stream().wait_stream(side)
+        errors.check_errors()
+        if self.done_after(1):
+            return self.result(2)
+        static_state = map_state(state, torch.clone)
+        graph = torch.cuda.CUDAGraph()
+        if generator is not None:
+            graph.register_generator_state(generator)
+        with errors.recorded_reports() as recorded, torch.cuda.graph(graph):
+            next_state = self.advance(static_state)
+            _copy_state(static_state, next_state)
+        for step in range(2, self.max_new_tokens):
+            graph.replay()
+            for report in recorded:
+                report.report()
+            if self.eos:
+                errors.check_errors()
+            if self.done_after(step):
+                errors.check_errors()
+                return self.result(step + 1)
+        raise AssertionError("unreachable: the last step always stops")
+
+
+def _copy_state(into, state) -> None:
+    """Copy a state into tensors of the same structure and shapes (the graph's inputs)."""
+    if isinstance(into, Tensor):
+        if not isinstance(state, Tensor) or state.shape != into.shape:
+            _fail("cuda_graph=True needs a model whose state keeps its structure and shapes", TypeError)
+        into.copy_(state)
+        return
+    if not isinstance(state, (tuple, list)) or len(state) != len(into):
+        _fail("cuda_graph=True needs a model whose state keeps its structure and shapes", TypeError)
+    for a, b in zip(into, state):
+        _copy_state(a, b)
 
 
 # Hugging Face's beam search marks impossible candidates with this finite score (not -inf,

@@ -381,3 +381,97 @@ def test_the_models_logits_are_never_written():
     out = fastrnn.generate(SharedLogits(), torch.tensor([[0]]), 3, eos_token_id=1, min_new_tokens=2)
     assert out[0].tolist() == [0, 2, 2, 1]
     assert row.tolist() == [0.0, 2.0, 1.0, -1.0]
+
+
+# ---- CUDA graphs: generate(cuda_graph=True) ------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(cuda_graph=True), "cuda_graph=True needs CUDA prompts"),
+    (dict(cuda_graph=True, num_beams=2), "beam search"),
+])
+def test_cuda_graph_arguments_are_checked(model, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fastrnn.generate(model, torch.tensor([[1, 2]]), 3, **kwargs)
+    with pytest.raises(TypeError, match="cuda_graph must be True or False"):
+        fastrnn.generate(model, torch.tensor([[1, 2]]), 3, cuda_graph=1)
+
+
+def test_state_copies_keep_structure_and_shapes():
+    from fastrnn.generate import _copy_state
+    into = (torch.zeros(1, 2, 3), [torch.zeros(2)])
+    _copy_state(into, (torch.ones(1, 2, 3), [torch.full((2,), 2.0)]))
+    assert into[0].eq(1).all() and into[1][0].eq(2).all()
+    for bad in ((torch.ones(1, 2, 4), [torch.ones(2)]), (torch.ones(1, 2, 3),), torch.ones(1)):
+        with pytest.raises(TypeError, match="keeps its structure and shapes"):
+            _copy_state(into, bad)
+
+
+class FastLSTMLM(torch.nn.Module):
+    def __init__(self, V=50, H=64):
+        super().__init__()
+        self.embed = torch.nn.Embedding(V, H)
+        self.rnn = fastrnn.LSTM(H, H, num_layers=2, batch_first=True)
+        self.head = torch.nn.Linear(H, V)
+
+    def forward(self, tokens, state):
+        y, state = self.rnn(self.embed(tokens), state)
+        return self.head(y), state
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("options", [
+    dict(), dict(do_sample=True, seed=3, top_p=0.9, temperature=0.8),
+    dict(do_sample=True, top_k=5, seed=torch.arange(3)),
+    dict(eos_token_id=[0, 7], min_new_tokens=4, repetition_penalty=1.3),
+    dict(do_sample=True, seed=5, eos_token_id=2, pad_token_id=1),
+])
+def test_cuda_graph_generation_equals_the_eager_loop(options):
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model = FastLSTMLM().cuda()
+        prompts = torch.randint(0, 50, (3, 4), device="cuda")
+        eager = fastrnn.generate(model, prompts, 12, **options)
+        graphed = fastrnn.generate(model, prompts, 12, cuda_graph=True, **options)
+    assert torch.equal(eager, graphed)
+
+
+@pytest.mark.cuda
+def test_cuda_graph_generation_with_a_generator_replays_its_stream():
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model = FastLSTMLM().cuda()
+        prompts = torch.randint(0, 50, (2, 3), device="cuda")
+        runs = []
+        for graph in (False, True):
+            g = torch.Generator(device="cuda").manual_seed(11)
+            runs.append(fastrnn.generate(model, prompts, 10, do_sample=True, generator=g, cuda_graph=graph))
+    assert torch.equal(*runs)
+
+
+class CountingNaN(torch.nn.Module):
+    """TurnsNaN(rows=1) without host reads, so a CUDA graph can capture it: token 5 is
+    preferred, and row 1's logits are NaN from the fourth call on. State: calls so far."""
+
+    def forward(self, tokens, state):
+        B, T = tokens.shape
+        calls = torch.ones(1, B, device=tokens.device) if state is None else state + 1
+        logits = torch.zeros(B, T, 6, device=tokens.device)
+        logits[..., 5] = 3.0
+        bad = (calls[0] > 3) & (torch.arange(B, device=tokens.device) == 1)
+        return torch.where(bad[:, None, None], float("nan"), logits), calls
+
+
+def test_counting_nan_model_turns_nan_at_its_fourth_call():
+    prompts = torch.tensor([[1, 2], [3, 4]])
+    assert fastrnn.generate(CountingNaN(), prompts, 3)[:, 2:].eq(5).all()
+    with pytest.raises(ValueError, match="row 1 contains NaN"):
+        fastrnn.generate(CountingNaN(), prompts, 6)
+
+
+@pytest.mark.cuda
+def test_nan_logits_raise_under_a_cuda_graph():
+    # The fourth call is the second replay: the error comes from a replayed draw.
+    prompts = torch.tensor([[1, 2], [3, 4]], device="cuda")
+    assert fastrnn.generate(CountingNaN(), prompts, 3, cuda_graph=True)[:, 2:].eq(5).all()
+    with pytest.raises(ValueError, match="row 1 contains NaN"):
+        fastrnn.generate(CountingNaN(), prompts, 6, cuda_graph=True)
