@@ -10,6 +10,8 @@ import time
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from fastrnn.ops.lstm import reference as lstm_reference
 from fastrnn.ops.recurrent import backward, common, forward
@@ -310,6 +312,37 @@ def test_interpreter_default_plan_at_large_hidden_sizes_matches_torch(H):
                                                     w_hh, y, workspace, None)
     torch.testing.assert_close(dx, x.grad, **close)
     torch.testing.assert_close(dw_hh, layer.weight_hh_l0.grad, **close)
+
+
+@triton.jit
+def _tanh_kernel(x_ptr, y_ptr, N, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(y_ptr + offs, common.tanh(tl.load(x_ptr + offs, mask=offs < N)), mask=offs < N)
+
+
+@pytest.mark.interpreter
+def test_tanh_within_two_ulp_of_float64():
+    """The kernels' tanh against float64 tanh, in ulps of the fp32 result, over every
+    magnitude the gates see (and signed zero, subnormals, huge values, inf)."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.cat([torch.linspace(-8, 8, 200001), torch.randn(100000, generator=g) * 1e-3,
+                   torch.tensor([0.0, -0.0, 1e-40, -1e-40, 0.55, -0.55, 50.0, -50.0, float("inf"),
+                                 -float("inf")])])
+    y = torch.empty_like(x)
+    _tanh_kernel[(triton.cdiv(x.numel(), 4096),)](x, y, x.numel(), BLOCK=4096)
+    exact = torch.tanh(x.double())
+    ulp = torch.finfo(torch.float32).eps * exact.abs().float().clamp_min(torch.finfo(torch.float32).tiny)
+    err = (y.double() - exact).abs() / ulp.double()
+    assert err.max().item() <= 2.0, x[err.argmax()].item()
+    assert torch.equal(torch.signbit(y[x == 0]), torch.signbit(x[x == 0]))
+    assert torch.isnan(common_tanh_of(float("nan")))
+
+
+def common_tanh_of(value: float) -> torch.Tensor:
+    x = torch.tensor([value])
+    y = torch.empty_like(x)
+    _tanh_kernel[(1,)](x, y, 1, BLOCK=16)
+    return y
 
 
 # ------------------------------------------------------------------ the barrier abort

@@ -51,12 +51,6 @@ from fastrnn.ops.recurrent import common
 
 
 @triton.jit
-def _tanh(x):
-    # tl has no tanh in every supported Triton version.
-    return 2.0 * tl.sigmoid(2.0 * x) - 1.0
-
-
-@triton.jit
 def _load_gate_tile(w_hh_ptr, gate, H, offs_k, offs_n, col_ok):
     """(BLOCK_K, TILE_N) tile of one gate's rows of W_hh: tile[k, j] = W_hh[gate*H + k, j]."""
     rows = (gate * H + offs_k).to(tl.int64)
@@ -199,7 +193,7 @@ def _lstm_step_backward(dh, dc_state, ws_row, prev_ws_row, c0_ptr, state_offs, h
     c_saved = tl.load(prev_ws_row + 4 * H + offs_h[None, :], mask=mask & has_prev, other=0.0)
     c_init = tl.load(c0_ptr + state_offs, mask=mask & ~has_prev, other=0.0).to(tl.float32)
     c_prev = tl.where(has_prev, c_saved, c_init)
-    tanh_c = _tanh(c)
+    tanh_c = common.tanh(c)
     dc = dc_state + dh * o * (1.0 - tanh_c * tanh_c)
     keep = active[:, None]
     di = tl.where(keep, dc * g * i * (1.0 - i), 0.0)

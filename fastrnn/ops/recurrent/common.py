@@ -73,6 +73,33 @@ BARRIER_ABORT = 1 << 30
 MAX_BARRIER_ARRIVALS = 1 << 29
 
 
+# tanh(x) = x * P(x^2) below |x| = TANH_SERIES_BELOW (P: tanh's Taylor series to x^15, whose
+# truncation there is under 0.2 ulp), else sign(x) * (1 - 2 / (exp(2|x|) + 1)), where
+# tanh >= 0.5 and the subtraction loses nothing: within 2 ulp of tanh in fp32 everywhere
+# (tests/ops/test_recurrent_plans.py checks it against float64). 2 * sigmoid(2x) - 1, the
+# usual one-liner, errs by up to an ulp of 1 near 0, where tanh is small: that doubled the
+# layers' fp32 error against torch's. Only tl.exp is used, which every supported Triton
+# version and the interpreter have (tl has no tanh in all of them).
+TANH_SERIES_BELOW = tl.constexpr(0.55)
+
+
+@triton.jit
+def tanh(x):
+    """tanh of fp32 x, to 2 ulp (see TANH_SERIES_BELOW)."""
+    x2 = x * x
+    series = -929569.0 / 638512875.0
+    series = series * x2 + 21844.0 / 6081075.0
+    series = series * x2 - 1382.0 / 155925.0
+    series = series * x2 + 62.0 / 2835.0
+    series = series * x2 - 17.0 / 315.0
+    series = series * x2 + 2.0 / 15.0
+    series = series * x2 - 1.0 / 3.0
+    series = x * (1.0 + series * x2)
+    tail = 1.0 - 2.0 / (tl.exp(2.0 * tl.abs(x)) + 1.0)
+    tail = tl.where(x < 0.0, -tail, tail)
+    return tl.where(tl.abs(x) < TANH_SERIES_BELOW, series, tail)
+
+
 @triton.jit
 def grid_barrier(counter_ptr, target, error_ptr, MAX_POLLS: tl.constexpr, ABORT: tl.constexpr):
     """Wait until `target` arrivals are counted at counter_ptr (one per program per step).

@@ -27,13 +27,7 @@ from triton.runtime.jit import MockTensor
 
 from fastrnn import errors
 from fastrnn.ops.recurrent import common
-from fastrnn.ops.recurrent.common import GATES, GRU, LSTM, RNN_RELU, WORKSPACE_WIDTH
-
-
-@triton.jit
-def tanh(x):
-    # Written with sigmoid so one formula serves every Triton version and the interpreter.
-    return 2.0 * tl.sigmoid(2.0 * x) - 1.0
+from fastrnn.ops.recurrent.common import GATES, GRU, LSTM, RNN_RELU, WORKSPACE_WIDTH, tanh
 
 
 @triton.jit
