@@ -7,6 +7,7 @@
 
 #include "binding.h"
 #include "fastrnn/recurrence.h"
+#include "fastrnn/step_cpu.h"
 
 namespace fastrnn::binding {
 
@@ -61,5 +62,12 @@ namespace fastrnn::binding {
 inline bool single_step(const Dims& d, const OptTensor& lengths) {
   return d.T == 1 && !lengths.has_value();
 }
+
+// Batch sizes up to which a single step's products run on step_products
+// (csrc/include/fastrnn/step_cpu.h: dot products of the weights' own rows, bound by reading
+// them once) rather than on BLAS, which is faster once many rows share each weight load.
+constexpr int64_t kStepDotMaxBatch = 4;
+
+inline bool step_on_dot_products(const Dims& d) { return d.B <= kStepDotMaxBatch; }
 
 }  // namespace fastrnn::binding
