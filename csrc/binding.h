@@ -25,6 +25,12 @@ inline Tensor acc(const Tensor& t, at::ScalarType type) {
   return t.to(type).contiguous();
 }
 
+// `t` converted back to the caller's dtype (itself when it already has it, without a
+// dispatcher call).
+inline Tensor in_dtype(const Tensor& t, at::ScalarType type) {
+  return t.scalar_type() == type ? t : t.to(type);
+}
+
 inline OptTensor acc(const OptTensor& t, at::ScalarType type) {
   if (!t.has_value()) return std::nullopt;
   return acc(*t, type);

@@ -67,7 +67,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_step_cpu(const Dims& d, const Tensor& x, 
                       H);
     });
   });
-  return {y.to(x.scalar_type()), h_n.to(x.scalar_type()), workspace};
+  return {in_dtype(y, x.scalar_type()), in_dtype(h_n, x.scalar_type()), workspace};
 }
 
 std::tuple<Tensor, Tensor, Tensor> gru_forward_cpu(const Tensor& x, const Tensor& h0,
@@ -100,7 +100,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward_cpu(const Tensor& x, const Tensor
                            gates_h.data_ptr<scalar_t>()};
     gru_forward(a, AtenGemm(), AtenFor());
   });
-  return {y.to(x.scalar_type()), h_n.to(x.scalar_type()), workspace};
+  return {in_dtype(y, x.scalar_type()), in_dtype(h_n, x.scalar_type()), workspace};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward_cpu(

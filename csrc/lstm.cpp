@@ -66,8 +66,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_step_cpu(
   }
   const auto dtype = x.scalar_type();
   // y and h_n are distinct tensors (a custom op's outputs may not alias).
-  return {h_n.to(dtype).unsqueeze(0), h_n.to(dtype, /*non_blocking=*/false, /*copy=*/true),
-          c_n.to(dtype), workspace};
+  return {in_dtype(h_n, dtype).unsqueeze(0), h_n.to(dtype, /*non_blocking=*/false, /*copy=*/true),
+          in_dtype(c_n, dtype), workspace};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward_cpu(
@@ -105,7 +105,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward_cpu(
                             hidden.data_ptr<scalar_t>()};
     lstm_forward(a, AtenGemm(), AtenFor());
   });
-  return {y.to(x.scalar_type()), h_n.to(x.scalar_type()), c_n.to(x.scalar_type()), workspace};
+  const auto out = x.scalar_type();
+  return {in_dtype(y, out), in_dtype(h_n, out), in_dtype(c_n, out), workspace};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_cpu(

@@ -76,7 +76,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_step_cpu(const Dims& d, bool relu, const 
       });
     });
   });
-  return {y.to(x.scalar_type()), h_n.to(x.scalar_type()), workspace};
+  return {in_dtype(y, x.scalar_type()), in_dtype(h_n, x.scalar_type()), workspace};
 }
 
 std::tuple<Tensor, Tensor, Tensor> rnn_forward_cpu(const Tensor& x, const Tensor& h0,
@@ -110,7 +110,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward_cpu(const Tensor& x, const Tensor
                                  h_n.data_ptr<scalar_t>()};
     with_nonlinearity(relu, [&](auto is_relu) { rnn_forward<decltype(is_relu)::value>(a, AtenFor()); });
   });
-  return {y.to(x.scalar_type()), h_n.to(x.scalar_type()), workspace};
+  return {in_dtype(y, x.scalar_type()), in_dtype(h_n, x.scalar_type()), workspace};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(

@@ -234,7 +234,8 @@ class _FusedRNNBase(nn.RNNBase):
         the Python layers would cost more than the step): a batched CPU tensor, one
         direction, no autocast, no inter-layer dropout, the extension chosen, and nothing
         that needs checking. Each layer calls the extension's op directly (its autograd
-        formula is registered on it, so training works too). Returns None whenever any of
+        formula is registered on it in C++, csrc/autograd.cpp: training works too, and a
+        call that needs no gradient never enters Python below this). Returns None whenever any of
         this does not hold: forward's general path then runs, raising torch.nn's errors.
         """
         if (type(input) is not Tensor or input.dim() != 3 or self.bidirectional or not input.is_cpu
