@@ -14,34 +14,60 @@ namespace {
 constexpr const char* kForward = "fastrnn::ext_lstm_forward";
 constexpr const char* kBackward = "fastrnn::ext_lstm_backward";
 
-// One step (single_step): gates = x W_ih^T + b + h0 W_hh^T on BLAS, then the gate math per
-// row, and with a projection y = (o * tanh(c)) W_hr^T.
+// One step (single_step): gates = x W_ih^T + h0 W_hh^T + b_ih + b_hh (step_products at a
+// small batch, BLAS above), then the gate math per row, and with a projection
+// y = (o * tanh(c)) W_hr^T.
 std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_step_cpu(
     const Dims& d, const Tensor& x, const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
     const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr) {
   const auto type = acc_type(x);
-  const auto opts = x.options().dtype(type);
-  Tensor gates = linear_all_steps(acc(x, type).view({d.B, x.size(2)}), acc(w_ih, type),
-                                  lstm_gate_bias(b_ih, b_hh, type));
-  gates.addmm_(acc(h0, type), acc(w_hh, type).t());
+  const int64_t B = d.B, H = d.H, P = d.P, I = x.size(2);
+  const Tensor x_a = acc(x, type), h0_a = acc(h0, type);
+  const Tensor w_ih_a = acc(w_ih, type), w_hh_a = acc(w_hh, type);
+  const OptTensor w_hr_a = acc(w_hr, type);
+  const auto opts = x_a.options();
+  const bool dot = step_on_dot_products(d);
+  Tensor gates;
+  if (dot) {
+    const OptTensor b_ih_a = acc(b_ih, type), b_hh_a = acc(b_hh, type);
+    gates = at::empty({B, 4 * H}, opts);
+    AT_DISPATCH_FLOATING_TYPES(type, "ext_lstm_step_products", [&] {
+      step_products<scalar_t>(4 * H, B, w_ih_a.data_ptr<scalar_t>(), x_a.data_ptr<scalar_t>(), I,
+                              w_hh_a.data_ptr<scalar_t>(), h0_a.data_ptr<scalar_t>(), P,
+                              ptr_or_null<scalar_t>(b_ih_a), ptr_or_null<scalar_t>(b_hh_a),
+                              gates.data_ptr<scalar_t>(), 4 * H, AtenFor());
+    });
+  } else {
+    gates = linear_all_steps(x_a.view({B, I}), w_ih_a, lstm_gate_bias(b_ih, b_hh, type));
+    gates.addmm_(h0_a, w_hh_a.t());
+  }
   Tensor c_n = acc(c0, type).clone(at::MemoryFormat::Contiguous);
-  Tensor workspace = at::empty({1, d.B, 5 * d.H}, opts);
-  Tensor hidden = at::empty({d.B, d.H}, opts);
+  Tensor workspace = at::empty({1, B, 5 * H}, opts);
+  Tensor hidden = at::empty({B, H}, opts);
   AT_DISPATCH_FLOATING_TYPES(type, "ext_lstm_step", [&] {
     const scalar_t* pre = gates.data_ptr<scalar_t>();
     scalar_t* c = c_n.data_ptr<scalar_t>();
     scalar_t* ws = workspace.data_ptr<scalar_t>();
     scalar_t* out = hidden.data_ptr<scalar_t>();
-    for_each_row_piece(AtenFor(), d.B, d.H, [&](int64_t b, int64_t j0, int64_t j1) {
-      lstm_forward_row(pre + b * 4 * d.H, c + b * d.H, ws + b * 5 * d.H, out + b * d.H, j0, j1,
-                       d.H);
+    for_each_row_piece(AtenFor(), B, H, [&](int64_t b, int64_t j0, int64_t j1) {
+      lstm_forward_row(pre + b * 4 * H, c + b * H, ws + b * 5 * H, out + b * H, j0, j1, H);
     });
   });
-  Tensor h_n = w_hr.has_value() ? at::mm(hidden, acc(*w_hr, type).t()) : hidden;
+  Tensor h_n = hidden;
+  if (w_hr_a.has_value() && dot) {
+    h_n = at::empty({B, P}, opts);
+    AT_DISPATCH_FLOATING_TYPES(type, "ext_lstm_step_projection", [&] {
+      step_products<scalar_t>(P, B, w_hr_a->data_ptr<scalar_t>(), hidden.data_ptr<scalar_t>(), H,
+                              nullptr, nullptr, 0, nullptr, nullptr, h_n.data_ptr<scalar_t>(), P,
+                              AtenFor());
+    });
+  } else if (w_hr_a.has_value()) {
+    h_n = at::mm(hidden, w_hr_a->t());
+  }
   const auto dtype = x.scalar_type();
   // y and h_n are distinct tensors (a custom op's outputs may not alias).
-  return {h_n.to(dtype).unsqueeze(0), h_n.to(dtype, /*non_blocking=*/false, /*copy=*/true),
-          c_n.to(dtype), workspace};
+  return {in_dtype(h_n, dtype).unsqueeze(0), h_n.to(dtype, /*non_blocking=*/false, /*copy=*/true),
+          in_dtype(c_n, dtype), workspace};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward_cpu(
@@ -79,7 +105,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward_cpu(
                             hidden.data_ptr<scalar_t>()};
     lstm_forward(a, AtenGemm(), AtenFor());
   });
-  return {y.to(x.scalar_type()), h_n.to(x.scalar_type()), c_n.to(x.scalar_type()), workspace};
+  const auto out = x.scalar_type();
+  return {in_dtype(y, out), in_dtype(h_n, out), in_dtype(c_n, out), workspace};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_cpu(

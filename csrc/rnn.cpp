@@ -37,15 +37,30 @@ FASTRNN_CPU_CLONES void rnn_step_row(const T* pre, T* ws, T* y, T* h_n, int64_t 
   }
 }
 
-// One step (single_step): the pre-activation on BLAS, then the activation.
+// One step (single_step): the pre-activation (step_products at a small batch, BLAS above),
+// then the activation.
 std::tuple<Tensor, Tensor, Tensor> rnn_step_cpu(const Dims& d, bool relu, const Tensor& x,
                                                 const Tensor& h0, const Tensor& w_ih,
                                                 const Tensor& w_hh, const OptTensor& b_ih,
                                                 const OptTensor& b_hh) {
   const auto type = acc_type(x);
-  Tensor pre = linear_all_steps(acc(x, type).view({d.B, x.size(2)}), acc(w_ih, type),
-                                rnn_bias(b_ih, b_hh, type));
-  pre.addmm_(acc(h0, type), acc(w_hh, type).t());
+  const int64_t I = x.size(2);
+  const Tensor x_a = acc(x, type), h0_a = acc(h0, type);
+  const Tensor w_ih_a = acc(w_ih, type), w_hh_a = acc(w_hh, type);
+  Tensor pre;
+  if (step_on_dot_products(d)) {
+    const OptTensor b_ih_a = acc(b_ih, type), b_hh_a = acc(b_hh, type);
+    pre = at::empty({d.B, d.H}, x_a.options());
+    AT_DISPATCH_FLOATING_TYPES(type, "ext_rnn_step_products", [&] {
+      step_products<scalar_t>(d.H, d.B, w_ih_a.data_ptr<scalar_t>(), x_a.data_ptr<scalar_t>(), I,
+                              w_hh_a.data_ptr<scalar_t>(), h0_a.data_ptr<scalar_t>(), d.H,
+                              ptr_or_null<scalar_t>(b_ih_a), ptr_or_null<scalar_t>(b_hh_a),
+                              pre.data_ptr<scalar_t>(), d.H, AtenFor());
+    });
+  } else {
+    pre = linear_all_steps(x_a.view({d.B, I}), w_ih_a, rnn_bias(b_ih, b_hh, type));
+    pre.addmm_(h0_a, w_hh_a.t());
+  }
   Tensor workspace = at::empty({1, d.B, d.H}, pre.options());
   Tensor y = at::empty({1, d.B, d.H}, pre.options()), h_n = at::empty({d.B, d.H}, pre.options());
   AT_DISPATCH_FLOATING_TYPES(type, "ext_rnn_step", [&] {
@@ -61,7 +76,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_step_cpu(const Dims& d, bool relu, const 
       });
     });
   });
-  return {y.to(x.scalar_type()), h_n.to(x.scalar_type()), workspace};
+  return {in_dtype(y, x.scalar_type()), in_dtype(h_n, x.scalar_type()), workspace};
 }
 
 std::tuple<Tensor, Tensor, Tensor> rnn_forward_cpu(const Tensor& x, const Tensor& h0,
@@ -95,7 +110,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward_cpu(const Tensor& x, const Tensor
                                  h_n.data_ptr<scalar_t>()};
     with_nonlinearity(relu, [&](auto is_relu) { rnn_forward<decltype(is_relu)::value>(a, AtenFor()); });
   });
-  return {y.to(x.scalar_type()), h_n.to(x.scalar_type()), workspace};
+  return {in_dtype(y, x.scalar_type()), in_dtype(h_n, x.scalar_type()), workspace};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(

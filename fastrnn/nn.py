@@ -28,7 +28,9 @@ picks the backend (fastrnn.backends). Variable-length batches (PackedSequence) r
 padded time-major tensor plus per-sequence lengths, so the kernels stop each sequence at
 its own end; the reverse direction reverses each sequence over its own valid steps.
 """
+import functools
 import importlib
+import os
 import warnings
 from typing import List, Optional, Sequence, Tuple
 
@@ -45,11 +47,21 @@ from fastrnn.ops import layer_autocast
 __all__ = ["LSTM", "GRU", "RNN", "replace_rnns"]
 
 
+@functools.lru_cache(maxsize=None)  # asked on every short call (import_module costs ~1 us)
 def _ext(cell: str):
     """The extension backend's module for `cell` ("lstm", "gru", "rnn"): its forward is the
     op with its autograd formula, which importing the module registers (only asked once
     fastrnn.backends chose the extension)."""
     return importlib.import_module(f"fastrnn.ops.{cell}.ext")
+
+
+@functools.lru_cache(maxsize=None)
+def _ext_chosen(mode: str, requested: Optional[str]) -> bool:
+    """Whether fastrnn.backends picks the extension for a CPU layer of `mode` ("LSTM", "GRU",
+    "RNN_TANH", "RNN_RELU") when FASTRNN_BACKEND is `requested`: memoised per value (the
+    choice depends on nothing else once the extension is loaded), since _short_forward asks
+    on every call. An invalid value raises backends.choose's ValueError every time."""
+    return backends.choose("cpu", mode.split("_")[0].lower(), (), requested) == "ext"
 
 
 def _reverse_index(lengths: Tensor, steps: int) -> Tensor:
@@ -222,7 +234,8 @@ class _FusedRNNBase(nn.RNNBase):
         the Python layers would cost more than the step): a batched CPU tensor, one
         direction, no autocast, no inter-layer dropout, the extension chosen, and nothing
         that needs checking. Each layer calls the extension's op directly (its autograd
-        formula is registered on it, so training works too). Returns None whenever any of
+        formula is registered on it in C++, csrc/autograd.cpp: training works too, and a
+        call that needs no gradient never enters Python below this). Returns None whenever any of
         this does not hold: forward's general path then runs, raising torch.nn's errors.
         """
         if (type(input) is not Tensor or input.dim() != 3 or self.bidirectional or not input.is_cpu
@@ -260,17 +273,20 @@ class _FusedRNNBase(nn.RNNBase):
                 if (type(h) is not Tensor or h.dtype != dtype or not h.is_cpu
                         or tuple(h.shape) != size):
                     return None
-        backend = backends.choose("cpu", self.mode.split("_")[0].lower(), (), None)
-        if backend != "ext":
+        if not _ext_chosen(self.mode, os.environ.get(backends.ENV_VAR) or None):
             return None
-        per_layer = len(weights) // layers
-        finals: List[List[Tensor]] = [[] for _ in state]
-        for layer in range(layers):
-            x, last = self._ext_layer(x, tuple(h[layer] for h in state),
-                                      weights[layer * per_layer:(layer + 1) * per_layer])
-            for collected, h in zip(finals, last):
-                collected.append(h)
-        final = tuple(c[0].unsqueeze(0) if layers == 1 else torch.stack(c) for c in finals)
+        if layers == 1:  # the common case, without the per-layer lists (microseconds here)
+            x, last = self._ext_layer(x, tuple([h[0] for h in state]), weights)
+            final = tuple([h.unsqueeze(0) for h in last])
+        else:
+            per_layer = len(weights) // layers
+            finals: List[List[Tensor]] = [[] for _ in state]
+            for layer in range(layers):
+                x, last = self._ext_layer(x, tuple([h[layer] for h in state]),
+                                          weights[layer * per_layer:(layer + 1) * per_layer])
+                for collected, h in zip(finals, last):
+                    collected.append(h)
+            final = tuple([torch.stack(c) for c in finals])
         return (x.transpose(0, 1) if self.batch_first else x), self._from_state_tuple(final)
 
     def _state_sizes(self, batch: int) -> Tuple[Tuple[int, int, int], ...]:

@@ -75,7 +75,7 @@ def test_single_step_projection_gradcheck():
 
 @ext
 @pytest.mark.parametrize("cell", STEP_CELLS, ids=lambda c: c.name)
-@pytest.mark.parametrize("B, I, H", [(1, 64, 256), (5, 7, 13), (32, 16, 48)])
+@pytest.mark.parametrize("B, I, H", [(1, 64, 256), (3, 7, 13), (5, 7, 13), (32, 16, 48)])
 def test_single_step_matches_nn_fp32(cell, B, I, H):
     check_parity(cell, 1, B, I, H, "cpu", backend="ext")
 

@@ -12,6 +12,7 @@
 #include "fastrnn/gru_cpu.h"
 #include "fastrnn/lstm_cpu.h"
 #include "fastrnn/rnn_cpu.h"
+#include "fastrnn/step_cpu.h"
 
 namespace {
 
@@ -412,10 +413,39 @@ void test_gemm() {
   }
 }
 
+// step_products against a plain sum: K not a multiple of the vector width, G not a
+// multiple of the row block, B > 1 rows at a row stride above G, and each part, bias
+// and the other part absent.
+void test_step_products() {
+  std::mt19937 gen(11);
+  const int64_t G = 7, B = 3, Kx = 5, Kh = 19, ld = G + 2;
+  const Vec wx = random_vec(gen, G * Kx), wh = random_vec(gen, G * Kh), x = random_vec(gen, B * Kx);
+  const Vec h = random_vec(gen, B * Kh), bx = random_vec(gen, G), bh = random_vec(gen, G);
+  for (int parts = 1; parts <= 3; ++parts) {
+    const bool with_x = parts & 1, with_h = parts & 2;
+    for (bool bias : {false, true}) {
+      Vec out(B * ld, 0.0);
+      fastrnn::step_products<double>(G, B, with_x ? wx.data() : nullptr, x.data(), Kx,
+                                     with_h ? wh.data() : nullptr, h.data(), Kh,
+                                     bias ? bx.data() : nullptr, bias ? bh.data() : nullptr,
+                                     out.data(), ld);
+      for (int64_t b = 0; b < B; ++b) {
+        for (int64_t g = 0; g < G; ++g) {
+          double s = bias ? bx[g] + bh[g] : 0.0;
+          for (int64_t k = 0; with_x && k < Kx; ++k) s += wx[g * Kx + k] * x[b * Kx + k];
+          for (int64_t k = 0; with_h && k < Kh; ++k) s += wh[g * Kh + k] * h[b * Kh + k];
+          expect_close("step_products", out[b * ld + g], s, 1e-13);
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
   test_gemm();
+  test_step_products();
   unsigned seed = 1;
   for (const Case& c : {Case{1, 1, 1, 1, false, false}, Case{3, 2, 3, 3, false, false},
                         Case{4, 3, 5, 5, false, true}, Case{3, 2, 4, 3, true, false},

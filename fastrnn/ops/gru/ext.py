@@ -5,14 +5,15 @@ else per step; FASTRNN_CUDA_PERSISTENT=0 forces the per-step kernels.
 
 Provides the backend interface of fastrnn/ops/gru/op.py (`forward`, `backward`) on the
 C++ ops fastrnn::ext_gru_forward / fastrnn::ext_gru_backward, and registers their fake
-(meta) implementations and autograd formula so they trace under torch.compile and pass
-torch.library.opcheck. Importing this module loads the extension; it raises ImportError
+(meta) implementations so they trace under torch.compile and pass torch.library.opcheck;
+their autograd formula is registered in C++ (csrc/autograd.cpp), so calls that need no
+gradient never enter Python. Importing this module loads the extension; it raises ImportError
 when the extension was not built.
 """
 import torch
 
 from fastrnn import backends
-from fastrnn.ops.gru.op import GATES, input_gradients, setup_context, workspace_dtype
+from fastrnn.ops.gru.op import GATES, workspace_dtype
 
 if backends.ext_module() is None:
     raise ImportError("fastrnn.ops.gru.ext needs the compiled extension fastrnn._C "
@@ -42,11 +43,3 @@ def _backward_fake(grad_y, grad_hT, x, h0, w_ih, w_hh, b_ih, b_hh, y, workspace,
     G = w_hh.shape[0]
     return (x.new_empty(x.shape), x.new_empty(h0.shape), x.new_empty(w_ih.shape),
             x.new_empty(w_hh.shape), x.new_empty(G), x.new_empty(G))
-
-
-def _backward(ctx, grad_y, grad_hT, _grad_workspace):
-    return input_gradients(ctx, backward_op, grad_y, grad_hT)
-
-
-torch.library.register_autograd("fastrnn::ext_gru_forward", _backward,
-                                setup_context=setup_context)

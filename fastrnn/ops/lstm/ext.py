@@ -5,14 +5,15 @@ On CUDA the recurrences run as one persistent kernel each way when W_hh fits on 
 
 Provides the backend interface of fastrnn/ops/lstm/op.py (`forward`, `backward`) on the
 C++ ops fastrnn::ext_lstm_forward / fastrnn::ext_lstm_backward, and registers their fake
-(meta) implementations and autograd formula so they trace under torch.compile and pass
-torch.library.opcheck. Importing this module loads the extension; it raises ImportError
+(meta) implementations so they trace under torch.compile and pass torch.library.opcheck;
+their autograd formula is registered in C++ (csrc/autograd.cpp), so calls that need no
+gradient never enter Python. Importing this module loads the extension; it raises ImportError
 when the extension was not built.
 """
 import torch
 
 from fastrnn import backends
-from fastrnn.ops.lstm.op import GATES, input_gradients, setup_context, workspace_dtype
+from fastrnn.ops.lstm.op import GATES, workspace_dtype
 
 if backends.ext_module() is None:
     raise ImportError("fastrnn.ops.lstm.ext needs the compiled extension fastrnn._C "
@@ -46,11 +47,3 @@ def _backward_fake(grad_y, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh, 
     dw_hr = x.new_empty(w_hr.shape) if w_hr is not None else x.new_empty(0)
     return (x.new_empty(x.shape), x.new_empty(h0.shape), x.new_empty(c0.shape),
             x.new_empty(w_ih.shape), x.new_empty(w_hh.shape), x.new_empty(w_hh.shape[0]), dw_hr)
-
-
-def _backward(ctx, grad_y, grad_hT, grad_cT, _grad_workspace):
-    return input_gradients(ctx, backward_op, grad_y, grad_hT, grad_cT)
-
-
-torch.library.register_autograd("fastrnn::ext_lstm_forward", _backward,
-                                setup_context=setup_context)
