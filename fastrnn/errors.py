@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import struct
+import sys
 import threading
 from typing import Callable, List
 
@@ -145,13 +146,25 @@ def check_lengths(lengths: "torch.Tensor | None", T: int, op: str) -> None:
 
 
 def check_errors() -> None:
-    """Wait for every kernel that reported codes and raise the first error among them.
+    """Wait for every kernel that reported codes and raise the first error among them: the
+    Triton kernels' and the CUDA extension's persistent kernels' (whose barrier timeouts
+    the extension keeps and otherwise raises at its next call).
 
     Raises:
         the exception type its reporter chose (RuntimeError for kernel failures,
         ValueError for bad input found on the device), with its message.
     """
     _raise_completed(wait=True)
+    _check_extension()
+
+
+def _check_extension() -> None:
+    """The CUDA extension's pending barrier reports, when a CUDA build of it is loaded and
+    CUDA has been used (the op exists only in CUDA builds)."""
+    if "fastrnn._C" not in sys.modules or not torch.cuda.is_initialized():
+        return
+    if hasattr(torch.ops.fastrnn, "ext_check_barrier_timeouts"):
+        torch.ops.fastrnn.ext_check_barrier_timeouts()
 
 
 def _raise_completed(wait: bool) -> None:

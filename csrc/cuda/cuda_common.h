@@ -72,14 +72,15 @@ inline void report_barrier(const Tensor& barrier, const char* op) {
 }
 
 // Raises the RuntimeError of the first reported launch whose barrier timed out, among those
-// that have completed; each is forgotten once looked at.
-inline void raise_barrier_timeouts() {
+// that have completed (with `wait`, among all of them, after waiting for each: what
+// fastrnn.check_errors() asks for); each is forgotten once looked at.
+inline void raise_barrier_timeouts(bool wait = false) {
   std::vector<std::string> timed_out;
   {
     const std::lock_guard<std::mutex> lock(pending_barriers_mutex());
     auto& pending = pending_barriers();
     for (auto it = pending.begin(); it != pending.end();) {
-      const cudaError_t state = cudaEventQuery(it->done);
+      const cudaError_t state = wait ? cudaEventSynchronize(it->done) : cudaEventQuery(it->done);
       if (state == cudaErrorNotReady) {
         ++it;
         continue;

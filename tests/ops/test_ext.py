@@ -9,7 +9,7 @@ from functools import partial
 import pytest
 import torch
 
-from fastrnn import backends, functional
+from fastrnn import backends, errors, functional
 from fastrnn.ops.gru import reference as gru_reference
 from fastrnn.ops.lstm import reference as lstm_reference
 from fastrnn.testing import assert_close_fp32, assert_rel_rms, assert_within_baseline
@@ -58,7 +58,7 @@ def test_package_works_without_the_extension():
     out = run_python(
         "import sys; sys.modules['fastrnn._C'] = None\n"
         "import torch, fastrnn\n"
-        "from fastrnn import backends, functional\n"
+        "from fastrnn import backends, errors, functional\n"
         "assert backends.ext_module() is None and not backends.ext_available('cpu', 'lstm')\n"
         "assert backends.choose('cpu', 'lstm') == 'reference'\n"
         "x = torch.randn(3, 2, 4)\n"
@@ -470,3 +470,15 @@ def test_lstm_packed_paths_lengths_match_reference():
     assert_lengths_match_reference(partial(functional.lstm_layer, backend="ext"),
                                    lstm_reference.lstm_layer, args, torch.tensor([6, 2, 4]),
                                    ["y", "h_T", "c_T"])
+
+
+@cuda
+def test_check_errors_waits_for_the_cuda_extension_barriers():
+    """A CUDA build registers the op fastrnn.check_errors() calls to wait for the persistent
+    kernels' barrier reports; with none timed out it returns quietly."""
+    if backends.ext_module() is None or not backends.ext_available("cuda"):
+        pytest.skip("the extension was built without CUDA")
+    assert hasattr(torch.ops.fastrnn, "ext_check_barrier_timeouts")
+    args = [a.detach().float().cuda() for a in lstm_args(T=4, B=2, I=8, H=64)[:7]]
+    functional.lstm_layer(*args, backend="ext")
+    errors.check_errors()
