@@ -36,4 +36,12 @@ done
 "$PYTHON" -c "import setuptools, sys; sys.exit(int(setuptools.__version__.split('.')[0]) < 64)" \
   2>/dev/null || pip_install "setuptools>=64"
 "$PYTHON" -c "import wheel" 2>/dev/null || pip_install wheel
+# fastrnn itself, unless this checkout is what is installed and its extension is newer than
+# every C++/CUDA source and setup.py (CI runs `make install` and then `make test`, which would
+# otherwise build the extension twice).
+so=$(ls fastrnn/_C*.so 2>/dev/null | head -n 1 || true)
+if [ -n "$so" ] && [ -z "$(find csrc setup.py -newer "$so" -print -quit 2>/dev/null)" ] \
+    && (here=$(pwd) && cd / && "$PYTHON" -c "import os, sys, fastrnn; sys.exit(os.path.realpath(os.path.dirname(fastrnn.__file__)) != os.path.realpath(sys.argv[1]))" "$here/fastrnn") 2>/dev/null; then
+  exit 0
+fi
 pip_install --no-build-isolation --no-deps -e .
