@@ -23,6 +23,7 @@ import pytest
 import torch
 import triton
 
+from benchmarks import gpu_static
 from fastrnn import backends, functional
 from fastrnn.ops.gru import reference as gru_reference
 from fastrnn.ops.lstm import reference as lstm_reference
@@ -46,8 +47,13 @@ T = 3
 
 @functools.lru_cache(maxsize=None)
 def table_rows():
-    """The recurrent rows of the sm_90 table."""
-    return [r for r in json.loads(TABLE.read_text())["rows"] if r["kernel"] == "recurrent"]
+    """The recurrent rows of the sm_90 table that CI's static check recompiles (its headline
+    grid and fixed sample), so the plans these tests run do not change when the committed
+    table is the full grid rather than that sample."""
+    return [r for r in json.loads(TABLE.read_text())["rows"] if r["kernel"] == "recurrent"
+            and gpu_static.in_ci_sample(gpu_static.Problem(
+                r["cell"], r["direction"], r["dtype"], r["B"], r["H"], r["lengths"],
+                r["forced_mode"], r["precision"]))]
 
 
 def planned_rows():
