@@ -33,6 +33,25 @@ def assert_close_fp32(actual, expected, name: str = "tensor"):
                                msg=lambda m: f"{name}: {m}")
 
 
+def assert_fp32_close_or_within_baseline(actual, baseline, reference, name: str = "tensor"):
+    """fp32 against an fp64 reference when PyTorch's own fp32 result (`baseline`) is at hand:
+    the fixed rule (assert_close_fp32), or, where PyTorch's own fp32 error passes that rule's
+    bound itself, the same-dtype rule (assert_within_baseline). The fixed rule alone would ask
+    for more accuracy than PyTorch has at large reductions (GRU B=257, H=512, T=3: torch.nn's
+    own fp32 d_weight_ih errs 5.7e-5, over the 1e-5 + 1e-5·|ref| bound); the same-dtype rule
+    alone would test the BLAS's summation order where errors are tiny (docs/precision.md)."""
+    try:
+        assert_close_fp32(actual, reference, name)
+        return
+    except AssertionError:
+        try:
+            assert_close_fp32(baseline, reference, name)
+        except AssertionError:   # PyTorch's own fp32 result fails the fixed rule too
+            assert_within_baseline(actual, baseline, reference, name)
+            return
+        raise
+
+
 def assert_rel_rms(actual, expected, bound: float = LONG_SEQUENCE_REL_RMS, name: str = "tensor"):
     err = rel_rms(actual, expected)
     assert err <= bound, f"{name}: relative RMS error {err:.3e} > {bound:.1e}"

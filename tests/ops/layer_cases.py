@@ -15,7 +15,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from fastrnn import functional
-from fastrnn.testing import assert_close_fp32, assert_within_baseline
+from fastrnn.testing import assert_close_fp32, assert_fp32_close_or_within_baseline, assert_within_baseline
 
 TORCH_CELLS = {"LSTM": torch.nn.LSTMCell, "GRU": torch.nn.GRUCell, "RNN": torch.nn.RNNCell}
 WEIGHT_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
@@ -174,8 +174,10 @@ def labels(cell: Cell, module, states):
 def check_parity(cell: Cell, T, B, I, H, device, dtype=torch.float32, bias=True, with_states=True,
                  contiguous=True, backend: Optional[str] = "triton"):
     """fastrnn against torch's module and torch's cell stepped over time, both in float64:
-    fp64 at assert_close's default tolerance, fp32 at the fp32 tolerance, 16-bit within
-    twice the error of torch.nn's own same-dtype computation."""
+    fp64 at assert_close's default tolerance, fp32 at the fp32 tolerance or, where torch.nn's
+    own fp32 result errs past it, within twice torch.nn's error
+    (assert_fp32_close_or_within_baseline), 16-bit within twice the error of torch.nn's own
+    same-dtype computation."""
     module = cell.make(I, H, bias=bias, dtype=dtype, device=device)
     x, states = random_inputs(cell, T, B, I, H, dtype, device, with_states, contiguous)
     reference_module = cell.make(I, H, bias=bias, dtype=torch.float64, device=device)
@@ -185,7 +187,7 @@ def check_parity(cell: Cell, T, B, I, H, device, dtype=torch.float32, bias=True,
     x64, states64 = x.double(), [s.double() if s is not None else None for s in states]
     names = labels(cell, module, states)
     baseline = None
-    if dtype not in (torch.float32, torch.float64):
+    if dtype != torch.float64:   # torch.nn's own result in the same dtype
         baseline = outputs_and_grads(cell.run_torch, module, x, states)
     for oracle in (cell.run_torch, cell.run_torch_cells):
         expected = outputs_and_grads(oracle, reference_module, x64, states64)
@@ -195,7 +197,7 @@ def check_parity(cell: Cell, T, B, I, H, device, dtype=torch.float32, bias=True,
             if dtype == torch.float64:
                 torch.testing.assert_close(a, e, msg=lambda m: f"{label}: {m}")
             elif dtype == torch.float32:
-                assert_close_fp32(a, e, label)
+                assert_fp32_close_or_within_baseline(a, baseline[i], e, label)
             else:
                 assert_within_baseline(a, baseline[i], e, label)
 
