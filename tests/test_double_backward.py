@@ -5,6 +5,7 @@ gradient again. Each layer's backward op has an autograd formula (a differentiab
 recomputation, fastrnn/ops/layer_autograd.py): torch.autograd.gradgradcheck checks it in
 float64, and whole modules are compared with torch.nn's own second (and third) derivatives.
 """
+import copy
 import importlib
 import importlib.util
 
@@ -162,10 +163,10 @@ def test_triton_second_derivatives_match_torch(cell, lengths):
     def torch_oracle(*a):
         return torch_layer(kind, a[0], a[1:1 + n_states], a[1 + n_states:], lengths, nonlinearity)
 
-    expected = layer_penalty_gradients(torch_oracle, [a.detach().double().requires_grad_()
-                                                      for a in args])
-    for i, (a, e) in enumerate(zip(layer_penalty_gradients(ours, args), expected)):
-        testing.assert_close_fp32(a, e, f"penalty gradient of argument {i}")
+    ours_grads = layer_penalty_gradients(ours, args)
+    testing.assert_matches_torch(ours_grads, lambda *a: layer_penalty_gradients(torch_oracle, list(a)), args,
+                                 [f"penalty gradient of argument {i}" for i in range(len(ours_grads))],
+                                 testing.recurrent_reduction_length(T, B, I, H, 4))
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -216,6 +217,7 @@ def test_cuda_gradient_penalty_matches_torch(monkeypatch, mode, backend):
     monkeypatch.setenv("FASTRNN_BACKEND", backend)
     theirs, ours = make_pair(mode, torch.float32, num_layers=2)
     x = torch.randn(4, B, I)
-    expected = penalty_gradients(theirs, x.double())
-    for a, e in zip(penalty_gradients(ours.cuda(), x.cuda()), expected):
-        testing.assert_close_fp32(a.cpu(), e, "penalty gradient")
+    ours_grads = [g.cpu() for g in penalty_gradients(ours.cuda(), x.cuda())]
+    names = ["d_x"] + [f"d_{n}" for n, _ in theirs.named_parameters()]
+    testing.assert_matches_torch(ours_grads, lambda x: penalty_gradients(copy.deepcopy(theirs).to(x.dtype), x),
+                                 [x], names, testing.recurrent_reduction_length(4, B, max(I, H), H, 4))

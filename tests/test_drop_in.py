@@ -1,12 +1,15 @@
 """The drop-in modules where they meet the rest of torch (issue 21, items 4 and 8):
 TorchScript, error text, in-place ops on outputs, FLOP counting, isinstance, hooks and repr
 after replace_rnns. Each against what torch.nn does, on every backend CPU CI runs."""
+import copy
+
 import pytest
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import fastrnn
+from fastrnn import testing
 from tests.test_transforms import backend_cases
 
 I, H = 3, 4
@@ -72,7 +75,7 @@ def test_in_place_change_of_an_output_before_backward_raises(backend, dtype, nam
     gradient. A clone first gives torch.nn's gradient."""
     monkeypatch.setenv("FASTRNN_BACKEND", backend)
     ours, theirs = modules(name, **kwargs)
-    ours, theirs = ours.to(dtype), theirs.double()
+    ours = ours.to(dtype)
     torch.manual_seed(1)
     x = torch.randn(5, 2, I, dtype=dtype)
     if kwargs.get("batch_first"):
@@ -83,9 +86,7 @@ def test_in_place_change_of_an_output_before_backward_raises(backend, dtype, nam
         y = ours(x.requires_grad_())[0]
         y.mul_(2)
         (grad,) = torch.autograd.grad(y.sum(), x)
-        xd = x.detach().double().requires_grad_()
-        (expected,) = torch.autograd.grad(theirs(xd)[0].mul(2).sum(), xd)
-        torch.testing.assert_close(grad, expected.to(dtype), rtol=1e-5, atol=1e-6)
+        assert_matches_torch_gradient(grad, theirs, x)
         return
     with pytest.raises(RuntimeError, match="inplace"):
         # At backward (the saved output changed), or at once when autograd marked the
@@ -98,9 +99,18 @@ def test_in_place_change_of_an_output_before_backward_raises(backend, dtype, nam
     y = ours(x)[0].clone()
     y.mul_(2)
     (grad,) = torch.autograd.grad(y.sum(), x)
-    xd = x.detach().double().requires_grad_()
-    (expected,) = torch.autograd.grad(theirs(xd)[0].mul(2).sum(), xd)
-    torch.testing.assert_close(grad, expected.to(dtype), rtol=1e-5, atol=1e-6)
+    assert_matches_torch_gradient(grad, theirs, x)
+
+
+def assert_matches_torch_gradient(grad, theirs, x):
+    """`grad`, the gradient of sum(2 * output) with respect to x, against torch.nn's (the
+    same-dtype rule, fastrnn.testing)."""
+    def torch_gradient(x):
+        x = x.detach().requires_grad_()
+        return [torch.autograd.grad(copy.deepcopy(theirs).to(x.dtype)(x)[0].mul(2).sum(), x)[0]]
+    T, B = x.shape[:2]
+    testing.assert_matches_torch([grad], torch_gradient, [x], ["d_x"], testing.recurrent_reduction_length(
+        T, B, max(theirs.input_size, 2 * theirs.hidden_size), theirs.hidden_size, gates=4))
 
 
 @pytest.mark.parametrize("backend,dtype,name,kwargs", backend_cases())

@@ -14,7 +14,7 @@ from fastrnn.ops.gru import reference
 from fastrnn.ops.gru.op import gru_layer_op
 from fastrnn.ops.recurrent.common import GRU as GRU_CELL
 from fastrnn.ops.recurrent.forward import run_forward
-from fastrnn.testing import assert_close_fp32, poisoned_empty
+from fastrnn.testing import assert_matches_torch, poisoned_empty, recurrent_reduction_length
 
 from .layer_cases import GRU, assert_lengths_match_reference, check_parity, torch_layer
 
@@ -48,11 +48,6 @@ def _gru_args(T, B, I, H, device, dtype=torch.float32):
             torch.randn(3 * H, device=device, dtype=dtype), torch.randn(3 * H, device=device, dtype=dtype)]
 
 
-def _double(x, states, weights):
-    """x, states and weights in float64, for torch's layer as the oracle."""
-    return x.double(), [s.double() for s in states], [w.double() for w in weights]
-
-
 def test_variable_lengths_match_reference(triton_device):
     """Against the reference and torch's own GRU layer (PackedSequence) and cell (stepped
     per sequence), all in float64: outputs and every gradient."""
@@ -74,9 +69,9 @@ def test_every_output_written(triton_device, force_per_step, force_streamed):
                                            force_per_step, force_streamed)
     for t in (y, h_t, workspace):
         assert not t.isnan().any()
-    expected = torch_layer("GRU", *_double(x, [h0], [w_ih, w_hh, b_ih, b_hh]))
-    for name, a, e in zip(["y", "h_T"], (y, h_t), expected):
-        assert_close_fp32(a, e, name)
+    assert_matches_torch(list((y, h_t)), lambda x, h0, *w: torch_layer("GRU", x, [h0], w),
+                         [x, h0, w_ih, w_hh, b_ih, b_hh], ["y", "h_T"],
+                         recurrent_reduction_length(T, B, I, H, 3))
 
 
 
@@ -91,9 +86,9 @@ def test_steps_past_the_longest_sequence_are_not_computed(triton_device):
     assert workspace[3:].isnan().all()
     assert not workspace[:3].isnan().any()
     assert (y[3:] == 0).all()
-    expected = torch_layer("GRU", *_double(x, [h0], [w_ih, w_hh, b_ih, b_hh]), lengths)
-    for name, a, e in zip(["y", "h_T"], (y, h_t), expected):
-        assert_close_fp32(a, e, name)
+    assert_matches_torch(list((y, h_t)), lambda x, h0, *w: torch_layer("GRU", x, [h0], w, lengths),
+                         [x, h0, w_ih, w_hh, b_ih, b_hh], ["y", "h_T"],
+                         recurrent_reduction_length(T, B, I, H, 3))
 
 
 def test_opcheck(triton_device):

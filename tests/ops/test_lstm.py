@@ -14,7 +14,7 @@ from fastrnn.ops.lstm import reference
 from fastrnn.ops.lstm.op import lstm_layer_op
 from fastrnn.ops.recurrent.common import LSTM as LSTM_CELL
 from fastrnn.ops.recurrent.forward import run_forward
-from fastrnn.testing import assert_close_fp32, poisoned_empty
+from fastrnn.testing import assert_matches_torch, poisoned_empty, recurrent_reduction_length
 
 from .layer_cases import LSTM, assert_lengths_match_reference, check_parity, torch_layer
 
@@ -49,11 +49,6 @@ def _lstm_args(T, B, I, H, device, dtype=torch.float32):
             torch.randn(4 * H, device=device, dtype=dtype), torch.randn(4 * H, device=device, dtype=dtype)]
 
 
-def _double(x, states, weights):
-    """x, states and weights in float64, for torch's layer as the oracle."""
-    return x.double(), [s.double() for s in states], [w.double() for w in weights]
-
-
 def test_variable_lengths_match_reference(triton_device):
     """Against the reference and torch's own LSTM layer (PackedSequence) and cell (stepped
     per sequence), all in float64: outputs and every gradient."""
@@ -75,9 +70,9 @@ def test_every_output_written(triton_device, force_per_step, force_streamed):
                                              force_per_step, force_streamed)
     for t in (y, h_t, c_t, workspace):
         assert not t.isnan().any()
-    expected = torch_layer("LSTM", *_double(x, [h0, c0], [w_ih, w_hh, b_ih, b_hh]))
-    for name, a, e in zip(["y", "h_T", "c_T"], (y, h_t, c_t), expected):
-        assert_close_fp32(a, e, name)
+    assert_matches_torch(list((y, h_t, c_t)), lambda x, h0, c0, *w: torch_layer("LSTM", x, [h0, c0], w),
+                         [x, h0, c0, w_ih, w_hh, b_ih, b_hh], ["y", "h_T", "c_T"],
+                         recurrent_reduction_length(T, B, I, H, 4))
 
 
 
@@ -92,9 +87,9 @@ def test_steps_past_the_longest_sequence_are_not_computed(triton_device):
     assert workspace[3:].isnan().all()
     assert not workspace[:3].isnan().any()
     assert (y[3:] == 0).all()
-    expected = torch_layer("LSTM", *_double(x, [h0, c0], [w_ih, w_hh, b_ih, b_hh]), lengths)
-    for name, a, e in zip(["y", "h_T", "c_T"], (y, h_t, c_t), expected):
-        assert_close_fp32(a, e, name)
+    assert_matches_torch(list((y, h_t, c_t)), lambda x, h0, c0, *w: torch_layer("LSTM", x, [h0, c0], w, lengths),
+                         [x, h0, c0, w_ih, w_hh, b_ih, b_hh], ["y", "h_T", "c_T"],
+                         recurrent_reduction_length(T, B, I, H, 4))
 
 
 def test_opcheck(triton_device):

@@ -15,6 +15,8 @@ import triton.language as tl
 
 from fastrnn.ops.lstm import reference as lstm_reference
 from fastrnn.ops.recurrent import backward, common, forward
+from fastrnn.testing import assert_within_baseline, recurrent_reduction_length
+from tests.ops.layer_cases import torch_layer
 
 H100 = common.SM90
 
@@ -209,10 +211,41 @@ def test_tf32_follows_torch_switch():
 # ------------------------------------------------------------------ split hidden sizes
 
 
-def _layer(cell, I, H):
+KINDS = {common.LSTM: "LSTM", common.GRU: "GRU", common.RNN_TANH: "RNN"}
+
+
+def _fp32_inputs(cell, T, B, I, H, seed):
+    """x, the initial states and torch.nn's initial weights, as float64 tensors holding
+    float32 values: the kernels compute in fp32 whatever the input dtype, so the fp64 and
+    fp32 oracles then see exactly the kernels' inputs. Also the output cotangent."""
     torch.manual_seed(3)
     module = {common.LSTM: torch.nn.LSTM, common.GRU: torch.nn.GRU}.get(cell, torch.nn.RNN)(I, H)
-    return module.double()
+    g = torch.Generator().manual_seed(seed)
+    states = [torch.randn(B, H, generator=g) for _ in range(2 if cell == common.LSTM else 1)]
+    x, grad_y = torch.randn(T, B, I, generator=g), torch.randn(T, B, H, generator=g)
+    weights = [p.detach() for p in module.parameters()]
+    return [t.double() for t in (x, *states, *weights)], grad_y.double()
+
+
+def _torch_results(cell, inputs, grad_y):
+    """torch.nn's layer in fp64 (the oracle) and in fp32 (PyTorch's own error) on `inputs`:
+    y, h_T, then the gradients of sum(y * grad_y) in the kernels' order (x, the states,
+    w_ih, w_hh, b_hh; the LSTM's and RNN's b_hh gradient is also b_ih's)."""
+    n_states = 2 if cell == common.LSTM else 1
+
+    def run(x, *rest):
+        states, weights = list(rest[:n_states]), list(rest[n_states:])
+        y, h_t, *_ = torch_layer(KINDS[cell], x, states, weights)
+        leaves = [x, *states, weights[0], weights[1], weights[3]]
+        return [y.detach(), h_t.detach(), *torch.autograd.grad(y, leaves, grad_y.to(x.dtype))]
+    leaves = [[t.to(dtype).requires_grad_() for t in inputs] for dtype in (torch.float64, torch.float32)]
+    return run(*leaves[0]), run(*leaves[1])
+
+
+def _assert_fp32_accurate(got, expected, baseline, names, K):
+    """Kernel results (float64 tensors computed in fp32) under the same-dtype rule for fp32."""
+    for name, a, e, b in zip(names, got, expected, baseline):
+        assert_within_baseline(a.float(), b, e, name, reduction_length=K)
 
 
 @pytest.mark.interpreter
@@ -225,21 +258,15 @@ def test_smallest_unit_blocks_match_torch(cell, monkeypatch):
     BPTT's 8-unit tiles padded to 16 columns, resident, streamed and with the K chunks
     split over 4 warps; H = 70 leaves the last program partly empty. Per-step launches
     (no grid barrier, which the interpreter cannot run) give the same index math as
-    persistent ones. Oracle: torch.nn's layer in fp64 and its autograd."""
+    persistent ones. Oracle: torch.nn's layer in fp64 and its autograd, with its fp32
+    error as the bound (the same-dtype rule)."""
     T, B, I, H = 2, 3, 5, 70
-    layer = _layer(cell, I, H)
-    w_ih, w_hh, b_ih, b_hh = (p.detach() for p in layer.parameters())
-    g = torch.Generator().manual_seed(4)
-    x = torch.randn(T, B, I, generator=g, dtype=torch.float64, requires_grad=True)
-    h0 = torch.randn(1, B, H, generator=g, dtype=torch.float64, requires_grad=True)
-    c0 = torch.randn(1, B, H, generator=g, dtype=torch.float64, requires_grad=True)
-    grad_y = torch.randn(T, B, H, generator=g, dtype=torch.float64)
-    y_ref, state = layer(x, (h0, c0) if cell == common.LSTM else h0)
-    y_ref.backward(grad_y)
-    expected_grads = [x.grad, h0.grad[0]] + ([c0.grad[0]] if cell == common.LSTM else [])
-    expected_grads += [layer.weight_ih_l0.grad, layer.weight_hh_l0.grad, layer.bias_hh_l0.grad]
-    x, h0, c0 = x.detach(), h0.detach()[0], c0.detach()[0]
-    close = dict(rtol=1e-5, atol=1e-6)   # the kernels carry their states in fp32
+    inputs, grad_y = _fp32_inputs(cell, T, B, I, H, seed=4)
+    expected, baseline = _torch_results(cell, inputs, grad_y)
+    K = recurrent_reduction_length(T, B, I, H, common.GATES[cell])
+    x, h0 = inputs[:2]
+    c0 = inputs[2] if cell == common.LSTM else None
+    w_ih, w_hh, b_ih, b_hh = inputs[-4:]
 
     fw = forward.product(cell, torch.float64)
     units = fw.min_units
@@ -255,10 +282,10 @@ def test_smallest_unit_blocks_match_torch(cell, monkeypatch):
     for plan in plans:
         monkeypatch.setattr(forward, "_plan", lambda *args: plan)
         y, h_t, c_t, workspace = forward.run_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, None)
-        torch.testing.assert_close(y, y_ref.detach(), **close)
-        torch.testing.assert_close(h_t, (state[0] if cell == common.LSTM else state)[0].detach(), **close)
+        _assert_fp32_accurate([y, h_t], expected, baseline, ["y", "h_T"], K)
 
     zeros = torch.zeros_like(h0)
+    names = ["dx", "dh0"] + (["dc0"] if cell == common.LSTM else []) + ["dw_ih", "dw_hh", "db_hh"]
     for resident, split in ((True, 1), (False, 1), (False, 4)):
         plan = common.LaunchPlan(16, 8, 128 if resident else (64 if split > 1 else 16), 1, -(-H // 8),
                                  resident, False, 4, 16, split)
@@ -271,8 +298,7 @@ def test_smallest_unit_blocks_match_torch(cell, monkeypatch):
             grads = (dx, dh0, dw_ih, dw_hh, db_hh)
         else:
             grads = backward.rnn_backward(cell, grad_y, zeros, x, h0, w_ih, w_hh, y, workspace, None)
-        for got, want in zip(grads, expected_grads):
-            torch.testing.assert_close(got, want, **close)
+        _assert_fp32_accurate(grads, expected[2:], baseline[2:], names, K)
 
 
 @pytest.mark.parametrize("module", [forward, backward], ids=["forward", "bptt"])
@@ -294,24 +320,19 @@ def test_interpreter_default_plan_at_large_hidden_sizes_matches_torch(H):
     """The interpreter's own plan (no forced mode) where a single resident tile of the
     LSTM's four gates (4 x 1024 columns by K = 1024 at H = 768) would pass Triton's largest
     tensor: the forward's weights in K chunks, and BPTT's per-gate tiles resident at 768
-    and streamed at 2048. Oracle: torch.nn's LSTM and its autograd in fp64."""
+    and streamed at 2048. Oracle: torch.nn's LSTM and its autograd in fp64, with its fp32
+    error as the bound."""
     T, B, I = 2, 2, 8
-    layer = _layer(common.LSTM, I, H)
-    w_ih, w_hh, b_ih, b_hh = (p.detach() for p in layer.parameters())
-    g = torch.Generator().manual_seed(6)
-    x = torch.randn(T, B, I, generator=g, dtype=torch.float64, requires_grad=True)
-    grad_y = torch.randn(T, B, H, generator=g, dtype=torch.float64)
-    y_ref, _ = layer(x)
-    y_ref.backward(grad_y)
-    zeros = torch.zeros(B, H, dtype=torch.float64)
-    close = dict(rtol=1e-5, atol=1e-6)   # the kernels carry their states in fp32
-    y, _, _, workspace = forward.run_forward(common.LSTM, x.detach(), zeros, zeros, w_ih, w_hh, b_ih, b_hh,
-                                             None)
-    torch.testing.assert_close(y, y_ref.detach(), **close)
-    dx, _, _, _, dw_hh, *_ = backward.lstm_backward(grad_y, zeros, zeros, x.detach(), zeros, zeros, w_ih,
-                                                    w_hh, y, workspace, None)
-    torch.testing.assert_close(dx, x.grad, **close)
-    torch.testing.assert_close(dw_hh, layer.weight_hh_l0.grad, **close)
+    inputs, grad_y = _fp32_inputs(common.LSTM, T, B, I, H, seed=6)
+    expected, baseline = _torch_results(common.LSTM, inputs, grad_y)
+    K = recurrent_reduction_length(T, B, I, H, 4)
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh = inputs
+    y, _, _, workspace = forward.run_forward(common.LSTM, x, h0, c0, w_ih, w_hh, b_ih, b_hh, None)
+    zeros = torch.zeros_like(h0)
+    dx, _, _, _, dw_hh, *_ = backward.lstm_backward(grad_y, zeros, zeros, x, h0, c0, w_ih, w_hh, y,
+                                                    workspace, None)
+    _assert_fp32_accurate([y, dx, dw_hh], [expected[i] for i in (0, 2, 6)],
+                          [baseline[i] for i in (0, 2, 6)], ["y", "dx", "dw_hh"], K)
 
 
 @triton.jit
