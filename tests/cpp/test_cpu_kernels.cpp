@@ -441,9 +441,31 @@ void test_step_products() {
   }
 }
 
+// float tanh_act within 2 ulp of tanh (double, rounded to float) over the gates' range,
+// tiny values, signed zero and saturation: the ulp is the float result's.
+void test_tanh() {
+  std::vector<float> xs = {0.0f, -0.0f, 1e-30f, -1e-30f, 0.55f, -0.55f, 50.0f, -50.0f};
+  for (int i = -200000; i <= 200000; ++i) xs.push_back(static_cast<float>(i) * 4e-5f);
+  for (int e = -40; e <= 0; ++e) xs.push_back(std::ldexp(1.3f, e));
+  int worst_ulps = 0;
+  for (float x : xs) {
+    const float got = fastrnn::tanh_act(x);
+    const float want = static_cast<float>(std::tanh(static_cast<double>(x)));
+    const float ulp = std::nextafter(std::fabs(want), INFINITY) - std::fabs(want);
+    const int ulps = static_cast<int>(std::ceil(std::fabs(got - want) / ulp));
+    if (ulps > worst_ulps) worst_ulps = ulps;
+    if (ulps > 2 || std::signbit(got) != std::signbit(want)) {
+      if (failures < 20) std::printf("FAIL tanh_act(%.9g) = %.9g, tanh = %.9g\n", x, got, want);
+      ++failures;
+    }
+  }
+  std::printf("tanh_act: worst error %d ulp\n", worst_ulps);
+}
+
 }  // namespace
 
 int main() {
+  test_tanh();
   test_gemm();
   test_step_products();
   unsigned seed = 1;
