@@ -15,16 +15,13 @@
 
 #include <tuple>
 
-#include "binding.h"
+#include "layer_ops.h"
 
 namespace fastrnn::binding {
 namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-using LstmOut = std::tuple<Tensor, Tensor, Tensor, Tensor>;
-using LayerOut = std::tuple<Tensor, Tensor, Tensor>;
 
 bool requires_grad(const Tensor& t) { return t.requires_grad(); }
 bool requires_grad(const OptTensor& t) { return t.has_value() && t->requires_grad(); }
@@ -43,15 +40,7 @@ Tensor grad_or_zeros(const Tensor& grad, const Tensor& like) {
   return grad.defined() ? grad.contiguous() : at::zeros_like(like);
 }
 
-template <typename Signature>
-c10::TypedOperatorHandle<Signature> find_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
-}
-
 // --- LSTM -----------------------------------------------------------------------------
-using LstmForwardSig = LstmOut(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                               const Tensor&, const OptTensor&, const OptTensor&,
-                               const OptTensor&, const OptTensor&);
 using LstmBackwardSig = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
     const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
     const Tensor&, const Tensor&, const OptTensor&, const OptTensor&, const OptTensor&,
@@ -108,8 +97,6 @@ LstmOut lstm_forward_autograd(const Tensor& x, const Tensor& h0, const Tensor& c
 }
 
 // --- GRU ------------------------------------------------------------------------------
-using GruForwardSig = LayerOut(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                               const OptTensor&, const OptTensor&, const OptTensor&);
 using GruBackwardSig = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
     const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
     const OptTensor&, const OptTensor&, const Tensor&, const Tensor&, const OptTensor&);
@@ -157,9 +144,6 @@ LayerOut gru_forward_autograd(const Tensor& x, const Tensor& h0, const Tensor& w
 }
 
 // --- Elman RNN ------------------------------------------------------------------------
-using RnnForwardSig = LayerOut(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                               const OptTensor&, const OptTensor&, const OptTensor&,
-                               c10::string_view);
 using RnnBackwardSig = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
     const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
     const OptTensor&, const OptTensor&, const Tensor&, const Tensor&, const OptTensor&,

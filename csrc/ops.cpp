@@ -8,6 +8,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "module_step.h"
+
 // set_python_module names where each op's fake (meta) implementation and autograd formula
 // live, so torch imports that module when it needs them (e.g. tracing an op called
 // straight through torch.ops.fastrnn).
@@ -60,8 +62,9 @@ TORCH_LIBRARY_FRAGMENT(fastrnn, m) {
 }
 
 // `import fastrnn._C` loads this library, which runs the registrations above; the Python
-// module itself is empty.
+// module holds the modules' short forward (module_step.cpp).
 extern "C" PyObject* PyInit__C(void) {
-  static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1,
+                                   fastrnn::binding::module_step_methods()};
   return PyModule_Create(&module_def);
 }

@@ -29,8 +29,6 @@ padded time-major tensor plus per-sequence lengths, so the kernels stop each seq
 its own end; the reverse direction reverses each sequence over its own valid steps.
 """
 import functools
-import importlib
-import os
 import warnings
 from typing import List, Optional, Sequence, Tuple
 
@@ -47,21 +45,12 @@ from fastrnn.ops import layer_autocast
 __all__ = ["LSTM", "GRU", "RNN", "replace_rnns"]
 
 
-@functools.lru_cache(maxsize=None)  # asked on every short call (import_module costs ~1 us)
-def _ext(cell: str):
-    """The extension backend's module for `cell` ("lstm", "gru", "rnn"): its forward is the
-    op with its autograd formula, which importing the module registers (only asked once
-    fastrnn.backends chose the extension)."""
-    return importlib.import_module(f"fastrnn.ops.{cell}.ext")
-
-
-@functools.lru_cache(maxsize=None)
-def _ext_chosen(mode: str, requested: Optional[str]) -> bool:
-    """Whether fastrnn.backends picks the extension for a CPU layer of `mode` ("LSTM", "GRU",
-    "RNN_TANH", "RNN_RELU") when FASTRNN_BACKEND is `requested`: memoised per value (the
-    choice depends on nothing else once the extension is loaded), since _short_forward asks
-    on every call. An invalid value raises backends.choose's ValueError every time."""
-    return backends.choose("cpu", mode.split("_")[0].lower(), (), requested) == "ext"
+@functools.lru_cache(maxsize=None)  # asked on every short call
+def _module_step():
+    """The extension's short forward (fastrnn._C.module_step, csrc/module_step.cpp), or None
+    when the extension was not built."""
+    ext = backends.ext_module()
+    return None if ext is None else ext.module_step
 
 
 def _reverse_index(lengths: Tensor, steps: int) -> Tensor:
@@ -175,11 +164,6 @@ class _FusedRNNBase(nn.RNNBase):
     def _zero_hidden(self, x: Tensor, batch: int):
         raise NotImplementedError
 
-    def _ext_layer(self, x: Tensor, state: Tuple[Tensor, ...], params: List[Tensor]
-                   ) -> Tuple[Tensor, Tuple[Tensor, ...]]:
-        """One layer, one direction, straight on the extension's op (see _short_forward)."""
-        raise NotImplementedError
-
     # --- forward ---------------------------------------------------------------------
     def forward(self, input, hx=None):
         if not torch.jit.is_scripting():
@@ -231,69 +215,24 @@ class _FusedRNNBase(nn.RNNBase):
 
     def _short_forward(self, input, hx):
         """forward's short way for the calls of streaming and decoding (many small calls, so
-        the Python layers would cost more than the step): a batched CPU tensor, one
-        direction, no autocast, no inter-layer dropout, the extension chosen, and nothing
-        that needs checking. Each layer calls the extension's op directly (its autograd
-        formula is registered on it in C++, csrc/autograd.cpp: training works too, and a
-        call that needs no gradient never enters Python below this). Returns None whenever any of
-        this does not hold: forward's general path then runs, raising torch.nn's errors.
+        the Python layers would cost more than the step): one C++ call (fastrnn._C.module_step,
+        csrc/module_step.cpp) that checks the call and runs each layer on the extension's op,
+        whose autograd formula is registered in C++ (csrc/autograd.cpp: training works too,
+        and a call that needs no gradient never enters Python below this). It takes a batched
+        CPU tensor, one direction, no inter-layer dropout, the extension chosen, and nothing
+        that needs checking; here only what C++ cannot see is ruled out. Returns None whenever
+        any of this does not hold: forward's general path then runs, raising torch.nn's errors.
         """
-        if (type(input) is not Tensor or input.dim() != 3 or self.bidirectional or not input.is_cpu
-                or torch._C._is_any_autocast_enabled() or torch.compiler.is_compiling()
-                or (self.training and self.dropout != 0 and self.num_layers > 1)
+        if (torch._C._is_any_autocast_enabled() or torch.compiler.is_compiling()
                 # torch.func transforms and forward-mode AD take the reference through the
-                # layer ops, and dispatch modes (FlopCounterMode) must see the layer ops.
+                # layer ops, and Python modes (FlopCounterMode, a TorchFunctionMode) must see
+                # the layer ops, which a call from C++ would hide from them.
                 or torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0
-                or torch._C._len_torch_dispatch_stack() > 0):
+                or torch._C._len_torch_dispatch_stack() > 0
+                or torch._C._is_torch_function_mode_enabled()):
             return None
-        params = self._parameters
-        weights = [params.get(name) for name in self._flat_weights_names]
-        dtype = input.dtype
-        for w in weights:
-            # A weight missing from _parameters is computed by a hook or a parametrization.
-            if w is None or w.dtype != dtype or not w.is_cpu:
-                return None
-        x = input.transpose(0, 1) if self.batch_first else input
-        T, B = x.shape[0], x.shape[1]
-        if T == 0 or x.shape[2] != self.input_size:
-            return None
-        layers = self.num_layers
-        if hx is None:
-            state = self._zero_hidden(x, B)
-            state = state if isinstance(state, tuple) else (state,)
-        else:
-            # nn.LSTM takes a pair, nn.GRU / nn.RNN a tensor (a 1-tuple is an error there).
-            state = hx if self.mode == "LSTM" else (hx,)
-            sizes = self._state_sizes(B)
-            if not isinstance(state, tuple):
-                return None
-            if len(state) != len(sizes):
-                return None
-            for h, size in zip(state, sizes):
-                if (type(h) is not Tensor or h.dtype != dtype or not h.is_cpu
-                        or tuple(h.shape) != size):
-                    return None
-        if not _ext_chosen(self.mode, os.environ.get(backends.ENV_VAR) or None):
-            return None
-        if layers == 1:  # the common case, without the per-layer lists (microseconds here)
-            x, last = self._ext_layer(x, tuple([h[0] for h in state]), weights)
-            final = tuple([h.unsqueeze(0) for h in last])
-        else:
-            per_layer = len(weights) // layers
-            finals: List[List[Tensor]] = [[] for _ in state]
-            for layer in range(layers):
-                x, last = self._ext_layer(x, tuple([h[layer] for h in state]),
-                                          weights[layer * per_layer:(layer + 1) * per_layer])
-                for collected, h in zip(finals, last):
-                    collected.append(h)
-            final = tuple([torch.stack(c) for c in finals])
-        return (x.transpose(0, 1) if self.batch_first else x), self._from_state_tuple(final)
-
-    def _state_sizes(self, batch: int) -> Tuple[Tuple[int, int, int], ...]:
-        """Shapes of the hidden-state tensors for a batch: h (and c for the LSTM)."""
-        out = self.proj_size if self.proj_size > 0 else self.hidden_size
-        h = (self.num_layers, batch, out)
-        return (h, (self.num_layers, batch, self.hidden_size)) if self.mode == "LSTM" else (h,)
+        module_step = _module_step()
+        return None if module_step is None else module_step(self, input, hx)
 
     def _check_dtypes_and_devices(self, x: Tensor, state: Tuple[Tensor, ...]) -> None:
         """torch checks the devices inside ATen (same messages here) and never checks the
@@ -419,13 +358,6 @@ class LSTM(_FusedRNNBase):
                                         w_hh, b_ih, b_hh, w_hr, lengths=lengths)
         return y, (h, c)
 
-    def _ext_layer(self, x, state, params):
-        b_ih, b_hh = (params[2], params[3]) if self.bias else (None, None)
-        w_hr = params[-1] if self.proj_size > 0 else None
-        y, h, c, _ = _ext("lstm").forward(x, state[0], state[1], params[0], params[1], b_ih, b_hh,
-                                          w_hr, None)
-        return y, (h, c)
-
 
 class GRU(_FusedRNNBase):
     """Drop-in replacement for torch.nn.GRU running fastrnn's fused GRU layers.
@@ -472,11 +404,6 @@ class GRU(_FusedRNNBase):
                                     lengths=lengths)
         return y, (h,)
 
-    def _ext_layer(self, x, state, params):
-        b_ih, b_hh = (params[2], params[3]) if self.bias else (None, None)
-        y, h, _ = _ext("gru").forward(x, state[0], params[0], params[1], b_ih, b_hh, None)
-        return y, (h,)
-
 
 class RNN(_FusedRNNBase):
     """Drop-in replacement for torch.nn.RNN (Elman RNN) running fastrnn's fused RNN layers.
@@ -517,12 +444,6 @@ class RNN(_FusedRNNBase):
         b_ih, b_hh = (params[2], params[3]) if self.bias else (None, None)
         y, h = functional.rnn_layer(x.contiguous(), state[0].contiguous(), w_ih, w_hh, b_ih, b_hh,
                                     nonlinearity=self.nonlinearity, lengths=lengths)
-        return y, (h,)
-
-    def _ext_layer(self, x, state, params):
-        b_ih, b_hh = (params[2], params[3]) if self.bias else (None, None)
-        y, h, _ = _ext("rnn").forward(x, state[0], params[0], params[1], b_ih, b_hh, None,
-                                      self.nonlinearity)
         return y, (h,)
 
 
