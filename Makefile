@@ -5,7 +5,7 @@ PYTEST = $(PYTHON) -m pytest
 install:
 	PYTHON=$(PYTHON) bash scripts/install.sh
 
-# The main job: a character-level LSTM LM on the Python standard library's source, trained
+# The main job: a byte-level LSTM LM on the Python standard library's source, trained
 # with fastrnn and with torch.nn side by side (one thread each, so the comparison is fair),
 # then sampled (a few minutes on a CPU core).
 demo: install
