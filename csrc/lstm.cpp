@@ -78,9 +78,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward_cpu(
   if (single_step(d, lengths)) return lstm_step_cpu(d, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr);
   const auto type = acc_type(x);
   const auto opts = x.options().dtype(type);
-  // The CPU's own projection (packed kernel for large products), not lstm_input_gates.
-  const Tensor gates = input_gates_all_steps(acc(x, type).view({d.T * d.B, x.size(2)}),
-                                             acc(w_ih, type), lstm_gate_bias(b_ih, b_hh, type), 4);
+  const int64_t I = x.size(2);
+  const Tensor x_a = acc(x, type).contiguous();
+  const OptTensor bias = lstm_gate_bias(b_ih, b_hh, type);
+  // The packed recurrence takes x_t into each step's product; otherwise the input gates of
+  // all steps come first, from the CPU's own projection (packed kernel for large products).
+  bool fused_input = false;
+  AT_DISPATCH_FLOATING_TYPES(type, "lstm_packed_ok",
+                             [&] { fused_input = lstm_packed_ok<scalar_t>(d, w_hr.has_value()); });
+  const Tensor gates = fused_input ? Tensor()
+                                   : input_gates_all_steps(x_a.view({d.T * d.B, I}),
+                                                           acc(w_ih, type), bias, 4);
+  const Tensor w_ih_t = fused_input ? acc(w_ih, type).t().contiguous() : Tensor();
   const Tensor h0_a = acc(h0, type), c0_a = acc(c0, type);
   const Tensor w_hh_t = acc(w_hh, type).t().contiguous();
   const OptTensor w_hr_t = w_hr.has_value() ? OptTensor(acc(*w_hr, type).t().contiguous())
@@ -92,7 +101,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward_cpu(
   Tensor hidden = at::empty({d.B, d.H}, opts);
   AT_DISPATCH_FLOATING_TYPES(type, "ext_lstm_forward", [&] {
     LstmForward<scalar_t> a{d,
-                            gates.data_ptr<scalar_t>(),
+                            gates.defined() ? gates.data_ptr<scalar_t>() : nullptr,
                             h0_a.data_ptr<scalar_t>(),
                             c0_a.data_ptr<scalar_t>(),
                             w_hh_t.data_ptr<scalar_t>(),
@@ -103,6 +112,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward_cpu(
                             c_n.data_ptr<scalar_t>(),
                             workspace.data_ptr<scalar_t>(),
                             hidden.data_ptr<scalar_t>()};
+    if (fused_input) {
+      a.x = x_a.data_ptr<scalar_t>();
+      a.w_ih_t = w_ih_t.data_ptr<scalar_t>();
+      a.bias = ptr_or_null<scalar_t>(bias);
+      a.I = I;
+    }
     lstm_forward(a, AtenGemm(), AtenFor());
   });
   const auto out = x.scalar_type();

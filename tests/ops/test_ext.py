@@ -396,6 +396,16 @@ def test_packed_paths_match_nn_fp32(cell, threads, T, B, I, H):
 
 @ext
 @pytest.mark.parametrize("cell", [LSTM, GRU], ids=["lstm", "gru"])
+@pytest.mark.parametrize("bias, contiguous", [(False, True), (True, False)])
+def test_packed_paths_options(cell, bias, contiguous):
+    """The packed paths without bias (the LSTM's step product then adds no bias) and with a
+    non-contiguous input (the LSTM's step product reads x_t in place)."""
+    check_parity(cell, 6, 3, 8, 64, "cpu", bias=bias, with_states=True, contiguous=contiguous,
+                 backend="ext")
+
+
+@ext
+@pytest.mark.parametrize("cell", [LSTM, GRU], ids=["lstm", "gru"])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_packed_projection_within_pytorch_fp32_error(cell, threads):
     """T=64, B=32, I=H=256: the input projection and dx take the packed kernel. Weight

@@ -51,14 +51,15 @@ FASTRNN_CPU_CLONES void lstm_backward_row(const T* ws, const T* c_prev, const T*
 }
 
 // The forward gate math of one panel's kLanes<T> units [j0, j0 + L) for every row, right
-// after the panel's recurrent product `out` (B, 4L): pre-activations are the step's input
-// gates plus `out`; writes the workspace, c, y and the next h. A clone of its own, so the
-// whole epilogue runs with the widest vectors.
+// after the panel's product `out` (B, 4L): pre-activations are `out` plus row b of pre
+// (4H each, rows pre_stride apart: the step's input gates, or with stride 0 the bias);
+// writes the workspace, c, y and the next h. A clone of its own, so the whole epilogue runs
+// with the widest vectors.
 template <typename T>
-FASTRNN_CPU_CLONES void lstm_forward_panel(int64_t B, const T* out, const T* pre, T* ws_t, T* c,
-                                           T* y_t, const T* h_prev, T* h_next,
-                                           const int64_t* lengths, int64_t t, int64_t j0,
-                                           int64_t H, int64_t P) {
+FASTRNN_CPU_CLONES void lstm_forward_panel(int64_t B, const T* out, const T* pre,
+                                           int64_t pre_stride, T* ws_t, T* c, T* y_t,
+                                           const T* h_prev, T* h_next, const int64_t* lengths,
+                                           int64_t t, int64_t j0, int64_t H, int64_t P) {
   constexpr int64_t L = kLanes<T>, W = 4 * L;
   for (int64_t b = 0; b < B; ++b) {
     T* ws_b = ws_t + b * 5 * H + j0;
@@ -71,7 +72,7 @@ FASTRNN_CPU_CLONES void lstm_forward_panel(int64_t B, const T* out, const T* pre
       std::copy(h_prev + b * P + j0, h_prev + b * P + j0 + L, h_b);
       continue;
     }
-    const T* pre_b = pre + b * 4 * H + j0;
+    const T* pre_b = pre + b * pre_stride + j0;
     const T* o_b = out + b * W;
     T* c_b = c + b * H + j0;
     FASTRNN_SIMD
@@ -108,24 +109,35 @@ struct LstmForward {
   T* c_n;                    // (B, H) out: the running c state
   T* workspace;              // (T, B, 5H) out: i, f, g, o, c of every step
   T* hidden;                 // (B, H) scratch for o * tanh(c) before projection (w_hr_t only)
+  // The packed path's alternative to `gates` (which may then be null): x_t W_ih^T enters
+  // each step's product with h, and the bias the gate math.
+  const T* x = nullptr;      // (T, B, I), or null: use gates
+  const T* w_ih_t = nullptr; // (I, 4H): W_ih transposed
+  const T* bias = nullptr;   // (4H): b_ih + b_hh, or null
+  int64_t I = 0;
 };
 
 // Panels of kLanes<T> hidden units: each holds the units' four gate columns (i, f, g, o).
 template <typename T>
-bool lstm_packed_ok(const Dims& d, const void* w_hr) {
-  return w_hr == nullptr && d.H % kLanes<T> == 0;
+bool lstm_packed_ok(const Dims& d, bool projection) {
+  return !projection && d.H % kLanes<T> == 0;
 }
 
-// Forward without projection, H a multiple of the vector width: W_hh packed once into
-// panels of kLanes<T> units x 4 gates; per step, each panel's recurrent product and then
-// the gate math of its units, split over panels. h is double-buffered as panels read the
-// whole previous h.
+// Forward without projection, H a multiple of the vector width: the weights packed once
+// into panels of kLanes<T> units x 4 gates; per step, each panel's product and then the
+// gate math of its units, split over panels. With a.x the panels hold [W_ih; W_hh]^T and
+// the product is [x_t, h_{t-1}] times them, so the input projection needs no pass (and no
+// (T, B, 4H) buffer) of its own; else W_hh^T, and the input gates come from a.gates. h is
+// double-buffered as panels read the whole previous h.
 template <typename T, typename For>
 void lstm_forward_packed(const LstmForward<T>& a, const For& parallel_for) {
-  const int64_t B = a.d.B, H = a.d.H, P = a.d.P, K = P;
+  const int64_t B = a.d.B, H = a.d.H, P = a.d.P, I = a.x ? a.I : 0, K = I + P;
   constexpr int64_t L = kLanes<T>;
   const int64_t panels = H / L, W = 4 * L;
-  const std::vector<T> packed = pack_gate_panels(a.w_hh_t, K, H, 4);
+  const std::vector<T> packed = pack_gate_panels(a.x ? a.w_ih_t : a.w_hh_t, a.x ? I : P, H, 4,
+                                                 a.x ? a.w_hh_t : nullptr, a.x ? P : 0);
+  const std::vector<T> zero_bias(static_cast<size_t>(a.x && !a.bias ? 4 * H : 0), T(0));
+  const T* bias = a.bias ? a.bias : zero_bias.data();
   std::vector<T> hbuf(static_cast<size_t>(2 * B * P));
   std::vector<T> scratch(static_cast<size_t>(B * 4 * H));
   std::memcpy(hbuf.data(), a.h0, sizeof(T) * B * P);
@@ -134,9 +146,15 @@ void lstm_forward_packed(const LstmForward<T>& a, const For& parallel_for) {
     const T* h_prev = hbuf.data() + (t & 1) * B * P;
     T* h_next = hbuf.data() + ((t + 1) & 1) * B * P;
     T* out = scratch.data() + p * B * W;
-    packed_gemm4(B, h_prev, P, K, packed.data() + p * K * W, out);
-    lstm_forward_panel(B, out, a.gates + t * B * 4 * H, a.workspace + t * B * 5 * H, a.c_n,
-                       a.y + t * B * P, h_prev, h_next, a.lengths, t, p * L, H, P);
+    const T* panel = packed.data() + p * K * W;
+    if (a.x) {
+      packed_gemm4_pair(B, a.x + t * B * I, I, I, h_prev, P, P, panel, out);
+    } else {
+      packed_gemm4(B, h_prev, P, P, panel, out);
+    }
+    lstm_forward_panel(B, out, a.x ? bias : a.gates + t * B * 4 * H, a.x ? 0 : 4 * H,
+                       a.workspace + t * B * 5 * H, a.c_n, a.y + t * B * P, h_prev, h_next,
+                       a.lengths, t, p * L, H, P);
   });
   std::memcpy(a.h_n, hbuf.data() + (a.d.T & 1) * B * P, sizeof(T) * B * P);
 }
@@ -144,7 +162,7 @@ void lstm_forward_packed(const LstmForward<T>& a, const For& parallel_for) {
 template <typename T, typename Gemm, typename For>
 void lstm_forward(const LstmForward<T>& a, const Gemm& gemm, const For& parallel_for) {
   const int64_t B = a.d.B, H = a.d.H, P = a.d.P;
-  if (lstm_packed_ok<T>(a.d, a.w_hr_t)) {
+  if (lstm_packed_ok<T>(a.d, a.w_hr_t != nullptr)) {
     lstm_forward_packed(a, parallel_for);
     return;
   }

@@ -86,13 +86,19 @@ __attribute__((always_inline)) inline void packed_rows_chunk(int64_t M, const T*
   }
 }
 
-// out (M, NV * L) = A (M, K) @ panel, K chunk by K chunk (see kPackedChunkBytes).
+// out (M, NV * L) = A (M, K) @ panel, K chunk by K chunk (see kPackedChunkBytes);
+// accumulate: out += instead.
 template <typename T, int NV>
 __attribute__((always_inline)) inline void packed_rows(int64_t M, const T* A, int64_t lda,
-                                                       int64_t K, const T* panel, T* out) {
+                                                       int64_t K, const T* panel, T* out,
+                                                       bool accumulate = false) {
   constexpr int64_t W = NV * kLanes<T>;
   constexpr int64_t kChunk = kPackedChunkBytes / (W * static_cast<int64_t>(sizeof(T)));
-  packed_rows_chunk<T, NV, false>(M, A, lda, std::min(K, kChunk), panel, out);
+  if (accumulate) {
+    packed_rows_chunk<T, NV, true>(M, A, lda, std::min(K, kChunk), panel, out);
+  } else {
+    packed_rows_chunk<T, NV, false>(M, A, lda, std::min(K, kChunk), panel, out);
+  }
   for (int64_t k0 = kChunk; k0 < K; k0 += kChunk) {
     packed_rows_chunk<T, NV, true>(M, A + k0, lda, std::min(kChunk, K - k0), panel + k0 * W, out);
   }
@@ -110,6 +116,17 @@ template <typename T>
 FASTRNN_CPU_CLONES void packed_gemm4(int64_t M, const T* A, int64_t lda, int64_t K,
                                      const T* panel, T* out) {
   packed_rows<T, 4>(M, A, lda, K, panel, out);
+}
+
+// Computes out (M, 4 * L) = [A1 A2] @ panel for a panel packed from two stacked weights,
+// A1 (M, K1) against its first K1 rows and A2 (M, K2) against the next K2, without copying
+// the two row blocks side by side (a step's input x_t and state h_{t-1}).
+template <typename T>
+FASTRNN_CPU_CLONES void packed_gemm4_pair(int64_t M, const T* A1, int64_t lda1, int64_t K1,
+                                          const T* A2, int64_t lda2, int64_t K2, const T* panel,
+                                          T* out) {
+  packed_rows<T, 4>(M, A1, lda1, K1, panel, out);
+  packed_rows<T, 4>(M, A2, lda2, K2, panel + K1 * 4 * kLanes<T>, out, /*accumulate=*/true);
 }
 
 }  // namespace fastrnn

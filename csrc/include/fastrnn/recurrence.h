@@ -113,17 +113,20 @@ int team_size(const For& f, int64_t work, int64_t items) {
 // Packs w_t (K, G * H), the transposed weights of G gates, into panels of kLanes<T> units:
 // panel p holds, per row k, the units' G gate columns side by side (K x G * kLanes<T>), so a
 // panel's product gives every gate of its units at once. H must be a multiple of kLanes<T>.
+// With w2_t (K2, G * H), its rows follow w_t's in every panel: the panels of the stacked
+// weights [w_t; w2_t].
 template <typename T>
-std::vector<T> pack_gate_panels(const T* w_t, int64_t K, int64_t H, int64_t G) {
+std::vector<T> pack_gate_panels(const T* w_t, int64_t K, int64_t H, int64_t G,
+                                const T* w2_t = nullptr, int64_t K2 = 0) {
   constexpr int64_t L = kLanes<T>;
-  const int64_t W = G * L;
-  std::vector<T> packed(static_cast<size_t>(K * G * H));
+  const int64_t W = G * L, rows = K + K2;
+  std::vector<T> packed(static_cast<size_t>(rows * G * H));
   for (int64_t p = 0; p < H / L; ++p) {
-    T* dst = packed.data() + p * K * W;
-    for (int64_t k = 0; k < K; ++k) {
+    T* dst = packed.data() + p * rows * W;
+    for (int64_t k = 0; k < rows; ++k) {
+      const T* row = k < K ? w_t + k * G * H : w2_t + (k - K) * G * H;
       for (int64_t g = 0; g < G; ++g) {
-        std::copy(w_t + k * G * H + g * H + p * L, w_t + k * G * H + g * H + (p + 1) * L,
-                  dst + k * W + g * L);
+        std::copy(row + g * H + p * L, row + g * H + (p + 1) * L, dst + k * W + g * L);
       }
     }
   }
