@@ -19,6 +19,10 @@ using LayerOut = std::tuple<Tensor, Tensor, Tensor>;
 using LstmForwardSig = LstmOut(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                const Tensor&, const OptTensor&, const OptTensor&,
                                const OptTensor&, const OptTensor&);
+// The same arguments; y, h_T, c_T (no workspace).
+using LstmInferenceSig = LayerOut(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                  const Tensor&, const OptTensor&, const OptTensor&,
+                                  const OptTensor&, const OptTensor&);
 // x, h0, w_ih, w_hh, b_ih, b_hh, lengths.
 using GruForwardSig = LayerOut(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                const OptTensor&, const OptTensor&, const OptTensor&);

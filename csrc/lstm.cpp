@@ -13,6 +13,7 @@ namespace {
 
 constexpr const char* kForward = "fastrnn::ext_lstm_forward";
 constexpr const char* kBackward = "fastrnn::ext_lstm_backward";
+constexpr const char* kInference = "fastrnn::ext_lstm_inference";
 
 // One step (single_step): gates = x W_ih^T + h0 W_hh^T + b_ih + b_hh (step_products at a
 // small batch, BLAS above), then the gate math per row, and with a projection
@@ -70,11 +71,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_step_cpu(
           in_dtype(c_n, dtype), workspace};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward_cpu(
-    const Tensor& x, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
-    const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
-    const OptTensor& lengths) {
-  const Dims d = check_lstm(kForward, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths);
+// The layer forward; without keep_workspace (no gradient will be taken) the workspace
+// returned is undefined and the recurrence writes none.
+std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward_impl(
+    const char* op, const Tensor& x, const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
+    const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
+    const OptTensor& lengths, bool keep_workspace) {
+  const Dims d = check_lstm(op, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths);
   if (single_step(d, lengths)) return lstm_step_cpu(d, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr);
   const auto type = acc_type(x);
   const auto opts = x.options().dtype(type);
@@ -97,7 +100,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward_cpu(
   const OptTensor lens = lengths.has_value() ? OptTensor(lengths->contiguous()) : std::nullopt;
   Tensor y = at::empty({d.T, d.B, d.P}, opts);
   Tensor h_n = at::empty({d.B, d.P}, opts), c_n = at::empty({d.B, d.H}, opts);
-  Tensor workspace = at::empty({d.T, d.B, 5 * d.H}, opts);
+  Tensor workspace = keep_workspace ? at::empty({d.T, d.B, 5 * d.H}, opts) : Tensor();
   Tensor hidden = at::empty({d.B, d.H}, opts);
   AT_DISPATCH_FLOATING_TYPES(type, "ext_lstm_forward", [&] {
     LstmForward<scalar_t> a{d,
@@ -110,7 +113,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward_cpu(
                             y.data_ptr<scalar_t>(),
                             h_n.data_ptr<scalar_t>(),
                             c_n.data_ptr<scalar_t>(),
-                            workspace.data_ptr<scalar_t>(),
+                            keep_workspace ? workspace.data_ptr<scalar_t>() : nullptr,
                             hidden.data_ptr<scalar_t>()};
     if (fused_input) {
       a.x = x_a.data_ptr<scalar_t>();
@@ -122,6 +125,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward_cpu(
   });
   const auto out = x.scalar_type();
   return {in_dtype(y, out), in_dtype(h_n, out), in_dtype(c_n, out), workspace};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward_cpu(
+    const Tensor& x, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
+    const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
+    const OptTensor& lengths) {
+  return lstm_forward_impl(kForward, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths,
+                           /*keep_workspace=*/true);
+}
+
+std::tuple<Tensor, Tensor, Tensor> lstm_inference_cpu(
+    const Tensor& x, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
+    const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
+    const OptTensor& lengths) {
+  auto [y, h_n, c_n, unused] = lstm_forward_impl(kInference, x, h0, c0, w_ih, w_hh, b_ih, b_hh,
+                                                 w_hr, lengths, /*keep_workspace=*/false);
+  return {y, h_n, c_n};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_cpu(
@@ -172,6 +192,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
 
 TORCH_LIBRARY_IMPL(fastrnn, CPU, m) {
   m.impl("ext_lstm_forward", &lstm_forward_cpu);
+  m.impl("ext_lstm_inference", &lstm_inference_cpu);
   m.impl("ext_lstm_backward", &lstm_backward_cpu);
 }
 

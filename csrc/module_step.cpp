@@ -20,6 +20,7 @@
 #include <torch/csrc/utils/object_ptr.h>
 #include <torch/csrc/utils/pybind.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <optional>
@@ -213,10 +214,25 @@ Tensor stacked(const std::vector<Tensor>& per_layer) {
   return per_layer.size() == 1 ? per_layer[0].unsqueeze(0) : at::stack(per_layer);
 }
 
+LayerOut lstm_without_workspace(const LstmOut& out) {
+  return {std::get<0>(out), std::get<1>(out), std::get<2>(out)};
+}
+
+// Whether autograd records the call: grad mode on and a tensor of it requiring grad.
+bool records_gradient(const StepCall& c) {
+  if (!at::GradMode::is_enabled()) return false;
+  auto wants_grad = [](const Tensor& t) { return t.requires_grad(); };
+  return c.x.requires_grad() || std::any_of(c.weights.begin(), c.weights.end(), wants_grad) ||
+         std::any_of(c.state.begin(), c.state.end(), wants_grad);
+}
+
 // Runs every layer; returns the last layer's output (time-major) and the stacked final
-// states (h, and c for the LSTM).
+// states (h, and c for the LSTM). Without a gradient to take, the LSTM runs on the op that
+// writes no workspace.
 std::pair<Tensor, std::vector<Tensor>> run_layers(const StepCall& c) {
   static const auto lstm = find_op<LstmForwardSig>("fastrnn::ext_lstm_forward");
+  static const auto lstm_inference = find_op<LstmInferenceSig>("fastrnn::ext_lstm_inference");
+  const bool gradient = records_gradient(c);
   static const auto gru = find_op<GruForwardSig>("fastrnn::ext_gru_forward");
   static const auto rnn = find_op<RnnForwardSig>("fastrnn::ext_rnn_forward");
   std::vector<Tensor> h_n, c_n;
@@ -228,8 +244,11 @@ std::pair<Tensor, std::vector<Tensor>> run_layers(const StepCall& c) {
     const Tensor h0 = layer_state(c, 0, l, c.out);
     if (c.cell == Cell::kLstm) {
       const OptTensor w_hr = weight_or_none(c, l, c.projection, c.per_layer - 1);
-      auto [y, h, cell_state, ws] = lstm.call(x, h0, layer_state(c, 1, l, c.hidden), w_ih, w_hh,
-                                              b_ih, b_hh, w_hr, std::nullopt);
+      const Tensor c0 = layer_state(c, 1, l, c.hidden);
+      auto [y, h, cell_state] =
+          gradient ? lstm_without_workspace(lstm.call(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                                      std::nullopt))
+                   : lstm_inference.call(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, std::nullopt);
       x = y;
       h_n.push_back(h);
       c_n.push_back(cell_state);

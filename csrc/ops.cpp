@@ -19,6 +19,10 @@ TORCH_LIBRARY(fastrnn, m) {
   m.def("ext_lstm_forward(Tensor x, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, "
         "Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, Tensor? lengths) "
         "-> (Tensor, Tensor, Tensor, Tensor)");
+  // ext_lstm_forward for calls that take no gradient (CPU, no autograd formula): y, h_T,
+  // c_T, without writing the workspace.
+  m.def("ext_lstm_inference(Tensor x, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, "
+        "Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, Tensor? lengths) -> (Tensor, Tensor, Tensor)");
   // Outputs: dx, dh0, dc0, dw_ih, dw_hh, dbias (of the summed gate bias), dw_hr (empty
   // without projection).
   m.def("ext_lstm_backward(Tensor grad_y, Tensor grad_hT, Tensor grad_cT, Tensor x, Tensor h0, "

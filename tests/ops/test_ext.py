@@ -283,6 +283,46 @@ def test_opcheck():
 
 
 @ext
+def test_lstm_inference_opcheck():
+    detached = [a.detach() if a is not None else None for a in lstm_args(T=4, H=16)]
+    result = torch.library.opcheck(torch.ops.fastrnn.ext_lstm_inference.default,
+                                   detached + [torch.tensor([4, 2, 3])])
+    assert all(v == "SUCCESS" for v in result.values()), result
+
+
+# ext_lstm_inference: the forward without the workspace, which the modules run when no
+# gradient is taken. Same kernels, so the same bits as ext_lstm_forward's outputs.
+@ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("T, H, P, lengths", [(6, 64, None, None), (6, 64, None, [6, 2, 4]),
+                                              (5, 7, None, [5, 1, 3]), (5, 8, 3, None),
+                                              (1, 64, None, None)],
+                         ids=["packed", "packed-lengths", "per-step", "projection", "one-step"])
+def test_lstm_inference_equals_forward(dtype, T, H, P, lengths):
+    args = [a.detach() if a is not None else None for a in lstm_args(T=T, B=3, I=5, H=H, P=P, dtype=dtype)]
+    lengths = torch.tensor(lengths) if lengths is not None else None
+    y, h, c, _ = torch.ops.fastrnn.ext_lstm_forward(*args, lengths)
+    for ours, expected in zip(torch.ops.fastrnn.ext_lstm_inference(*args, lengths), (y, h, c)):
+        torch.testing.assert_close(ours, expected, rtol=0, atol=0)
+
+
+@ext
+def test_module_without_gradient_equals_with():
+    """fastrnn.LSTM under no_grad (the op without workspace) gives the bits it gives when
+    autograd records the call."""
+    import fastrnn
+    torch.manual_seed(0)
+    module = fastrnn.LSTM(16, 64, num_layers=2)
+    x = torch.randn(7, 3, 16)
+    y, (h, c) = module(x)
+    assert y.requires_grad
+    with torch.no_grad():
+        y0, (h0, c0) = module(x)
+    for ours, expected in zip((y0, h0, c0), (y, h, c)):
+        torch.testing.assert_close(ours, expected.detach(), rtol=0, atol=0)
+
+
+@ext
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_torch_compile_fullgraph(cell):
     args = lstm_args(dtype=torch.float32) if cell == "lstm" else gru_args(dtype=torch.float32)

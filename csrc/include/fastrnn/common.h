@@ -36,12 +36,11 @@ namespace fastrnn {
 // below 2e-7 over the clamped range, which covers every value sigmoid/tanh need.
 FASTRNN_HD float fast_exp(float x) {
   x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-  // k = round(x / ln2) via truncation, corrected for negative values (no floor call, so
-  // the loop vectorises with SSE2).
-  const float v = x * 1.44269504088896341f + 0.5f;
-  int32_t ki = static_cast<int32_t>(v);
-  ki -= (v < static_cast<float>(ki)) ? 1 : 0;
-  const float k = static_cast<float>(ki);
+  // k = round(x / ln2): adding 1.5 * 2^23 rounds x / ln2 to an integer held in the low
+  // mantissa bits, and subtracting it again gives k as a float (two vector ops, where a
+  // conversion to int and back with a floor correction took five).
+  const float shifted = x * 1.44269504088896341f + 12582912.0f;
+  const float k = shifted - 12582912.0f;
   float r = x - k * 0.693359375f;
   r = r + k * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
@@ -51,9 +50,12 @@ FASTRNN_HD float fast_exp(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  // 2^k by building the exponent bits; k lies in [-126, 127] after the clamp.
-  union { int32_t i; float f; } two_k;
-  two_k.i = (ki + 127) << 23;
+  // 2^k from the exponent bits: the low 9 bits of shifted's bit pattern are k mod 512, so
+  // (bits + 127) << 23 is k + 127 in the exponent field (k lies in [-126, 127] after the
+  // clamp).
+  union { float f; uint32_t u; } two_k;
+  two_k.f = shifted;
+  two_k.u = (two_k.u + 127u) << 23;
   return p * two_k.f;
 }
 

@@ -107,7 +107,8 @@ struct LstmForward {
   T* y;                      // (T, B, P) out; zero at padded steps
   T* h_n;                    // (B, P) out: the running h state
   T* c_n;                    // (B, H) out: the running c state
-  T* workspace;              // (T, B, 5H) out: i, f, g, o, c of every step
+  T* workspace;              // (T, B, 5H) out: i, f, g, o, c of every step; or null (no
+                             //   gradient will be taken): each step writes a scratch row
   T* hidden;                 // (B, H) scratch for o * tanh(c) before projection (w_hr_t only)
   // The packed path's alternative to `gates` (which may then be null): x_t W_ih^T enters
   // each step's product with h, and the bias the gate math.
@@ -116,6 +117,14 @@ struct LstmForward {
   const T* bias = nullptr;   // (4H): b_ih + b_hh, or null
   int64_t I = 0;
 };
+
+// Step t's workspace rows (B, 5H): in a.workspace, or without one the scratch `step_ws`
+// (B x 5H, rewritten every step), so that inference writes no (T, B, 5H) tensor (for
+// B=64, T=100, H=256 fp32: 33 MB through the memory system per call).
+template <typename T>
+T* step_workspace(const LstmForward<T>& a, std::vector<T>& step_ws, int64_t t) {
+  return a.workspace ? a.workspace + t * a.d.B * 5 * a.d.H : step_ws.data();
+}
 
 // Panels of kLanes<T> hidden units: each holds the units' four gate columns (i, f, g, o).
 template <typename T>
@@ -137,6 +146,7 @@ void lstm_forward_packed(const LstmForward<T>& a, const For& parallel_for) {
   const std::vector<T> packed = pack_gate_panels(a.x ? a.w_ih_t : a.w_hh_t, a.x ? I : P, H, 4,
                                                  a.x ? a.w_hh_t : nullptr, a.x ? P : 0);
   const std::vector<T> zero_bias(static_cast<size_t>(a.x && !a.bias ? 4 * H : 0), T(0));
+  std::vector<T> step_ws(static_cast<size_t>(a.workspace ? 0 : B * 5 * H));
   const T* bias = a.bias ? a.bias : zero_bias.data();
   std::vector<T> hbuf(static_cast<size_t>(2 * B * P));
   std::vector<T> scratch(static_cast<size_t>(B * 4 * H));
@@ -153,7 +163,7 @@ void lstm_forward_packed(const LstmForward<T>& a, const For& parallel_for) {
       packed_gemm4(B, h_prev, P, P, panel, out);
     }
     lstm_forward_panel(B, out, a.x ? bias : a.gates + t * B * 4 * H, a.x ? 0 : 4 * H,
-                       a.workspace + t * B * 5 * H, a.c_n, a.y + t * B * P, h_prev, h_next,
+                       step_workspace(a, step_ws, t), a.c_n, a.y + t * B * P, h_prev, h_next,
                        a.lengths, t, p * L, H, P);
   });
   std::memcpy(a.h_n, hbuf.data() + (a.d.T & 1) * B * P, sizeof(T) * B * P);
@@ -166,12 +176,13 @@ void lstm_forward(const LstmForward<T>& a, const Gemm& gemm, const For& parallel
     lstm_forward_packed(a, parallel_for);
     return;
   }
+  std::vector<T> step_ws(static_cast<size_t>(a.workspace ? 0 : B * 5 * H));
   std::memcpy(a.h_n, a.h0, sizeof(T) * B * P);
   std::memcpy(a.c_n, a.c0, sizeof(T) * B * H);
   for (int64_t t = 0; t < a.d.T; ++t) {
     T* pre = a.gates + t * B * 4 * H;
     T* y_t = a.y + t * B * P;
-    T* ws_t = a.workspace + t * B * 5 * H;
+    T* ws_t = step_workspace(a, step_ws, t);
     gemm(B, 4 * H, P, a.h_n, P, a.w_hh_t, 4 * H, pre, 4 * H, /*accumulate=*/true);
     for_each_row_piece(parallel_for, B, H, [&](int64_t b, int64_t j0, int64_t j1) {
       T* ws_b = ws_t + b * 5 * H;

@@ -41,6 +41,12 @@ def _forward_fake(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths):
             x.new_empty(T, B, 5 * H, dtype=workspace_dtype(x.dtype)))
 
 
+@torch.library.register_fake("fastrnn::ext_lstm_inference")
+def _inference_fake(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths):
+    y, h_n, c_n, _ = _forward_fake(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths)
+    return y, h_n, c_n
+
+
 @torch.library.register_fake("fastrnn::ext_lstm_backward")
 def _backward_fake(grad_y, grad_hT, grad_cT, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y,
                    workspace, lengths):
