@@ -181,7 +181,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     lstm_backward(a, AtenGemm(), AtenFor());
   });
   auto [unused, dw_ih, dw_hh, dbias, dw_hr] =
-      lstm_backward_gemms(d, dgates, dy, ws, x, h0, w_ih, w_hr, y, type, /*want_dx=*/false);
+      lstm_backward_gemms(d, dgates, dy, ws, x, h0, w_ih, w_hr, y, type, /*want_dx=*/false,
+                          matmul_tn_all_steps);
   const Tensor dx = matmul_all_steps(dgates.view({d.T * d.B, 4 * d.H}), acc(w_ih, type));
   const auto out = x.scalar_type();
   return {dx.view({d.T, d.B, x.size(2)}).to(out), dh0.to(out), dc0.to(out), dw_ih, dw_hh, dbias,

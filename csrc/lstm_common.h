@@ -66,14 +66,19 @@ inline Tensor lstm_input_gates(const Dims& d, const Tensor& x, const Tensor& w_i
                           lstm_gate_bias(b_ih, b_hh, type));
 }
 
+// a^T b on BLAS.
+inline Tensor mm_tn(const Tensor& a, const Tensor& b) { return at::mm(a.t(), b); }
+
 // What is left of backward once the recurrence produced the gate gradients (T, B, 4H):
 // dx (undefined when !want_dx: the caller computes it), dW_ih, dW_hh, dbias and dW_hr
 // (empty without projection), each a GEMM or a sum over all steps at once, in the input
-// dtype. dy: gradient reaching the projected h (T, B, P).
+// dtype. dy: gradient reaching the projected h (T, B, P). a_t_b(a, b) computes a^T b for
+// the weight gradients.
 inline std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_gemms(
     const Dims& d, const Tensor& dgates, const Tensor& dy, const Tensor& ws, const Tensor& x,
     const Tensor& h0, const Tensor& w_ih, const OptTensor& w_hr, const Tensor& y,
-    at::ScalarType type, bool want_dx = true) {
+    at::ScalarType type, bool want_dx = true,
+    Tensor (*a_t_b)(const Tensor&, const Tensor&) = mm_tn) {
   const Tensor flat = dgates.view({d.T * d.B, 4 * d.H});
   const int64_t I = x.size(2);
   // Both weight gradients from one GEMM, dgates^T [x_t, h_{t-1}]: one pass over dgates
@@ -83,7 +88,7 @@ inline std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_gemms(
   xh.narrow(2, 0, I).copy_(x);
   xh.narrow(2, I, d.P)[0].copy_(h0);
   if (d.T > 1) xh.narrow(2, I, d.P).narrow(0, 1, d.T - 1).copy_(y.narrow(0, 0, d.T - 1));
-  const Tensor dw = at::mm(flat.t(), xh.view({d.T * d.B, I + d.P}));
+  const Tensor dw = a_t_b(flat, xh.view({d.T * d.B, I + d.P}));
   const auto out = x.scalar_type();
   Tensor dw_hr = at::empty({0}, x.options());
   if (w_hr.has_value()) {

@@ -413,6 +413,26 @@ void test_gemm() {
   }
 }
 
+// packed_matmul_tn (C = A^T B) against a plain sum, in float and double: K past one chunk
+// and not a multiple of it, N not a multiple of the panel width (a partial last panel).
+template <typename T>
+void test_packed_matmul_tn(const char* name) {
+  std::mt19937 gen(13);
+  const int64_t M = 8, N = 70, K = 150;
+  const Vec A = random_vec(gen, K * M), B = random_vec(gen, K * N);
+  const std::vector<T> a = cast<T>(A), b = cast<T>(B);
+  std::vector<T> c(M * N, T(-1));
+  fastrnn::packed_matmul_tn<T>(M, N, K, a.data(), b.data(), c.data(), fastrnn::SerialFor());
+  const double tol = sizeof(T) == 4 ? 1e-5 : 1e-13;
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t n = 0; n < N; ++n) {
+      double s = 0.0;
+      for (int64_t k = 0; k < K; ++k) s += double(a[k * M + m]) * double(b[k * N + n]);
+      expect_close(name, c[m * N + n], s, tol);
+    }
+  }
+}
+
 // step_products against a plain sum: K not a multiple of the vector width, G not a
 // multiple of the row block, B > 1 rows at a row stride above G, and each part, bias
 // and the other part absent.
@@ -468,6 +488,8 @@ int main() {
   test_tanh();
   test_gemm();
   test_step_products();
+  test_packed_matmul_tn<float>("packed_matmul_tn float");
+  test_packed_matmul_tn<double>("packed_matmul_tn double");
   unsigned seed = 1;
   for (const Case& c : {Case{1, 1, 1, 1, false, false}, Case{3, 2, 3, 3, false, false},
                         Case{4, 3, 5, 5, false, true}, Case{3, 2, 4, 3, true, false},

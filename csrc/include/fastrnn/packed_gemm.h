@@ -44,9 +44,10 @@ constexpr int64_t kPackedRows = 4;
 // the same run (32 KB: the same; 64 KB: no gain).
 constexpr int64_t kPackedChunkBytes = 16 * 1024;
 
-// out[r][0 : NV * L] (+)= A[r][0:K] @ panel (K, NV * L) for MR rows of A (row stride lda);
-// ACC: add to what out holds (the previous K chunks' sums), same order of additions.
-template <typename T, int MR, int NV, bool ACC>
+// out[r][0 : NV * L] (+)= A[r][0:K] @ panel (K, NV * L) for MR rows of A, A[r][k] at
+// A[r * lda + k * KS]; ACC: add to what out holds (the previous K chunks' sums), same order
+// of additions.
+template <typename T, int MR, int NV, bool ACC, int64_t KS = 1>
 __attribute__((always_inline)) inline void packed_tile(const T* A, int64_t lda, int64_t K,
                                                        const T* panel, T* out) {
   using V = Vec64<T>;
@@ -60,7 +61,7 @@ __attribute__((always_inline)) inline void packed_tile(const T* A, int64_t lda, 
     V b[NV];
     for (int v = 0; v < NV; ++v) b[v] = *reinterpret_cast<const V*>(p + v * L);
     for (int r = 0; r < MR; ++r) {
-      const T a = A[r * lda + k];
+      const T a = A[r * lda + k * KS];
       for (int v = 0; v < NV; ++v) acc[r][v] += a * b[v];
     }
   }
@@ -101,6 +102,18 @@ __attribute__((always_inline)) inline void packed_rows(int64_t M, const T* A, in
   }
   for (int64_t k0 = kChunk; k0 < K; k0 += kChunk) {
     packed_rows_chunk<T, NV, true>(M, A + k0, lda, std::min(kChunk, K - k0), panel + k0 * W, out);
+  }
+}
+
+// out (M, 4 * L) (+)= A @ panel for A packed in tiles of kPackedRows rows, tile t holding
+// its rows' K values k-major (row r's value k at A[t * K * kPackedRows + k * kPackedRows + r]),
+// so each step of k broadcasts from one contiguous run. M a multiple of kPackedRows.
+template <typename T, bool ACC>
+FASTRNN_CPU_CLONES void packed_gemm4_tiles(int64_t M, const T* A, int64_t K, const T* panel,
+                                           T* out) {
+  constexpr int64_t W = 4 * kLanes<T>;
+  for (int64_t m = 0; m < M; m += kPackedRows) {
+    packed_tile<T, kPackedRows, 4, ACC, kPackedRows>(A + m * K, 1, K, panel, out + m * W);
   }
 }
 

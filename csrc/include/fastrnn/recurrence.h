@@ -189,6 +189,56 @@ void packed_matmul(int64_t M, int64_t N, int64_t K, const T* A, const T* B, T* C
   });
 }
 
+// C (M, N) = A^T B for A (K, M) and B (K, N), row-major and contiguous, M a multiple of
+// kPackedRows: the weight gradients dgates^T [x, h] of all steps, K = T * B. A's columns
+// are read in place nowhere: rows of a gate-gradient matrix are 4H apart, so one column's
+// values would all fall in one L1 set. Per chunk of kChunk rows of K, each thread packs its
+// tiles of A (K-major within a tile) and the chunk's panels of B, and accumulates its rows
+// of C panel by panel; the threads split the tiles.
+template <typename T, typename For>
+void packed_matmul_tn(int64_t M, int64_t N, int64_t K, const T* A, const T* B, T* C,
+                      const For& parallel_for) {
+  constexpr int64_t W = 4 * kLanes<T>, R = kPackedRows;
+  // A panel chunk of kChunk x W stays in L1 while every tile uses it.
+  constexpr int64_t kChunk = kPackedChunkBytes / (W * static_cast<int64_t>(sizeof(T)));
+  const int64_t panels = (N + W - 1) / W, tiles = M / R;
+  const int team = team_size(parallel_for, M * N * K, tiles);
+  run_team(team, [&](int tid, int n, SpinBarrier&) {
+    const int64_t t0 = tiles * tid / n, rows = (tiles * (tid + 1) / n - t0) * R;
+    std::vector<T> a_tiles(static_cast<size_t>(rows * kChunk));
+    std::vector<T> b_panels(static_cast<size_t>(panels * kChunk * W), T(0));
+    std::vector<T> out(static_cast<size_t>(panels * rows * W));
+    for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
+      const int64_t kk = std::min(kChunk, K - k0);
+      for (int64_t k = 0; k < kk; ++k) {
+        const T* a_row = A + (k0 + k) * M + t0 * R;
+        for (int64_t t = 0; t < rows / R; ++t) {
+          std::copy(a_row + t * R, a_row + (t + 1) * R, a_tiles.data() + (t * kk + k) * R);
+        }
+        const T* b_row = B + (k0 + k) * N;
+        for (int64_t p = 0; p < panels; ++p) {
+          std::copy(b_row + p * W, b_row + std::min(N, (p + 1) * W),
+                    b_panels.data() + (p * kk + k) * W);
+        }
+      }
+      for (int64_t p = 0; p < panels; ++p) {
+        T* o = out.data() + p * rows * W;
+        if (k0 == 0) {
+          packed_gemm4_tiles<T, false>(rows, a_tiles.data(), kk, b_panels.data() + p * kk * W, o);
+        } else {
+          packed_gemm4_tiles<T, true>(rows, a_tiles.data(), kk, b_panels.data() + p * kk * W, o);
+        }
+      }
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t p = 0; p < panels; ++p) {
+        const T* o = out.data() + (p * rows + r) * W;
+        std::copy(o, o + std::min(W, N - p * W), C + (t0 * R + r) * N + p * W);
+      }
+    }
+  });
+}
+
 // Copies a block of `rows` outputs of one gate panel, out (rows, G * L), into their places
 // in gates (rows, G * H) at units [j0, j0 + L), adding the bias (G * H) when given.
 template <typename T>
