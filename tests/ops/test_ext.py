@@ -435,6 +435,13 @@ def test_packed_paths_match_nn_fp32(cell, threads, T, B, I, H):
 
 
 @ext
+def test_packed_lstm_projecting_the_input_first():
+    """Stacked [W_ih; W_hh] past 4 MB (I = H = 384, fp32): the packed forward takes the input
+    gates from a projection over all steps instead of streaming W_ih every step."""
+    check_parity(LSTM, 3, 2, 384, 384, "cpu", backend="ext")
+
+
+@ext
 @pytest.mark.parametrize("cell", [LSTM, GRU], ids=["lstm", "gru"])
 @pytest.mark.parametrize("bias, contiguous", [(False, True), (True, False)])
 def test_packed_paths_options(cell, bias, contiguous):
