@@ -1,4 +1,4 @@
-"""Step latency and generation speed against torch.nn and the plain PyTorch loop (issue 23).
+"""Step latency and generation speed against torch.nn and the plain PyTorch loop.
 
     python -m benchmarks.step_latency [--device cpu|cuda] [--repeats N] [--out FILE]
 
