@@ -202,13 +202,20 @@ def generation(device: str, repeats: int) -> List[Tuple[str, str, str, str]]:
         "fastrnn.generate, fastrnn.LSTM, top-p": fastrnn_generate(do_sample=True, temperature=TEMPERATURE,
                                                                   top_p=TOP_P, seed=0),
     }
+    # On CUDA the step loop can also replay as one CUDA graph (static shapes).
+    variants = ("", ", CUDA graph") if device == "cuda" else ("",)
+    if device == "cuda":
+        fns["fastrnn.generate, fastrnn.LSTM, greedy, CUDA graph"] = fastrnn_generate(cuda_graph=True)
+        fns["fastrnn.generate, fastrnn.LSTM, top-p, CUDA graph"] = fastrnn_generate(
+            do_sample=True, temperature=TEMPERATURE, top_p=TOP_P, seed=0, cuda_graph=True)
     t = best_interleaved(fns, max(3, repeats // 2), device)
     rows = []
-    for mode in ("greedy", "top-p"):
-        base = next(v for k, v in t.items() if k.startswith("plain") and mode in k)
-        ours = next(v for k, v in t.items() if k.startswith("fastrnn") and mode in k)
-        rows.append((f"B=1, {new_tokens} new tokens, {mode}", f"{new_tokens / base:,.0f}",
-                     f"{new_tokens / ours:,.0f}", f"{base / ours:.2f}"))
+    for mode, baseline in (("greedy", "plain loop, nn.LSTM, greedy"),
+                           ("top-p", "plain loop, nn.LSTM, top-p (HF warper)")):
+        for variant in variants:
+            base, ours = t[baseline], t[f"fastrnn.generate, fastrnn.LSTM, {mode}{variant}"]
+            rows.append((f"B=1, {new_tokens} new tokens, {mode}{variant}", f"{new_tokens / base:,.0f}",
+                         f"{new_tokens / ours:,.0f}", f"{base / ours:.2f}"))
     return rows
 
 

@@ -15,6 +15,9 @@
 #   tests        the rest of the suite
 #   sweep        the benchmark sweep, for whatever time is left
 #
+# Not in the default list: build-start / build-wait (the build in the background, beside
+# stages that time nothing), step-latency (benchmarks.step_latency on the GPU) and demo.
+#
 #   bash scripts/gpu_run.sh
 #   STAGES="check headline" bash scripts/gpu_run.sh        # a subset, in the order given
 #   COMMIT=$(git rev-parse --short HEAD) OUT=/tmp/out bash scripts/gpu_run.sh
@@ -116,6 +119,19 @@ for s in $STAGES; do
       stage tests 240 "$PYTHON -m pytest -q -rs $TEST_ARGS --junitxml='$OUT/tests.xml'" ;;
     sweep)
       bench sweep 600 $BENCH_ARGS ;;
+    build-start)
+      # The extension builds on the CPUs in the background while GPU stages that time nothing
+      # (grid) run; build-wait joins it. Its log is build.log, its outcome the log's last line.
+      (TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=${MAX_JOBS:-12} timeout 300 $PYTHON setup.py build_ext --inplace \
+        > "$OUT/build.log" 2>&1; echo "build exit $?" >> "$OUT/build.log") &
+      BUILD_PID=$!
+      note "build-start: building fastrnn._C in the background (build.log)" ;;
+    build-wait)
+      wait "${BUILD_PID:-}" 2>/dev/null
+      note "build-wait: after ${SECONDS}s | $(tail -n 1 "$OUT/build.log" 2>/dev/null)"
+      tail -n 15 "$OUT/build.log" 2>/dev/null ;;
+    step-latency)
+      stage step-latency 120 "$PYTHON -m benchmarks.step_latency --device cuda --repeats 5 --out '$OUT/step_latency_cuda.md'" ;;
     demo)
       stage demo "${DEMO_LIMIT_S:-240}" "PYTHONPATH='$PWD' $PYTHON examples/char_lm.py ${DEMO_ARGS:-}" ;;
     *) note "unknown stage $s"; status=2 ;;
