@@ -168,6 +168,25 @@ def test_spilling_tiles_retry_with_half_the_k_chunk_before_fewer_sms():
     assert "spills least" in chosen.reason
 
 
+def test_forced_streamed_plans_that_all_spill_take_the_co_resident_one_that_spills_least():
+    """A forced persistent mode has no per-step plan to fall back on: the streamed plan
+    that spills least among those whose programs are all resident is taken (as Triton 3.6
+    compiles BPTT's exact-fp32 streamed tiles at H=37: 8 B and more of spills each)."""
+    plans = [p for p in common.candidate_plans(64, 256, LSTM_BPTT, H100.sms) if p.mode == "streamed"]
+    assert len(plans) > 2 and not any(p.mode == "per-step" for p in plans)
+    fewest = plans[1]
+
+    def compiled(plan):
+        if plan is plans[0]:   # spills least, but one program per SM: not co-resident
+            return resources(spills=4, regs=255, shared=150 * 1024, warps=plan.num_warps)
+        return resources(spills=8 if plan is fewest else 24, warps=plan.num_warps)
+
+    few_sms = dataclasses.replace(H100, sms=plans[0].programs - 1)
+    chosen = common.choose_plan(plans, compiled, few_sms)
+    assert chosen == dataclasses.replace(fewest, reason=chosen.reason)
+    assert "so the persistent plan that spills least" in chosen.reason
+
+
 def test_no_plan_fits_raises():
     plans = common.candidate_plans(16, 768, LSTM_FORWARD, H100.sms)
     with pytest.raises(RuntimeError, match="no launch plan"):

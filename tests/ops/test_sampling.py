@@ -165,8 +165,8 @@ DRAW_LOGITS = torch.tensor([1.0, 0.2, 0.5, -0.3, 0.9, -2.0, 0.0])
 DRAW_FILTERS = dict(temperature=0.9, top_k=5, top_p=0.9, min_p=0.1)
 
 
-def expected_distribution(backend):
-    return fastrnn.filtered_probs(DRAW_LOGITS[None], **DRAW_FILTERS, backend=backend)[0]
+def expected_distribution(backend, device="cpu"):
+    return fastrnn.filtered_probs(DRAW_LOGITS[None].to(device), **DRAW_FILTERS, backend=backend)[0]
 
 
 def test_cpu_draws_follow_filtered_distribution():
@@ -302,7 +302,7 @@ def test_cuda_kept_set_equals_sort_reference(V, ties):
 @pytest.mark.cuda
 def test_cuda_draws_follow_filtered_distribution():
     n = 100000
-    probs = expected_distribution("triton")
+    probs = expected_distribution("triton", "cuda")
     logits = DRAW_LOGITS.cuda().expand(n, -1)
     tokens = fastrnn.sample(logits, **DRAW_FILTERS, seed=torch.arange(n, device="cuda"))
     assert chi_square_p_value(tokens.cpu(), probs.cpu()) > SIGNIFICANCE

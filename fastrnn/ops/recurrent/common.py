@@ -699,8 +699,10 @@ def choose_plan(candidates: List[LaunchPlan], resources_of: Callable[[LaunchPlan
     first, most SMs first). Candidates are compiled in order of modelled time, so slower
     ones are never compiled; without step_us, the first candidate that fits is taken.
     When none fits, the per-step plan that the driver loads (within the shared-memory and
-    thread limits) and that spills least is taken (it launches, slowly); when there is none
-    either, RuntimeError."""
+    thread limits) and that spills least is taken (it launches, slowly); where there is no
+    per-step candidate (a forced persistent mode), the persistent plan that loads, whose
+    programs are co-resident, and that spills least; when there is none either,
+    RuntimeError."""
     checked = {}
 
     def problems_of(i):
@@ -721,16 +723,20 @@ def choose_plan(candidates: List[LaunchPlan], resources_of: Callable[[LaunchPlan
         if step_us is not None:
             why = f"lowest modelled step time that fits ({times[chosen]:.2f} us); {why}"
         return dataclasses.replace(candidates[chosen], reason=why)
-    rejected, fallback, fallback_spills = [], None, None
+    rejected, runnable = [], []
     for i, plan in enumerate(candidates):
         res, problems = checked[i]
         rejected.append(f"{_describe(plan)}: {', '.join(problems)}")
-        if not plan.persistent and not res.out_of and res.shared_bytes <= limits.shared_per_block \
-                and (fallback is None or res.spill_bytes < fallback_spills):
-            fallback, fallback_spills = plan, res.spill_bytes
-    if fallback is not None:
+        # Spills and replicated warps cost time; a program that cannot load, or a barrier
+        # whose programs are not all resident (it would never complete), cannot run.
+        co_resident = not plan.cooperative or plan.programs <= programs_per_sm(res, limits) * limits.sms
+        if not res.out_of and res.shared_bytes <= limits.shared_per_block and co_resident:
+            runnable.append((plan.persistent, res.spill_bytes, i))
+    if runnable:
+        fallback = candidates[min(runnable)[2]]
+        kind = "persistent" if fallback.persistent else "per-step"
         return dataclasses.replace(fallback, reason="; ".join(rejected)
-                                   + f"; so the per-step plan that spills least ({_describe(fallback)})")
+                                   + f"; so the {kind} plan that spills least ({_describe(fallback)})")
     raise RuntimeError("fastrnn: no launch plan of the recurrent kernel fits this GPU: "
                        + "; ".join(rejected))
 

@@ -191,12 +191,8 @@ def recurrent_forward_kernel(
         # Every program of the block stops at the same step, so the barrier counts agree.
         t_stop = tl.minimum(t_end, tl.max(length, axis=0).to(tl.int32))
 
-    # The input projection of the first step (t_begin < T, so in bounds even when there
-    # is nothing to compute); each later one is loaded before the wait for the step
-    # before it, so its latency hides behind the barrier.
     t = t_begin
     ok = t_begin < t_stop
-    x0, x1, x2, x3 = load_x_gates(xproj_ptr, (t * B + rows64[:, None]) * (G * H), units, H, tile_ok, G)
     # A while loop: the pipeliner leaves it alone, so nothing of step t+1 is loaded
     # before step t's stores (see common.py). `ok` turns False when the launch aborts.
     while ok:
@@ -211,12 +207,12 @@ def recurrent_forward_kernel(
                                        BLOCK_B, TILE_N, BLOCK_K)
         hg0, hg1, hg2, hg3 = split_gates(product + bias, SLOTS, BLOCK_B, BLOCK_H)
         ws_base = ws_ptr + (t * B + rows64[:, None]) * (W * H) + units[None, :]
-        x_now = x0
-        if G == 1:
-            # The Elman cells load their one gate's input here: Triton 3.6 fails to compile
-            # (TritonGPURemoveLayoutConversions) their loop carrying it from the step before.
-            x_now = load_gate_input(xproj_ptr, 0, (t * B + rows64[:, None]) * H, units, H, tile_ok)
-        h_new, c_new = cell_step(CELL, x_now, x1, x2, x3, ws_base, H, tile_ok, hg0, hg1, hg2, hg3, h_state,
+        # The step's input projection, loaded in the step: it does not depend on h, so its
+        # latency overlaps h's loads. (Carried from the step before, loaded ahead of the
+        # barrier, the loop crashes Triton 3.6's TritonGPURemoveLayoutConversions for every
+        # cell: seen on the H200 machine, reproduced by compiling for sm_90 here.)
+        x0, x1, x2, x3 = load_x_gates(xproj_ptr, (t * B + rows64[:, None]) * (G * H), units, H, tile_ok, G)
+        h_new, c_new = cell_step(CELL, x0, x1, x2, x3, ws_base, H, tile_ok, hg0, hg1, hg2, hg3, h_state,
                                  c_state)
         if HAS_LENGTHS:
             active = (length > t)[:, None]
@@ -231,16 +227,6 @@ def recurrent_forward_kernel(
         t += 1
         ok = t < t_stop
         if ok:
-            next0, next1, next2, next3 = load_x_gates(xproj_ptr, (t * B + rows64[:, None]) * (G * H), units,
-                                                      H, tile_ok, G)
-            # Only the cell's gates are carried to the next step (Triton 3.6 fails to
-            # compile a loop that carries one value in several variables).
-            if G > 1:
-                x0 = next0
-                x1 = next1
-                x2 = next2
-            if G > 3:
-                x3 = next3
             # Every program of this batch block has written its slice of h_t.
             ok = common.step_barrier(counter_ptr + pid_b, t - t_begin, error_ptr, GRID_BARRIER,
                                      MAX_POLLS, ABORT)

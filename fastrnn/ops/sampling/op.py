@@ -168,8 +168,10 @@ def row_seeds(seed: int, B: int, device) -> Tensor:
     """
     if not -2 ** 63 <= seed < 2 ** 63:
         raise ValueError(f"fastrnn: seed must lie in [-2**63, 2**63), got {seed}")
-    base = _splitmix64(torch.tensor(seed, dtype=torch.int64))
-    return base.to(device) + torch.arange(B, dtype=torch.int64, device=device)
+    # Hashed on the CPU and added as a Python int: copying a host tensor to the GPU would
+    # synchronise (no host sync per sampled token).
+    base = int(_splitmix64(torch.tensor(seed, dtype=torch.int64)))
+    return torch.arange(B, dtype=torch.int64, device=device) + base
 
 
 def _uniforms(fn: str, B: int, device, generator, seed) -> Tensor:
