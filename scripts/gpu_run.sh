@@ -20,6 +20,7 @@
 #
 #   bash scripts/gpu_run.sh
 #   STAGES="check headline" bash scripts/gpu_run.sh        # a subset, in the order given
+#   CUDA_TEST_ARGS="tests/test_generate.py tests/ops" STAGES=cuda-tests bash scripts/gpu_run.sh
 #   COMMIT=$(git rev-parse --short HEAD) OUT=/tmp/out bash scripts/gpu_run.sh
 #
 # Everything goes to $OUT as it happens: environment.txt, one log per stage (<stage>.log),
@@ -114,7 +115,7 @@ for s in $STAGES; do
     check-ext)
       stage check-ext 90 "$PYTHON -m fastrnn.check --backends ext --json '$OUT/check-ext.json'" ;;
     cuda-tests)
-      stage cuda-tests 150 "$PYTHON -m pytest -q -rs -m cuda --junitxml='$OUT/cuda-tests.xml'" ;;
+      stage cuda-tests "${CUDA_TESTS_LIMIT_S:-150}" "$PYTHON -m pytest -q -rs -m cuda --junitxml='$OUT/cuda-tests.xml' ${CUDA_TEST_ARGS:-}" ;;
     tests)
       stage tests 240 "$PYTHON -m pytest -q -rs $TEST_ARGS --junitxml='$OUT/tests.xml'" ;;
     sweep)
