@@ -735,8 +735,11 @@ def check_problem(problem: Problem, compiler: Compiler, limits: common.DeviceLim
                                compiler.resources_of, problem.mode)
     except triton.compiler.errors.CompilationError as err:   # the launch would raise
         return dict(row, mode=problem.mode or "none", hazards=[f"compile: {str(err)[-300:]}"])
-    except RuntimeError as err:   # no candidate fits: the call would fail on this GPU
-        return dict(row, mode=problem.mode or "none", hazards=[f"shared: {err}"])
+    except RuntimeError as err:
+        if "no launch plan" in str(err):   # no candidate fits: the call would fail on this GPU
+            return dict(row, mode=problem.mode or "none", hazards=[f"shared: {err}"])
+        # The compiler itself failed (Triton 3.6's "PassManager::run failed"): so would the call.
+        return dict(row, mode=problem.mode or "none", hazards=[f"compile: {str(err)[-300:]}"])
     meta = meta_of(plan)
     c = compiler(kernel, args, meta)
     per_sm = common.programs_per_sm(c.resources(), limits)

@@ -99,13 +99,15 @@ def report(codes: torch.Tensor, message: Message, exc_type: type = RuntimeError)
         if log is not None and not torch.compiler.is_compiling():
             log.append(Recorded(codes, message, exc_type))
         return
+    # Earlier reports first: this call's own codes are raised at the next call or
+    # check_errors(), however fast the GPU finishes them (never by this call).
+    _raise_completed(wait=False)
     host = torch.empty(codes.shape, dtype=codes.dtype, pin_memory=True)
     host.copy_(codes, non_blocking=True)
     done = torch.cuda.Event()
     done.record()
     with _lock:
         _pending.append(_Pending(host, done, message, exc_type))
-    _raise_completed(wait=False)
 
 
 def report_first_row(bad: torch.Tensor, values: torch.Tensor, describe: Callable[[int, float], str],

@@ -191,6 +191,15 @@ def test_bptt_plan(monkeypatch, cell, mode):
     run_with_plans(monkeypatch, cell, row["B"], row["H"], partner(row), row, lengths=lengths_for(row["B"]))
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_forward_that_loads_each_input_in_its_step(monkeypatch, cell):
+    """The forward as it compiles under Triton 3.6 (common.CARRY_NEXT_INPUT False: no input
+    projection carried across the barrier), with the planner's split persistent plan."""
+    monkeypatch.setattr(common, "CARRY_NEXT_INPUT", False)
+    row = cheapest_split_row(cell, "forward", "persistent", lengths=False)
+    run_with_plans(monkeypatch, cell, row["B"], row["H"], row, partner(row))
+
+
 # ------------------------------------------------------------------ the headline plans
 
 

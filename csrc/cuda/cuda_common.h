@@ -55,9 +55,12 @@ inline std::mutex& pending_barriers_mutex() {
   return mutex;
 }
 
+// Never destroyed: a static vector's destructor would free its pinned tensors at process exit,
+// after CUDA has shut down, and that aborts the process (seen on the H200 machine: "terminate
+// called" from ~vector<PendingBarrier> at the end of a test run). The OS reclaims it at exit.
 inline std::vector<PendingBarrier>& pending_barriers() {
-  static std::vector<PendingBarrier> pending;
-  return pending;
+  static auto* pending = new std::vector<PendingBarrier>();
+  return *pending;
 }
 
 inline void report_barrier(const Tensor& barrier, const char* op) {

@@ -72,6 +72,16 @@ MAX_BARRIER_POLLS = 1 << 21
 BARRIER_ABORT = 1 << 30
 MAX_BARRIER_ARRIVALS = 1 << 29
 
+# Whether the forward kernel carries the next step's input projection across the barrier
+# (loaded before the wait, so its latency hides behind it). Triton 3.6, the version torch
+# 2.11 ships, crashes compiling that loop (an assertion in TritonGPURemoveLayoutConversions)
+# for every exact-fp32 plan and most 16-bit ones: seen on the H200 machine, reproduced by
+# compiling for sm_90 without a GPU. Triton 3.9 compiles every plan (the static check).
+# Measured on the H200 with Triton 3.6 (LSTM B=16 T=1024 H=768 bf16, forward, a plan that
+# compiled carrying it): 6.7 ms carried, 12.4 ms loaded in the step after its product (the
+# step now loads it first, beside h's loads: not measured).
+CARRY_NEXT_INPUT = tuple(int(v) for v in triton.__version__.split(".")[:2]) >= (3, 9)
+
 
 # tanh(x) = x * P(x^2) below |x| = TANH_SERIES_BELOW (P: tanh's Taylor series to x^15, whose
 # truncation there is under 0.2 ulp), else sign(x) * (1 - 2 / (exp(2|x|) + 1)), where

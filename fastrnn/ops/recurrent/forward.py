@@ -153,7 +153,7 @@ def recurrent_forward_kernel(
         CELL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LENGTHS: tl.constexpr,
         BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
         SPLIT: tl.constexpr, K_CHUNKS: tl.constexpr, RESIDENT: tl.constexpr, GRID_BARRIER: tl.constexpr, DOT_PRECISION: tl.constexpr,
-        MAX_POLLS: tl.constexpr, ABORT: tl.constexpr):
+        MAX_POLLS: tl.constexpr, ABORT: tl.constexpr, PREFETCH_X: tl.constexpr):
     G: tl.constexpr = 4 if CELL == 0 else (3 if CELL == 1 else 1)
     SLOTS: tl.constexpr = 4 if G > 1 else (2 if BLOCK_H < 16 else 1)
     TILE_N: tl.constexpr = SLOTS * BLOCK_H
@@ -191,12 +191,23 @@ def recurrent_forward_kernel(
         # Every program of the block stops at the same step, so the barrier counts agree.
         t_stop = tl.minimum(t_end, tl.max(length, axis=0).to(tl.int32))
 
+    # With PREFETCH_X (common.CARRY_NEXT_INPUT) the input projection of the first step is
+    # loaded here (t_begin < T, so in bounds even when there is nothing to compute) and each
+    # later one before the wait for the step before it, so its latency hides behind the
+    # barrier. Otherwise, and for the Elman cells, each step loads its own first thing,
+    # beside h's loads.
+    PREFETCH: tl.constexpr = PREFETCH_X and G > 1
     t = t_begin
     ok = t_begin < t_stop
+    if PREFETCH:
+        x0, x1, x2, x3 = load_x_gates(xproj_ptr, (t * B + rows64[:, None]) * (G * H), units, H, tile_ok, G)
     # A while loop: the pipeliner leaves it alone, so nothing of step t+1 is loaded
     # before step t's stores (see common.py). `ok` turns False when the launch aborts.
     while ok:
         # t * B stays far below 2^31; the products with H are formed in int64 via rows64.
+        if not PREFETCH:
+            x0, x1, x2, x3 = load_x_gates(xproj_ptr, (t * B + rows64[:, None]) * (G * H), units, H, tile_ok,
+                                          G)
         prev = (t + T) % (T + 1)
         h_rows = hbuf_ptr + (prev * B + rows64[:, None]) * H
         if RESIDENT:
@@ -207,11 +218,6 @@ def recurrent_forward_kernel(
                                        BLOCK_B, TILE_N, BLOCK_K)
         hg0, hg1, hg2, hg3 = split_gates(product + bias, SLOTS, BLOCK_B, BLOCK_H)
         ws_base = ws_ptr + (t * B + rows64[:, None]) * (W * H) + units[None, :]
-        # The step's input projection, loaded in the step: it does not depend on h, so its
-        # latency overlaps h's loads. (Carried from the step before, loaded ahead of the
-        # barrier, the loop crashes Triton 3.6's TritonGPURemoveLayoutConversions for every
-        # cell: seen on the H200 machine, reproduced by compiling for sm_90 here.)
-        x0, x1, x2, x3 = load_x_gates(xproj_ptr, (t * B + rows64[:, None]) * (G * H), units, H, tile_ok, G)
         h_new, c_new = cell_step(CELL, x0, x1, x2, x3, ws_base, H, tile_ok, hg0, hg1, hg2, hg3, h_state,
                                  c_state)
         if HAS_LENGTHS:
@@ -227,6 +233,16 @@ def recurrent_forward_kernel(
         t += 1
         ok = t < t_stop
         if ok:
+            if PREFETCH:
+                next0, next1, next2, next3 = load_x_gates(xproj_ptr, (t * B + rows64[:, None]) * (G * H),
+                                                          units, H, tile_ok, G)
+                # Only the cell's gates are carried to the next step (Triton 3.6 fails to
+                # compile a loop that carries one value in several variables).
+                x0 = next0
+                x1 = next1
+                x2 = next2
+                if G > 3:
+                    x3 = next3
             # Every program of this batch block has written its slice of h_t.
             ok = common.step_barrier(counter_ptr + pid_b, t - t_begin, error_ptr, GRID_BARRIER,
                                      MAX_POLLS, ABORT)
@@ -242,8 +258,8 @@ def kernel_meta(cell: int, plan: common.LaunchPlan, dtype: torch.dtype, has_bias
     static GPU check compiles)."""
     return dict(CELL=cell, HAS_BIAS=has_bias, HAS_LENGTHS=has_lengths, BLOCK_B=plan.block_b,
                 BLOCK_H=plan.block_h, BLOCK_K=plan.block_k, SPLIT=plan.split, K_CHUNKS=plan.k_chunks,
-                RESIDENT=plan.resident,
-                DOT_PRECISION=common.dot_precision(dtype), **common.launch_options(plan))
+                RESIDENT=plan.resident, DOT_PRECISION=common.dot_precision(dtype),
+                PREFETCH_X=common.CARRY_NEXT_INPUT, **common.launch_options(plan))
 
 
 def product(cell: int, dtype: torch.dtype) -> common.Product:
