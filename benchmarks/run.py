@@ -36,9 +36,11 @@ def versions() -> str:
         triton_version = triton.__version__
     except ImportError:
         triton_version = "absent"
+    # scripts/gpu_run.sh names the commit: the device machine's copy of .git can be older.
+    commit = os.environ.get("FASTRNN_COMMIT")
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
-                                text=True, check=True).stdout.strip()
+        commit = commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE,
+                                          capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
     ext = "built" if fastrnn.backends.ext_module() is not None else "not built"

@@ -244,6 +244,8 @@ def _table(title: str, header: Tuple[str, ...], rows) -> str:
 
 
 def _commit() -> str:
+    if os.environ.get("FASTRNN_COMMIT"):   # set by scripts/gpu_run.sh (see benchmarks/run.py)
+        return os.environ["FASTRNN_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                               text=True, check=True).stdout.strip()

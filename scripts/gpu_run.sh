@@ -40,7 +40,7 @@ TOTAL_LIMIT_S=${TOTAL_LIMIT_S:-570}
 TEST_ARGS=${TEST_ARGS:-"-m 'not cuda'"}
 BENCH_ARGS=${BENCH_ARGS:-}
 COMMIT=${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 FASTRNN_COMMIT=$COMMIT
 mkdir -p "$OUT/bench"
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
