@@ -408,3 +408,18 @@ def test_ci_run_writes_to_scratch_prints_a_summary_and_fails_on_stale_tables(tmp
     gpu_static.write_table(committed, _table([_row()], "f" * 64))
     assert gpu_static.main(["--ci", "--arch", "90", "--out", str(scratch)]) == 1
     assert "make gpu-static-full" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("error, kind", [
+    ("PassManager::run failed", "compile"),   # Triton 3.6's crash in the forward's loop
+    ("fastrnn: no launch plan of the recurrent kernel fits this GPU: ...", "shared"),
+])
+def test_a_planning_failure_is_a_fatal_hazard_of_its_kind(monkeypatch, error, kind):
+    def fails(*args, **kwargs):
+        raise RuntimeError(error)
+    monkeypatch.setattr(gpu_static.common, "plan_for", fails)
+    compiler = type("Compiler", (), {"resources_of": None})()
+    problem = gpu_static.Problem("lstm", "forward", "fp16", 16, 768, False, None, "ieee")
+    row = gpu_static.check_problem(problem, compiler, gpu_static.common.SM90)
+    assert [h.split(":")[0] for h in row["hazards"]] == [kind]
+    assert gpu_static.fatal_hazards(row) == row["hazards"]
