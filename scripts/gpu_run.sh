@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Everything the GPU machine is for, in one call of at most 10 minutes (the device budget is
 # 15 minutes in all, and the machine's start-up takes one or two of them). The stages run in
-# this order, the first three within about 4 minutes:
+# this order, the first three within about 5 minutes (on the H200, 2026-12-04: check 106 s, headline 33-40 s):
 #
 #   environment  GPU, driver, torch / Triton / CUDA versions, date, commit -> environment.txt
 #   check        python -m fastrnn.check: every backend against torch, TF32 off and on
 #   headline     LSTM and GRU B=16 T=1024 H=768 in fp16, bf16, fp32, forward and
 #                forward+backward, fastrnn-triton against cuDNN's nn.LSTM / nn.GRU, one run
+#   probe        benchmarks.gpu_probe: a step's barrier and exchange alone, and the forward
+#                in each plan mode, per step (where the headline's 6.5 us goes) -> probe.md
 #   grid         the tests marked grid: the sm_90 planner's multi-program plans (headline
 #                included) compiled, against torch.nn in fp64, and two streams at once
 #   build        the CUDA extension fastrnn._C for sm_90 only, in place (no pip, no network)
@@ -35,7 +37,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/out}
 PYTHON=${PYTHON:-python}
-STAGES=${STAGES:-"check headline grid build check-ext cuda-tests tests sweep"}
+STAGES=${STAGES:-"check headline probe grid build check-ext cuda-tests tests sweep"}
 TOTAL_LIMIT_S=${TOTAL_LIMIT_S:-570}
 TEST_ARGS=${TEST_ARGS:-"-m 'not cuda'"}
 BENCH_ARGS=${BENCH_ARGS:-}
@@ -106,6 +108,8 @@ for s in $STAGES; do
     headline)
       bench headline 90 --kernels lstm,gru --shapes B16-T1024-H768 --modes forward,forward+backward \
         --providers nn,fastrnn-triton ;;
+    probe)
+      stage probe 90 "$PYTHON -m benchmarks.gpu_probe --out '$OUT/probe.md'" ;;
     grid)
       stage grid 120 "$PYTHON -m pytest -q -rs -m grid --junitxml='$OUT/grid.xml'" ;;
     build)
