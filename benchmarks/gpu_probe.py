@@ -28,6 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
+from benchmarks.timing import time_cuda_events
 from fastrnn.ops.recurrent import common, forward
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,19 +98,9 @@ def run_exchange_probe(T: int, B: int, H: int, programs: int, exchange: bool, gr
     return hbuf
 
 
-def _time_us(fn, repeats: int = 20) -> float:
-    """Median of `repeats` CUDA-event timings of fn(), after two warm-up calls."""
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3)
-    return sorted(times)[len(times) // 2]
+def _time_us(fn) -> float:
+    """Median of 20 CUDA-event timings of fn() (benchmarks.timing), in microseconds."""
+    return time_cuda_events(fn, warmup=2, reps=20)[0] * 1e3
 
 
 def skeleton_rows(T: int, B: int = 16, H: int = 768) -> list:
