@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Everything the GPU machine is for, in one call of at most 10 minutes (the device budget is
-# 15 minutes in all, and the machine's start-up takes one or two of them). The stages run in
-# this order, the first three within about 5 minutes (on the H200, 2026-12-04: check 106 s, headline 33-40 s):
+# Everything a GPU run is for, in one call of at most 10 minutes (TOTAL_LIMIT_S; sized for a
+# lent machine whose start-up takes a minute or two of a 15-minute budget). It stops at once
+# without a CUDA GPU. The stages run in this order, the first three within about 5 minutes
+# (on the H200, 2026-12-04: check 106 s, headline 33-40 s):
 #
 #   environment  GPU, driver, torch / Triton / CUDA versions, date, commit -> environment.txt
 #   check        python -m fastrnn.check: every backend against torch, TF32 off and on
@@ -34,6 +35,10 @@
 # of the first failing stage (0 when all pass). The machine has no network: nothing is
 # installed here.
 set -uo pipefail
+if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then   # the comment above
+  sed -n '2,/^set -uo pipefail/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+  exit 0
+fi
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/out}
 PYTHON=${PYTHON:-python}
@@ -98,11 +103,15 @@ bench() {  # bench NAME LIMIT_S ARGS...: one benchmarks.run stage, then render (
 } > "$OUT/environment.txt" 2>&1
 cat "$OUT/environment.txt"
 note "environment: written after ${SECONDS}s (environment.txt)"
+if ! "$PYTHON" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  note "no CUDA GPU here: gpu_run.sh is for a GPU machine (make test covers the CPU)"
+  exit 2
+fi
 
 for s in $STAGES; do
   case $s in
-    # check (140 s) and headline (90 s) after the environment: done within 4 minutes even if
-    # both run to their limits (Triton compiles every kernel variant on first use).
+    # check (140 s), headline (90 s) and probe (90 s) after the environment: done within about
+    # 5.5 minutes even if all run to their limits (Triton compiles each kernel variant on first use).
     check)
       stage check 140 "$PYTHON -m fastrnn.check --json '$OUT/check.json'" ;;
     headline)
