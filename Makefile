@@ -41,7 +41,8 @@ cpp-test:
 # build/gpu-static and compares them with the committed table, which records a hash of the
 # kernel, planner and check sources (sm_80 is left to gpu-static-full: CI's cold budget).
 # When those sources changed, run gpu-static-full (sm_90's whole grid and sm_80's sample,
-# about 45 min on 2 cores from a cold Triton cache: rewrites benchmarks/results/gpu_static_sm*)
+# about 45 min on 2 cores from a cold Triton cache: rewrites benchmarks/results/gpu_static_sm*
+# and the step-time model's table of those plans, step_model_sm90.md)
 # and commit the tables. Neither builds the extension.
 STATIC_JOBS ?= 2
 gpu-static:
@@ -50,3 +51,4 @@ gpu-static:
 gpu-static-full:
 	env -u TRITON_INTERPRET $(PYTHON) -m benchmarks.gpu_static --arch 90 --jobs 2
 	env -u TRITON_INTERPRET $(PYTHON) -m benchmarks.gpu_static --ci --arch 80 --jobs 2 --out benchmarks/results
+	$(PYTHON) -m benchmarks.step_model_table
