@@ -466,7 +466,7 @@ def test_compiles_fullgraph_without_graph_breaks(mode, device, dtype):
     model = _Tagger(mode).to(device, dtype)
     x = torch.randn(B, T, I, dtype=dtype, device=device)
     explanation = torch._dynamo.explain(model)(x)
-    assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1, explanation.break_reasons
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     expected = model(x)
     expected_grads = torch.autograd.grad(expected.sum(), list(model.parameters()))
