@@ -79,9 +79,9 @@ def exchange_reference(h0: torch.Tensor, T: int) -> torch.Tensor:
 
 
 def run_exchange_probe(T: int, B: int, H: int, programs: int, exchange: bool, grid_barrier: bool,
-                       device) -> torch.Tensor:
-    """One launch of exchange_probe_kernel; returns hbuf. Raises RuntimeError when the
-    barrier timed out (its error flag)."""
+                       device, block_k: int = 64) -> torch.Tensor:
+    """One launch of exchange_probe_kernel, reading h_{t-1} in chunks of block_k; returns
+    hbuf. Raises RuntimeError when the barrier timed out (its error flag)."""
     block_h = triton.cdiv(H, programs)
     hbuf = torch.zeros(T + 1, B, H, device=device)
     hbuf[T] = torch.randn(B, H, generator=torch.Generator().manual_seed(0)).to(device)
@@ -90,7 +90,7 @@ def run_exchange_probe(T: int, B: int, H: int, programs: int, exchange: bool, gr
     options = {"launch_cooperative_grid": True} if grid_barrier and device.type == "cuda" else {}
     exchange_probe_kernel[(1, programs)](
         hbuf, counter, error, T, B, H, BLOCK_B=triton.next_power_of_2(B),
-        BLOCK_H=triton.next_power_of_2(block_h), BLOCK_K=64, EXCHANGE=exchange,
+        BLOCK_H=triton.next_power_of_2(block_h), BLOCK_K=block_k, EXCHANGE=exchange,
         GRID_BARRIER=grid_barrier, MAX_POLLS=common.MAX_BARRIER_POLLS, ABORT=common.BARRIER_ABORT,
         num_warps=4, num_stages=1, **options)
     if int(error.item()) != 0:
@@ -115,6 +115,14 @@ def skeleton_rows(T: int, B: int = 16, H: int = 768) -> list:
             us = _time_us(lambda: run_exchange_probe(T, B, H, programs, exchange, grid, device))
             what = ("barrier and exchange" if exchange else "barrier only") if grid else "exchange, CTA barrier"
             rows.append((f"skeleton: {what}, {programs} programs", f"{us / T:.2f}"))
+    # What the exchange costs at the headline's 96 programs: the chunk count of the read
+    # (each chunk's load waits on L2 before the next issues?), and without the grid
+    # barrier (programs race: a timing, not a recurrence).
+    for block_k in (256, 1024):
+        us = _time_us(lambda: run_exchange_probe(T, B, H, 96, True, True, device, block_k))
+        rows.append((f"skeleton: barrier and exchange in chunks of {block_k}, 96 programs", f"{us / T:.2f}"))
+    us = _time_us(lambda: run_exchange_probe(T, B, H, 96, True, False, device))
+    rows.append(("skeleton: exchange without the grid barrier (racy), 96 programs", f"{us / T:.2f}"))
     return rows
 
 

@@ -16,12 +16,12 @@ pytestmark = [pytest.mark.grid, pytest.mark.skipif(
     reason="needs a CUDA GPU, or TRITON_INTERPRET=1 with triton installed")]
 
 
-@pytest.mark.parametrize("programs, grid_barrier", [(4, True), (1, False)])
-def test_exchange_probe_computes_the_exchange_it_times(programs, grid_barrier):
+@pytest.mark.parametrize("programs, grid_barrier, block_k", [(4, True, 4), (4, True, 8), (1, False, 4)])
+def test_exchange_probe_computes_the_exchange_it_times(programs, grid_barrier, block_k):
     T, B, H = 3, 2, 8
     device = torch.device("cuda" if HAS_CUDA else "cpu")
     with concurrent_programs():
-        hbuf = run_exchange_probe(T, B, H, programs, True, grid_barrier, device)
+        hbuf = run_exchange_probe(T, B, H, programs, True, grid_barrier, device, block_k)
     assert_matches_torch([hbuf[:T]], lambda h0: [exchange_reference(h0, T)], [hbuf[T]], ["h_t"],
                          reduction_length=H)
 

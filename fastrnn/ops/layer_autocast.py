@@ -29,8 +29,7 @@ def autocast_dtype(mode: str, device: torch.device, input_dtype: torch.dtype,
     returns in for this input and weight dtype on `device` under the autocast state now
     active there, or None when autocast is off for that device type or does not exist for
     it (the meta device: torch asks is_autocast_enabled only of device types that have one)."""
-    if not (torch.amp.is_autocast_available(device.type)
-            and torch.is_autocast_enabled(device.type)):
+    if not (_autocast_available(device.type) and torch.is_autocast_enabled(device.type)):
         return None
     return _policy(mode, device, torch.get_autocast_dtype(device.type), input_dtype, weight_dtype)
 
@@ -38,9 +37,16 @@ def autocast_dtype(mode: str, device: torch.device, input_dtype: torch.dtype,
 def disabled(device: torch.device):
     """A context that turns autocast off on `device`'s type (nothing to turn off on a type
     without autocast, such as meta, where torch.autocast itself would raise)."""
-    if not torch.amp.is_autocast_available(device.type):
+    if not _autocast_available(device.type):
         return contextlib.nullcontext()
     return torch.autocast(device.type, enabled=False)
+
+
+@assume_constant_result
+def _autocast_available(device_type: str) -> bool:
+    """torch.amp.is_autocast_available, a constant of a traced graph: torch 2.11's
+    torch.compile cannot trace the C function behind it (a graph break on CUDA)."""
+    return torch.amp.is_autocast_available(device_type)
 
 
 @assume_constant_result

@@ -385,6 +385,92 @@ def common_tanh_of(value: float) -> torch.Tensor:
     return y
 
 
+@triton.jit
+def _tf32_kernel(x_ptr, y_ptr, N, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(y_ptr + offs, common.round_to_tf32(tl.load(x_ptr + offs, mask=offs < N)), mask=offs < N)
+
+
+def _tf32_oracle(x: torch.Tensor) -> torch.Tensor:
+    """x rounded to 10 mantissa bits, ties away from zero, in float64 arithmetic: the
+    quantum is 2^(e - 10) for |x| in [2^e, 2^(e+1)), e >= -126 (fp32's normal range;
+    below it the subnormals' fixed exponent)."""
+    a = x.double().abs()
+    e = torch.floor(torch.log2(a.clamp_min(2.0 ** -149))).clamp_min(-126)
+    quantum = torch.exp2(e - 10)
+    rounded = torch.floor(a / quantum + 0.5) * quantum
+    return torch.where(torch.isfinite(x), torch.copysign(rounded, x.double()), x.double()).float()
+
+
+@pytest.mark.interpreter
+def test_tf32_rounding_to_nearest_ties_away():
+    """round_to_tf32 (kernel) and tf32_rounded (host) against the float64 definition, on
+    ties, both signs, zeros, subnormals, the largest float (rounds to inf), inf and NaN."""
+    g = torch.Generator().manual_seed(3)
+    ties = torch.tensor([1 + 2.0 ** -11, 1 + 3 * 2.0 ** -11, -(1 + 2.0 ** -11), 1 + 2.0 ** -12,
+                         1 + 2.0 ** -11 + 2.0 ** -20, 3e-39, -1e-45, 0.0, -0.0])
+    x = torch.cat([torch.randn(50000, generator=g) * 10.0 ** torch.randint(-30, 30, (50000,), generator=g),
+                   ties, torch.tensor([torch.finfo(torch.float32).max, float("inf"), -float("inf")])])
+    y = torch.empty_like(x)
+    _tf32_kernel[(triton.cdiv(x.numel(), 4096),)](x, y, x.numel(), BLOCK=4096)
+    expected = _tf32_oracle(x)
+    assert torch.equal(y, expected) and torch.equal(common.tf32_rounded(x), expected)
+    assert torch.equal(torch.signbit(y), torch.signbit(expected))
+    nan = torch.tensor([float("nan")])
+    assert torch.isnan(common.tf32_rounded(nan)).all()
+    _tf32_kernel[(1,)](nan, y, 1, BLOCK=16)
+    assert torch.isnan(y[0])
+
+
+def _tf32_cell_loop(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, dtype):
+    """The forward in `dtype` with the recurrent product's operands, h_{t-1} and W_hh,
+    rounded to TF32 (_tf32_oracle) before each step's product; returns y (T, B, H)."""
+    def cast(t):
+        return t.to(dtype)
+    w = _tf32_oracle(w_hh).to(dtype)
+    h, c = cast(h0), (cast(c0) if c0 is not None else None)
+    ys = []
+    for t in range(x.shape[0]):
+        gx = cast(x[t]) @ cast(w_ih).t() + cast(b_ih)
+        gh = _tf32_oracle(h.float()).to(dtype) @ w.t() + cast(b_hh)
+        if cell == common.LSTM:
+            i, f, g, o = (gx + gh).chunk(4, 1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+        else:
+            (xr, xz, xn), (hr, hz, hn) = gx.chunk(3, 1), gh.chunk(3, 1)
+            r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+            h = (1 - z) * torch.tanh(xn + r * hn) + z * h
+        ys.append(h)
+    return torch.stack(ys)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("cell", [common.LSTM, common.GRU])
+def test_tf32_forward_multiplies_rounded_operands(cell):
+    """With TF32 on, the forward multiplies h_{t-1} and W_hh both rounded to TF32 (as
+    cuBLAS rounds, where a tf32 tl.dot alone truncates). Oracle: that computation in
+    float64 (_tf32_cell_loop); bound: the same loop's own float32 error. Without the
+    rounding the error is TF32's (~2^-11 of each operand), far past that bound."""
+    T, B, I, H = 4, 3, 8, 16
+    inputs, _ = _fp32_inputs(cell, T, B, I, H, seed=7)
+    inputs = [t.float() for t in inputs]
+    if cell == common.LSTM:
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh = inputs
+    else:
+        (x, h0, w_ih, w_hh, b_ih, b_hh), c0 = inputs, None
+    old = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        y = forward.run_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, None)[0]
+    finally:
+        torch.backends.cudnn.allow_tf32 = old
+    expected, baseline = (_tf32_cell_loop(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, dtype)
+                          for dtype in (torch.float64, torch.float32))
+    assert_within_baseline(y, baseline, expected, "y", reduction_length=recurrent_reduction_length(
+        T, B, I, H, 4 if cell == common.LSTM else 3))
+
+
 # ------------------------------------------------------------------ the barrier abort
 
 

@@ -92,7 +92,7 @@ def _gate_product(dg_row, scale_row, gate, H, offs_k, mask_k, w, DOT_PRECISION: 
         scaled = _rescale(dg, scale, top).to(w.dtype)
         return tl.dot(scaled, w, input_precision=DOT_PRECISION) * top
     else:
-        return tl.dot(dg.to(w.dtype), w, input_precision=DOT_PRECISION)
+        return tl.dot(common.dot_operand(dg, w.dtype, DOT_PRECISION), w, input_precision=DOT_PRECISION)
 
 
 @triton.jit
@@ -115,7 +115,7 @@ def _split_gate_product(dg_row, scale_row, w_hh_ptr, gate, H, k0, mask_b, offs_n
         scaled = _rescale(dg, scale, top).to(w.dtype)
         return tl.dot(scaled, w, input_precision=DOT_PRECISION) * top
     else:
-        return tl.dot(dg.to(w.dtype), w, input_precision=DOT_PRECISION)
+        return tl.dot(common.dot_operand(dg, w.dtype, DOT_PRECISION), w, input_precision=DOT_PRECISION)
 
 
 @triton.jit
@@ -506,9 +506,9 @@ def _run_recurrence(cell, grad_y, grad_hT, grad_cT, h0, c0, w_hh, y, workspace, 
     error = torch.zeros(1, dtype=torch.int32, device=device)
     # Inputs contiguous and aligned as the planner assumed (mock_args); cells without c0
     # pass h0 in the unused pointer.
-    args = tuple(common.aligned(t) for t in (grad_y, workspace, y, h0, c0 if is_lstm else h0,
-                                             w_hh, lengths)) + (dg_hidden, dg_input, dg_exchange,
-                                                                xch_scale, dh_state, carry)
+    args = (tuple(common.aligned(t) for t in (grad_y, workspace, y, h0, c0 if is_lstm else h0))
+            + (common.recurrent_weights(w_hh), common.aligned(lengths), dg_hidden, dg_input,
+               dg_exchange, xch_scale, dh_state, carry))
     # Each launch runs iterations t_hi .. t_lo; t = -1 only finishes step 0.
     for t_hi, t_lo, counter in _launch_ranges(T, plan, device):
         _bptt_kernel[plan.grid](*args, counter, error, t_hi, t_lo, T, B, H, **meta)

@@ -195,6 +195,43 @@ def load_rows_chunk(row_ptrs, row_ok, k0, K, SPLIT: tl.constexpr, KS: tl.constex
 
 
 @triton.jit
+def round_to_tf32(x):
+    """fp32 x rounded to TF32's 10-bit mantissa, to nearest with ties away from zero (NaN
+    unchanged). Triton's tf32 tl.dot truncates its fp32 operands (measured on the H200:
+    products match truncated operands, and cuBLAS's match rounded ones); truncation pulls
+    every product toward zero, so a recurrence's error grows with T beyond cuDNN's."""
+    bits = x.to(tl.uint32, bitcast=True)
+    rounded = ((bits + 0x1000) >> 13 << 13).to(tl.float32, bitcast=True)
+    return tl.where(x == x, rounded, x)
+
+
+@triton.jit
+def dot_operand(a, dtype, DOT_PRECISION: tl.constexpr):
+    """a as a tl.dot operand of `dtype`: cast, and rounded to TF32 when the product runs
+    in TF32 (round_to_tf32)."""
+    if DOT_PRECISION == "tf32":
+        return round_to_tf32(a.to(tl.float32))
+    else:
+        return a.to(dtype)
+
+
+def tf32_rounded(w: torch.Tensor) -> torch.Tensor:
+    """round_to_tf32 of an fp32 tensor on the host: the recurrent weights' copy a TF32
+    product multiplies (rounded once per call rather than per step in the kernel)."""
+    bits = w.contiguous().view(torch.int32)
+    rounded = ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
+    return torch.where(w.isnan(), w, rounded)
+
+
+def recurrent_weights(w: torch.Tensor) -> torch.Tensor:
+    """The recurrent weights as the kernels multiply them: TF32-rounded when the product
+    runs in TF32 (dot_precision), else w itself; contiguous and aligned (`aligned`)."""
+    if dot_precision(w.dtype) == "tf32":
+        w = tf32_rounded(w)
+    return aligned(w)
+
+
+@triton.jit
 def chunk_dot(a, w, SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr, RANGE_SCALE: tl.constexpr):
     """a @ w (2-D, or batched over the K slices) in fp32, a cast to w's type first. With
     RANGE_SCALE (fp16 weights, fp32 rows that may pass 65504) each row of the chunk is
@@ -206,7 +243,7 @@ def chunk_dot(a, w, SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr, RANGE_SCAL
             shift = range_shift(tl.max(tl.max(tl.abs(a), axis=2), axis=0))[None, :, None]
         return tl.dot((a * tl.exp2(-shift)).to(w.dtype), w, input_precision=DOT_PRECISION) * tl.exp2(shift)
     else:
-        return tl.dot(a.to(w.dtype), w, input_precision=DOT_PRECISION)
+        return tl.dot(dot_operand(a, w.dtype, DOT_PRECISION), w, input_precision=DOT_PRECISION)
 
 
 @triton.jit

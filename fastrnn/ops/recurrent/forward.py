@@ -84,8 +84,8 @@ def streamed_product(h_rows_ptr, w_ptr, w_rows, col_ok, row_ok, H, DOT_PRECISION
         k_ok = ks < H
         h = tl.load(h_rows_ptr + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0,
                     cache_modifier=".cg")
-        acc += tl.dot(h, load_weight_tile(w_ptr, w_rows, col_ok, ks, H, k_ok),
-                      input_precision=DOT_PRECISION)
+        w = load_weight_tile(w_ptr, w_rows, col_ok, ks, H, k_ok)
+        acc += tl.dot(common.dot_operand(h, w.dtype, DOT_PRECISION), w, input_precision=DOT_PRECISION)
     return acc
 
 
@@ -316,7 +316,7 @@ def _run_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, force_per_ste
         meta = kernel_meta(cell, plan, x.dtype, b_hh is not None, lengths is not None)
         error = torch.zeros(1, dtype=torch.int32, device=x.device)
         # Inputs contiguous and aligned as the planner assumed (mock_args).
-        w_hh = common.aligned(w_hh)
+        w_hh = common.recurrent_weights(w_hh)
         b_hh = common.aligned(b_hh) if b_hh is not None else w_hh
         lengths = common.aligned(lengths) if lengths is not None else None
         for t_begin, t_end, counter in _launch_ranges(T, plan, x.device):
