@@ -36,8 +36,8 @@ reads per step; the fp32 ones feed the weight-gradient GEMMs). fp16 tops out at 
 and gradients scaled for mixed precision (GradScaler's 2^16) pass that where the fp32
 values are finite, so for fp16 (RANGE_SCALE) each producer scales its row of gate
 gradients (its units, all gates) by a power of two before the cast and stores the power
-beside them (_exchange_scale); the consumer brings each row of its K chunk (of each
-warp's K slice, when warps split K) to the largest of its producers' powers (a factor <= 1, _rescale), multiplies in fp16 and scales the
+beside them (_exchange_scale); the consumer brings each row of its K chunk to the largest
+of its producers' powers (a factor <= 1, _rescale), multiplies in fp16 and scales the
 product back. Powers of two scale exactly, so a value that fp16 holds at both scales
 passes unchanged.
 """
@@ -111,10 +111,7 @@ def _split_gate_product(dg_row, scale_row, w_hh_ptr, gate, H, k0, mask_b, offs_n
                 mask=(ks_b < H) & col_ok[None, None, :], other=0.0)
     if RANGE_SCALE:
         scale = tl.load(scale_row[None, :, :] + ks_a // BLOCK_H, mask=mask, other=0.0, cache_modifier=".cg")
-        # Each warp's slice on its own common scale: a maximum over the slices would cross
-        # warps through shared memory, per gate and chunk (the H200 ran fp16 BPTT 3.7x
-        # slower than bf16 with it); the slices' products are scaled back before summing.
-        top = tl.max(scale, axis=2)[:, :, None]
+        top = tl.max(tl.max(scale, axis=2), axis=0)[None, :, None]
         scaled = _rescale(dg, scale, top).to(w.dtype)
         return tl.dot(scaled, w, input_precision=DOT_PRECISION) * top
     else:
