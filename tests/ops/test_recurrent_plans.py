@@ -422,6 +422,24 @@ def test_tf32_rounding_to_nearest_ties_away():
     assert torch.isnan(y[0])
 
 
+def test_tf32_weights_rounded_once_per_update(monkeypatch):
+    """The rounded copy of W_hh is reused while the weight is unchanged, and made again
+    after an in-place update (an optimizer step) or for a new tensor at the same size."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    w = torch.randn(8, 4, generator=torch.Generator().manual_seed(4))
+    first = common.recurrent_weights(w)
+    assert common.recurrent_weights(w) is first
+    assert torch.equal(first, _tf32_oracle(w))
+    with torch.no_grad():
+        w.mul_(3.0)
+    updated = common.recurrent_weights(w)
+    assert updated is not first and torch.equal(updated, _tf32_oracle(w))
+    other = torch.randn(8, 4, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(common.recurrent_weights(other), _tf32_oracle(other))
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert common.recurrent_weights(w) is w
+
+
 def _tf32_cell_loop(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, dtype):
     """The forward in `dtype` with the recurrent product's operands, h_{t-1} and W_hh,
     rounded to TF32 (_tf32_oracle) before each step's product; returns y (T, B, H)."""

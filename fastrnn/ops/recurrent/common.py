@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import weakref
 from typing import Callable, List, Optional, Tuple
 
 import torch
@@ -223,12 +224,26 @@ def tf32_rounded(w: torch.Tensor) -> torch.Tensor:
     return torch.where(w.isnan(), w, rounded)
 
 
+# id(w) -> (weak reference to w, w's version, its TF32-rounded copy): one rounding per
+# weight update, not per call (a decode step calls once per token).
+_TF32_WEIGHTS: dict = {}
+
+
 def recurrent_weights(w: torch.Tensor) -> torch.Tensor:
     """The recurrent weights as the kernels multiply them: TF32-rounded when the product
-    runs in TF32 (dot_precision), else w itself; contiguous and aligned (`aligned`)."""
-    if dot_precision(w.dtype) == "tf32":
-        w = tf32_rounded(w)
-    return aligned(w)
+    runs in TF32 (dot_precision), else w itself; contiguous and aligned (`aligned`). The
+    rounded copy is cached while w lives and is not modified in place (its version
+    counter), except during CUDA graph capture, whose tensors hold data only on replay."""
+    if dot_precision(w.dtype) != "tf32":
+        return aligned(w)
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        return aligned(tf32_rounded(w))
+    entry = _TF32_WEIGHTS.get(id(w))
+    if entry is None or entry[0]() is not w or entry[1] != w._version:
+        key = id(w)
+        ref = weakref.ref(w, lambda _: _TF32_WEIGHTS.pop(key, None))
+        entry = _TF32_WEIGHTS[key] = (ref, w._version, aligned(tf32_rounded(w.detach())))
+    return entry[2]
 
 
 @triton.jit

@@ -323,7 +323,7 @@ def _run_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, force_per_ste
             recurrent_forward_kernel[plan.grid](
                 xproj, w_hh, b_hh, lengths if lengths is not None else counter, hbuf, h_state,
                 c_state, workspace, counter, error, T, B, H, t_begin, t_end, **meta)
-        if plan.cooperative:
+        if plan.cooperative and T > 1:   # one step waits at no barrier (a decode step)
             errors.report(error, common.barrier_error_message("forward", plan))
     y = hbuf[:T]
     h_t = h_state.to(x.dtype)
