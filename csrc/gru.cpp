@@ -81,7 +81,12 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward_cpu(const Tensor& x, const Tensor
   const Tensor gates_x = input_gates_all_steps(acc(x, type).view({d.T * d.B, x.size(2)}),
                                                acc(w_ih, type), acc(b_ih, type), 3);
   const Tensor h0_a = acc(h0, type);
-  const Tensor w_hh_t = acc(w_hh, type).t().contiguous();
+  // The packed recurrence packs W_hh from its own layout; only the unpacked one multiplies
+  // by W_hh^T.
+  bool packed = false;
+  AT_DISPATCH_FLOATING_TYPES(type, "gru_packed_ok", [&] { packed = gru_packed_ok<scalar_t>(d); });
+  const Tensor w_hh_a = acc(w_hh, type).contiguous();
+  const Tensor w_hh_t = packed ? Tensor() : w_hh_a.t().contiguous();
   const OptTensor b_hh_a = acc(b_hh, type);
   const OptTensor lens = lengths.has_value() ? OptTensor(lengths->contiguous()) : std::nullopt;
   Tensor y = at::empty({d.T, d.B, d.H}, opts), h_n = at::empty({d.B, d.H}, opts);
@@ -91,13 +96,14 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward_cpu(const Tensor& x, const Tensor
     GruForward<scalar_t> a{d,
                            gates_x.data_ptr<scalar_t>(),
                            h0_a.data_ptr<scalar_t>(),
-                           w_hh_t.data_ptr<scalar_t>(),
+                           w_hh_t.defined() ? w_hh_t.data_ptr<scalar_t>() : nullptr,
                            ptr_or_null<scalar_t>(b_hh_a),
                            ptr_or_null<int64_t>(lens),
                            y.data_ptr<scalar_t>(),
                            h_n.data_ptr<scalar_t>(),
                            workspace.data_ptr<scalar_t>(),
-                           gates_h.data_ptr<scalar_t>()};
+                           gates_h.data_ptr<scalar_t>(),
+                           w_hh_a.data_ptr<scalar_t>()};
     gru_forward(a, AtenGemm(), AtenFor());
   });
   return {in_dtype(y, x.scalar_type()), in_dtype(h_n, x.scalar_type()), workspace};

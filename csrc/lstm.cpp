@@ -91,18 +91,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward_impl(
   const int64_t I = x.size(2);
   const Tensor x_a = acc(x, type).contiguous();
   const OptTensor bias = lstm_gate_bias(b_ih, b_hh, type);
-  // The packed recurrence takes x_t into each step's product; otherwise the input gates of
-  // all steps come first, from the CPU's own projection (packed kernel for large products).
-  bool fused_input = false;
+  // The packed recurrence packs the weights from their own layout (only the unpacked one
+  // multiplies by W_hh^T) and, unless they are too large, takes x_t into each step's
+  // product; otherwise the input gates of all steps come first, from the CPU's own
+  // projection (packed kernel for large products).
+  bool packed = false;
   AT_DISPATCH_FLOATING_TYPES(type, "lstm_packed_ok",
-                             [&] { fused_input = lstm_packed_ok<scalar_t>(d, w_hr.has_value()); });
-  fused_input = fused_input && (I + d.P) * 4 * d.H * x_a.element_size() <= kFusedInputMaxBytes;
+                             [&] { packed = lstm_packed_ok<scalar_t>(d, w_hr.has_value()); });
+  const bool fused_input =
+      packed && (I + d.P) * 4 * d.H * x_a.element_size() <= kFusedInputMaxBytes;
   const Tensor gates = fused_input ? Tensor()
                                    : input_gates_all_steps(x_a.view({d.T * d.B, I}),
                                                            acc(w_ih, type), bias, 4);
-  const Tensor w_ih_t = fused_input ? acc(w_ih, type).t().contiguous() : Tensor();
+  const Tensor w_ih_a = fused_input ? acc(w_ih, type).contiguous() : Tensor();
   const Tensor h0_a = acc(h0, type), c0_a = acc(c0, type);
-  const Tensor w_hh_t = acc(w_hh, type).t().contiguous();
+  const Tensor w_hh_a = acc(w_hh, type).contiguous();
+  const Tensor w_hh_t = packed ? Tensor() : w_hh_a.t().contiguous();
   const OptTensor w_hr_t = w_hr.has_value() ? OptTensor(acc(*w_hr, type).t().contiguous())
                                             : std::nullopt;
   const OptTensor lens = lengths.has_value() ? OptTensor(lengths->contiguous()) : std::nullopt;
@@ -115,7 +119,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward_impl(
                             gates.defined() ? gates.data_ptr<scalar_t>() : nullptr,
                             h0_a.data_ptr<scalar_t>(),
                             c0_a.data_ptr<scalar_t>(),
-                            w_hh_t.data_ptr<scalar_t>(),
+                            w_hh_t.defined() ? w_hh_t.data_ptr<scalar_t>() : nullptr,
                             ptr_or_null<scalar_t>(w_hr_t),
                             ptr_or_null<int64_t>(lens),
                             y.data_ptr<scalar_t>(),
@@ -125,10 +129,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward_impl(
                             hidden.data_ptr<scalar_t>()};
     if (fused_input) {
       a.x = x_a.data_ptr<scalar_t>();
-      a.w_ih_t = w_ih_t.data_ptr<scalar_t>();
+      a.w_ih = w_ih_a.data_ptr<scalar_t>();
       a.bias = ptr_or_null<scalar_t>(bias);
       a.I = I;
     }
+    a.w_hh = w_hh_a.data_ptr<scalar_t>();
     lstm_forward(a, AtenGemm(), AtenFor());
   });
   const auto out = x.scalar_type();

@@ -176,6 +176,8 @@ Vec header_lstm_forward(const Case& c, const LstmParams& p, std::vector<T>* work
   LstmForward<T> a{{TT, B, H, P}, gates.data(), h0.data(), c0.data(), w_hh_t.data(),
                    c.proj ? w_hr_t.data() : nullptr, p.lengths.empty() ? nullptr : p.lengths.data(),
                    y.data(), h_n.data(), c_n.data(), workspace->data(), hidden.data()};
+  auto w_hh = cast<T>(p.w_hh);   // what the packed path packs
+  a.w_hh = w_hh.data();
   lstm_forward(a, fastrnn::HeaderGemm<>(), fastrnn::SerialFor());
   Vec out(y.begin(), y.end());
   out.insert(out.end(), h_n.begin(), h_n.end());
@@ -272,6 +274,8 @@ Vec header_gru_forward(const Case& c, const GruParams& p, std::vector<T>* worksp
   GruForward<T> a{{TT, B, H, H}, xg.data(), h0.data(), w_hh_t.data(), b_hh.data(),
                   p.lengths.empty() ? nullptr : p.lengths.data(), y_out->data(), h_n.data(),
                   workspace->data(), gates_h.data()};
+  auto w_hh = cast<T>(p.w_hh);   // what the packed path packs
+  a.w_hh = w_hh.data();
   gru_forward(a, fastrnn::HeaderGemm<>(), fastrnn::SerialFor());
   Vec out(y_out->begin(), y_out->end());
   out.insert(out.end(), h_n.begin(), h_n.end());

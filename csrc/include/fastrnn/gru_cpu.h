@@ -45,14 +45,22 @@ struct GruForward {
   Dims d;                    // P == H
   const T* gates_x;          // (T, B, 3H): x W_ih^T + b_ih
   const T* h0;               // (B, H)
-  const T* w_hh_t;           // (H, 3H): W_hh transposed
+  const T* w_hh_t;           // (H, 3H): W_hh transposed (the unpacked path; may be null
+                             //   where gru_packed_ok)
   const T* b_hh;             // (3H,) or null
   const int64_t* lengths;    // (B,) or null
   T* y;                      // (T, B, H) out; zero at padded steps
   T* h_n;                    // (B, H) out: the running h state
   T* workspace;              // (T, B, 4H) out: r, z, n, h W_hn + b_hn of every step
   T* gates_h;                // (B, 3H) scratch: h W_hh^T + b_hh
+  const T* w_hh = nullptr;   // (3H, H): W_hh as PyTorch keeps it, which the packed path packs
 };
+
+// Whether gru_forward runs the packed recurrence (H a multiple of the vector width).
+template <typename T>
+bool gru_packed_ok(const Dims& d) {
+  return d.H % kLanes<T> == 0;
+}
 
 // The forward gate math of one panel's kLanes<T> units [j0, j0 + L) for every row, right
 // after the panel's recurrent product `out` (B, 3L): h W_hh^T + b_hh is `out` plus b_hh.
@@ -105,7 +113,7 @@ void gru_forward_packed(const GruForward<T>& a, const For& parallel_for) {
   const int64_t B = a.d.B, H = a.d.H;
   constexpr int64_t L = kLanes<T>;
   const int64_t panels = H / L, W = 3 * L;
-  const std::vector<T> packed = pack_gate_panels(a.w_hh_t, H, H, 3);
+  const std::vector<T> packed = pack_gate_panels(a.w_hh, H, H, 3);
   std::vector<T> bias(static_cast<size_t>(3 * H), T(0));
   if (a.b_hh) std::copy(a.b_hh, a.b_hh + 3 * H, bias.begin());
   std::vector<T> hbuf(static_cast<size_t>(2 * B * H));
@@ -125,7 +133,7 @@ void gru_forward_packed(const GruForward<T>& a, const For& parallel_for) {
 template <typename T, typename Gemm, typename For>
 void gru_forward(const GruForward<T>& a, const Gemm& gemm, const For& parallel_for) {
   const int64_t B = a.d.B, H = a.d.H;
-  if (H % kLanes<T> == 0) {
+  if (gru_packed_ok<T>(a.d)) {
     gru_forward_packed(a, parallel_for);
     return;
   }

@@ -53,21 +53,24 @@ FASTRNN_CPU_CLONES void lstm_backward_row(const T* ws, const T* c_prev, const T*
 // The forward gate math of one panel's kLanes<T> units [j0, j0 + L) for every row, right
 // after the panel's product `out` (B, 4L): pre-activations are `out` plus row b of pre
 // (4H each, rows pre_stride apart: the step's input gates, or with stride 0 the bias);
-// writes the workspace, c, y and the next h. A clone of its own, so the whole epilogue runs
-// with the widest vectors.
-template <typename T>
+// writes c, y, the next h and, with kWorkspace, the workspace (inference keeps none: five
+// stores per unit less). A clone of its own, so the whole epilogue runs with the widest
+// vectors.
+template <bool kWorkspace, typename T>
 FASTRNN_CPU_CLONES void lstm_forward_panel(int64_t B, const T* out, const T* pre,
                                            int64_t pre_stride, T* ws_t, T* c, T* y_t,
                                            const T* h_prev, T* h_next, const int64_t* lengths,
                                            int64_t t, int64_t j0, int64_t H, int64_t P) {
   constexpr int64_t L = kLanes<T>, W = 4 * L;
   for (int64_t b = 0; b < B; ++b) {
-    T* ws_b = ws_t + b * 5 * H + j0;
+    T* ws_b = kWorkspace ? ws_t + b * 5 * H + j0 : nullptr;
     T* y_b = y_t + b * P + j0;
     T* h_b = h_next + b * P + j0;
     if (!step_active(lengths, b, t)) {
       // A finished sequence: its state stays, its output is zero.
-      for (int k = 0; k < 5; ++k) std::fill(ws_b + k * H, ws_b + k * H + L, T(0));
+      if (kWorkspace) {
+        for (int k = 0; k < 5; ++k) std::fill(ws_b + k * H, ws_b + k * H + L, T(0));
+      }
       std::fill(y_b, y_b + L, T(0));
       std::copy(h_prev + b * P + j0, h_prev + b * P + j0 + L, h_b);
       continue;
@@ -83,11 +86,13 @@ FASTRNN_CPU_CLONES void lstm_forward_panel(int64_t B, const T* out, const T* pre
       const T o = sigmoid(pre_b[3 * H + l] + o_b[3 * L + l]);
       const T c_new = f * c_b[l] + i * g;
       const T h = o * tanh_act(c_new);
-      ws_b[l] = i;
-      ws_b[H + l] = f;
-      ws_b[2 * H + l] = g;
-      ws_b[3 * H + l] = o;
-      ws_b[4 * H + l] = c_new;
+      if (kWorkspace) {
+        ws_b[l] = i;
+        ws_b[H + l] = f;
+        ws_b[2 * H + l] = g;
+        ws_b[3 * H + l] = o;
+        ws_b[4 * H + l] = c_new;
+      }
       c_b[l] = c_new;
       y_b[l] = h;
       h_b[l] = h;
@@ -101,7 +106,8 @@ struct LstmForward {
   T* gates;                  // (T, B, 4H) in: x W_ih^T + b_ih + b_hh; h W_hh^T is added in place
   const T* h0;               // (B, P)
   const T* c0;               // (B, H)
-  const T* w_hh_t;           // (P, 4H): W_hh transposed
+  const T* w_hh_t;           // (P, 4H): W_hh transposed (the unpacked path; may be null
+                             //   where lstm_packed_ok)
   const T* w_hr_t;           // (H, P): W_hr transposed, or null without projection
   const int64_t* lengths;    // (B,) or null
   T* y;                      // (T, B, P) out; zero at padded steps
@@ -113,9 +119,10 @@ struct LstmForward {
   // The packed path's alternative to `gates` (which may then be null): x_t W_ih^T enters
   // each step's product with h, and the bias the gate math.
   const T* x = nullptr;      // (T, B, I), or null: use gates
-  const T* w_ih_t = nullptr; // (I, 4H): W_ih transposed
+  const T* w_ih = nullptr;   // (4H, I): W_ih, with x
   const T* bias = nullptr;   // (4H): b_ih + b_hh, or null
   int64_t I = 0;
+  const T* w_hh = nullptr;   // (4H, P): W_hh as PyTorch keeps it, which the packed path packs
 };
 
 // Step t's workspace rows (B, 5H): in a.workspace, or without one the scratch `step_ws`
@@ -143,10 +150,9 @@ void lstm_forward_packed(const LstmForward<T>& a, const For& parallel_for) {
   const int64_t B = a.d.B, H = a.d.H, P = a.d.P, I = a.x ? a.I : 0, K = I + P;
   constexpr int64_t L = kLanes<T>;
   const int64_t panels = H / L, W = 4 * L;
-  const std::vector<T> packed = pack_gate_panels(a.x ? a.w_ih_t : a.w_hh_t, a.x ? I : P, H, 4,
-                                                 a.x ? a.w_hh_t : nullptr, a.x ? P : 0);
+  const std::vector<T> packed = pack_gate_panels(a.x ? a.w_ih : a.w_hh, a.x ? I : P, H, 4,
+                                                 a.x ? a.w_hh : nullptr, a.x ? P : 0);
   const std::vector<T> zero_bias(static_cast<size_t>(a.x && !a.bias ? 4 * H : 0), T(0));
-  std::vector<T> step_ws(static_cast<size_t>(a.workspace ? 0 : B * 5 * H));
   const T* bias = a.bias ? a.bias : zero_bias.data();
   std::vector<T> hbuf(static_cast<size_t>(2 * B * P));
   std::vector<T> scratch(static_cast<size_t>(B * 4 * H));
@@ -162,9 +168,15 @@ void lstm_forward_packed(const LstmForward<T>& a, const For& parallel_for) {
     } else {
       packed_gemm4(B, h_prev, P, P, panel, out);
     }
-    lstm_forward_panel(B, out, a.x ? bias : a.gates + t * B * 4 * H, a.x ? 0 : 4 * H,
-                       step_workspace(a, step_ws, t), a.c_n, a.y + t * B * P, h_prev, h_next,
-                       a.lengths, t, p * L, H, P);
+    const T* pre = a.x ? bias : a.gates + t * B * 4 * H;
+    const int64_t pre_stride = a.x ? 0 : 4 * H;
+    if (a.workspace) {
+      lstm_forward_panel<true>(B, out, pre, pre_stride, a.workspace + t * B * 5 * H, a.c_n,
+                               a.y + t * B * P, h_prev, h_next, a.lengths, t, p * L, H, P);
+    } else {
+      lstm_forward_panel<false>(B, out, pre, pre_stride, static_cast<T*>(nullptr), a.c_n,
+                                a.y + t * B * P, h_prev, h_next, a.lengths, t, p * L, H, P);
+    }
   });
   std::memcpy(a.h_n, hbuf.data() + (a.d.T & 1) * B * P, sizeof(T) * B * P);
 }

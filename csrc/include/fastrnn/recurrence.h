@@ -110,23 +110,31 @@ int team_size(const For& f, int64_t work, int64_t items) {
       1, std::min<int64_t>({static_cast<int64_t>(for_threads(f, 0)), by_work, items})));
 }
 
-// Packs w_t (K, G * H), the transposed weights of G gates, into panels of kLanes<T> units:
-// panel p holds, per row k, the units' G gate columns side by side (K x G * kLanes<T>), so a
-// panel's product gives every gate of its units at once. H must be a multiple of kLanes<T>.
-// With w2_t (K2, G * H), its rows follow w_t's in every panel: the panels of the stacked
-// weights [w_t; w2_t].
+// Packs W (G*H, K), row-major as PyTorch keeps it, and optionally W2 (G*H, K2), stacked
+// below it along K, into H / L panels of L = kLanes<T> units x G gates (H a multiple of L):
+// row k of panel p holds the units p*L .. p*L + L - 1 of each gate g at columns g*L .. g*L +
+// L - 1, so a panel's product gives every gate of its units at once.
+// Each panel row is written whole from the L weight rows of its units, read as L
+// sequential streams (no transposed copy of W first, which cost two more passes).
+
 template <typename T>
-std::vector<T> pack_gate_panels(const T* w_t, int64_t K, int64_t H, int64_t G,
-                                const T* w2_t = nullptr, int64_t K2 = 0) {
+std::vector<T> pack_gate_panels(const T* w, int64_t K, int64_t H, int64_t G,
+                                const T* w2 = nullptr, int64_t K2 = 0) {
   constexpr int64_t L = kLanes<T>;
   const int64_t W = G * L, rows = K + K2;
   std::vector<T> packed(static_cast<size_t>(rows * G * H));
   for (int64_t p = 0; p < H / L; ++p) {
-    T* dst = packed.data() + p * rows * W;
-    for (int64_t k = 0; k < rows; ++k) {
-      const T* row = k < K ? w_t + k * G * H : w2_t + (k - K) * G * H;
-      for (int64_t g = 0; g < G; ++g) {
-        std::copy(row + g * H + p * L, row + g * H + (p + 1) * L, dst + k * W + g * L);
+    T* panel = packed.data() + p * rows * W;
+    for (int64_t g = 0; g < G; ++g) {
+      const T* rows1 = w + (g * H + p * L) * K;   // the L weight rows of these units
+      const T* rows2 = w2 ? w2 + (g * H + p * L) * K2 : nullptr;
+      for (int64_t k = 0; k < rows; ++k) {
+        T* dst = panel + k * W + g * L;
+        if (k < K) {
+          for (int64_t l = 0; l < L; ++l) dst[l] = rows1[l * K + k];
+        } else {
+          for (int64_t l = 0; l < L; ++l) dst[l] = rows2[l * K2 + (k - K)];
+        }
       }
     }
   }
