@@ -10,8 +10,10 @@ using F = float;
 using I = int64_t;
 template void lstm_forward_row<F>(const F*, F*, F*, F*, I, I, I);
 template void lstm_backward_row<F>(const F*, const F*, const F*, const F*, F*, F*, I, I, I);
-template void lstm_forward_panel<F>(I, const F*, const F*, I, F*, F*, F*, const F*, F*, const I*, I,
-                                    I, I, I);
+template void lstm_forward_panel<true, F>(I, const F*, const F*, I, F*, F*, F*, const F*, F*,
+                                          const I*, I, I, I, I);
+template void lstm_forward_panel<false, F>(I, const F*, const F*, I, F*, F*, F*, const F*, F*,
+                                           const I*, I, I, I, I);
 template void gru_forward_row<F>(const F*, const F*, F*, F*, F*, I, I, I);
 template void gru_backward_row<F>(const F*, const F*, const F*, const F*, F*, F*, F*, I, I, I);
 template void gru_forward_panel<F>(I, const F*, const F*, const F*, F*, F*, const F*, F*, const I*,
