@@ -436,6 +436,10 @@ def test_tf32_weights_rounded_once_per_update(monkeypatch):
     assert updated is not first and torch.equal(updated, _tf32_oracle(w))
     other = torch.randn(8, 4, generator=torch.Generator().manual_seed(5))
     assert torch.equal(common.recurrent_weights(other), _tf32_oracle(other))
+    with torch.inference_mode():   # weights made there have no version counter to key on
+        frozen = torch.randn(8, 4, generator=torch.Generator().manual_seed(6))
+        assert torch.equal(common.recurrent_weights(frozen), _tf32_oracle(frozen))
+    assert torch.equal(common.recurrent_weights(frozen), _tf32_oracle(frozen))
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     assert common.recurrent_weights(w) is w
 

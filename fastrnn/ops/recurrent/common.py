@@ -233,10 +233,11 @@ def recurrent_weights(w: torch.Tensor) -> torch.Tensor:
     """The recurrent weights as the kernels multiply them: TF32-rounded when the product
     runs in TF32 (dot_precision), else w itself; contiguous and aligned (`aligned`). The
     rounded copy is cached while w lives and is not modified in place (its version
-    counter), except during CUDA graph capture, whose tensors hold data only on replay."""
+    counter), except during CUDA graph capture, whose tensors hold data only on replay,
+    and for inference tensors (torch.inference_mode), which have no version counter."""
     if dot_precision(w.dtype) != "tf32":
         return aligned(w)
-    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+    if w.is_inference() or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
         return aligned(tf32_rounded(w))
     entry = _TF32_WEIGHTS.get(id(w))
     if entry is None or entry[0]() is not w or entry[1] != w._version:
