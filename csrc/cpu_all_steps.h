@@ -17,14 +17,22 @@ namespace fastrnn::binding {
 // fast and packing the weights and starting a team do not pay (T=256, B=1, I=H=128).
 constexpr int64_t kPackedAllStepsMinWork = int64_t(1) << 26;
 
+// Whether a product over all steps of `work` multiply-adds runs on the packed kernels: large
+// enough (above), on a CPU running the AVX-512 tile. With AVX2's tile they only match MKL
+// (one core of a Zen 3 EPYC, fp32: (64, 512) x (512, 1024) per step 37 against 36-38
+// GMAC/s; a^T b, (M, N) = (1024, 320..512): 30 against 36-38), so BLAS runs those.
+inline bool packed_all_steps(int64_t work) {
+  return work >= kPackedAllStepsMinWork && cpu_vector_bytes() == 64;
+}
+
 // x W^T + bias for all rows at once, x (N, I) and W (G * H, I) contiguous in the
-// accumulation dtype: the packed kernel when H % 16 (fp32; 8 fp64) == 0 and the product
-// is large, else BLAS.
+// accumulation dtype: the packed kernel when H % 16 (fp32; 8 fp64) == 0 and
+// packed_all_steps, else BLAS.
 inline Tensor input_gates_all_steps(const Tensor& x2d, const Tensor& w, const OptTensor& bias,
                                     int64_t G) {
   const int64_t N = x2d.size(0), I = x2d.size(1), H = w.size(0) / G;
   const int64_t lanes = 64 / static_cast<int64_t>(x2d.element_size());
-  if (H % lanes != 0 || N * I * G * H < kPackedAllStepsMinWork) {
+  if (H % lanes != 0 || !packed_all_steps(N * I * G * H)) {
     return linear_all_steps(x2d, w, bias);
   }
   Tensor gates = at::empty({N, G * H}, x2d.options());
@@ -37,11 +45,11 @@ inline Tensor input_gates_all_steps(const Tensor& x2d, const Tensor& w, const Op
 }
 
 // a (M, K) @ b (K, N), both contiguous in the accumulation dtype: the packed kernel when
-// N % 64 (fp32; 32 fp64) == 0 and the product is large, else BLAS. For dx = dgates W_ih.
+// N % 64 (fp32; 32 fp64) == 0 and packed_all_steps, else BLAS. For dx = dgates W_ih.
 inline Tensor matmul_all_steps(const Tensor& a, const Tensor& b) {
   const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
   const int64_t width = 4 * 64 / static_cast<int64_t>(a.element_size());
-  if (N % width != 0 || M * N * K < kPackedAllStepsMinWork) return at::mm(a, b);
+  if (N % width != 0 || !packed_all_steps(M * N * K)) return at::mm(a, b);
   Tensor c = at::empty({M, N}, a.options());
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "packed_matmul", [&] {
     packed_matmul<scalar_t>(M, N, K, a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(),
@@ -58,11 +66,11 @@ inline Tensor matmul_all_steps(const Tensor& a, const Tensor& b) {
 constexpr int64_t kPackedTnMaxOutBytes = int64_t(2) << 20;
 
 // a^T b for a (K, M) and b (K, N), both contiguous in the accumulation dtype: the packed
-// kernel when M % 4 == 0, the product is large and its result small enough (above), else
+// kernel when M % 4 == 0, packed_all_steps and its result small enough (above), else
 // BLAS. For the weight gradients dgates^T [x, h] over all steps.
 inline Tensor matmul_tn_all_steps(const Tensor& a, const Tensor& b) {
   const int64_t K = a.size(0), M = a.size(1), N = b.size(1);
-  if (M % kPackedRows != 0 || M * N * K < kPackedAllStepsMinWork ||
+  if (M % kPackedRows != 0 || !packed_all_steps(M * N * K) ||
       M * N * static_cast<int64_t>(a.element_size()) > kPackedTnMaxOutBytes) {
     return at::mm(a.t(), b);
   }

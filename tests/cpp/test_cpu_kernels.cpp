@@ -437,6 +437,45 @@ void test_packed_matmul_tn(const char* name) {
   }
 }
 
+// The packed product's tiles of every vector width (64, 32 and 16 bytes), whichever the
+// machine's clone runs: out = A @ panel and out += A @ panel against a plain sum, for
+// panels of 3 and 4 vector groups, every row count's tail (M = 1..13) and K past a chunk.
+template <typename T, int NV, int VB>
+void test_packed_rows_width(std::mt19937& gen) {
+  constexpr int64_t W = NV * fastrnn::kLanes<T>;
+  const int64_t K = fastrnn::kPackedChunkBytes / (W * static_cast<int64_t>(sizeof(T))) + 7;
+  const std::string name = "packed_rows NV=" + std::to_string(NV) + " VB=" + std::to_string(VB) +
+                           (sizeof(T) == 4 ? " float" : " double");
+  const double tol = sizeof(T) == 4 ? 1e-5 : 1e-13;
+  for (int64_t M = 1; M <= 13; ++M) {
+    const int64_t lda = K + 3;
+    const std::vector<T> a = cast<T>(random_vec(gen, M * lda)), panel = cast<T>(random_vec(gen, K * W));
+    const std::vector<T> init = cast<T>(random_vec(gen, M * W));
+    for (bool accumulate : {false, true}) {
+      std::vector<T> out = init;
+      fastrnn::packed_rows_vb<T, VB, NV>(M, a.data(), lda, K, panel.data(), out.data(), accumulate);
+      for (int64_t m = 0; m < M; ++m) {
+        for (int64_t n = 0; n < W; ++n) {
+          double s = accumulate ? double(init[m * W + n]) : 0.0;
+          for (int64_t k = 0; k < K; ++k) s += double(a[m * lda + k]) * double(panel[k * W + n]);
+          expect_close(name, out[m * W + n], s, tol);
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+void test_packed_rows_widths() {
+  std::mt19937 gen(17);
+  test_packed_rows_width<T, 3, 64>(gen);
+  test_packed_rows_width<T, 3, 32>(gen);
+  test_packed_rows_width<T, 3, 16>(gen);
+  test_packed_rows_width<T, 4, 64>(gen);
+  test_packed_rows_width<T, 4, 32>(gen);
+  test_packed_rows_width<T, 4, 16>(gen);
+}
+
 // step_products against a plain sum: K not a multiple of the vector width, G not a
 // multiple of the row block, B > 1 rows at a row stride above G, and each part, bias
 // and the other part absent.
@@ -492,6 +531,8 @@ int main() {
   test_tanh();
   test_gemm();
   test_step_products();
+  test_packed_rows_widths<float>();
+  test_packed_rows_widths<double>();
   test_packed_matmul_tn<float>("packed_matmul_tn float");
   test_packed_matmul_tn<double>("packed_matmul_tn double");
   unsigned seed = 1;
