@@ -527,15 +527,19 @@ def _driver_version() -> Optional[str]:
 
 
 def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    """The CPU's model name (from /proc/cpuinfo where there is one) and the widest vector
+    instructions PyTorch uses on it (torch.backends.cpu.get_cpu_capability(), e.g. AVX2 or
+    AVX512), which decide the speed of both libraries' CPU kernels."""
+    name = platform.processor() or "CPU"
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                    name = line.split(":", 1)[1].strip()
+                    break
     except OSError:
         pass
-    return platform.processor() or "CPU"
+    return f"{name}, {torch.backends.cpu.get_cpu_capability()}"
 
 
 def environment(device: torch.device) -> Dict[str, str]:

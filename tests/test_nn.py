@@ -426,10 +426,17 @@ def test_autocast_policy_compiles_without_graph_breaks(mode):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return module(x)[0]
 
+    try:
+        expected_dtype = run(theirs).dtype
+    except RuntimeError as error:
+        # As in assert_autocast_matches_torch: oneDNN has no bf16 LSTM primitive on
+        # CPUs without bf16 arithmetic (an AVX2 AMD EPYC), so there is no policy to follow
+        # (tests/test_latency.py checks that fastrnn raises torch's error there).
+        pytest.skip(f"torch.nn's own {mode} cannot run under bfloat16 autocast on this cpu: {error}")
     explanation = torch._dynamo.explain(run)(ours)
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1
     compiled = torch.compile(run, fullgraph=True, backend="aot_eager")
-    assert compiled(ours).dtype == run(theirs).dtype
+    assert compiled(ours).dtype == expected_dtype
 
 
 def test_issue_gru_autocast_keeps_float32():
