@@ -7,7 +7,7 @@ install:
 
 # The main job: a byte-level LSTM LM on the Python standard library's source, trained
 # with fastrnn and with torch.nn side by side (one thread each, so the comparison is fair),
-# then sampled (about 30 s of training each on one core of the development machine, plus
+# then sampled (30-50 s of training each on one core of the development machines, plus
 # the extension build on the first run).
 demo: install
 	$(PYTHON) examples/char_lm.py --threads 1
